@@ -1,0 +1,9 @@
+//go:build tools
+
+// Package peers pins the main packages built from this module.
+package peers
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
