@@ -1,0 +1,301 @@
+"""The Backend on LMDB (py-lmdb): one named database per bucket, buffered writes, commits on a
+writer thread. See backend.py for the buffering invariant."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import heapq
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+import crc32c
+import lmdb
+
+from server.backend.backend import BackendError
+from server.backend.schema import Bucket
+
+__all__ = ["LmdbBackend"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAP_SIZE = 10 * 1024 * 1024 * 1024  # address space reserved, not disk used
+
+_Buffer = dict[Bucket, dict[bytes, bytes | None]]
+
+
+class _Sealed:
+    """A buffer handed to the writer thread; dropped once durable."""
+
+    __slots__ = ("buf", "durable")
+
+    def __init__(self, buf: _Buffer) -> None:
+        self.buf = buf
+        self.durable = False
+
+
+class _View:
+    """A read view: the buffers newest first, then one LMDB read transaction begun after the
+    buffers were captured."""
+
+    __slots__ = ("_backend", "_overlays", "_txn")
+
+    def __init__(self, backend: LmdbBackend) -> None:
+        self._backend = backend
+        self._overlays = backend._overlays()
+        self._txn: Any = None
+
+    def _lmdb_txn(self) -> Any:
+        if self._txn is None:
+            self._txn = self._backend._env.begin(buffers=False)
+        return self._txn
+
+    def get(self, bucket: Bucket, key: bytes) -> bytes | None:
+        for overlay in self._overlays:
+            kv = overlay.get(bucket)
+            if kv is not None and key in kv:
+                return kv[key]
+        value: bytes | None = self._lmdb_txn().get(key, db=self._backend._dbs[bucket])
+        return value
+
+    def iterate(self, bucket: Bucket, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        merged: dict[bytes, bytes | None] = {}
+        for overlay in reversed(self._overlays):  # oldest first, so newer values win
+            kv = overlay.get(bucket)
+            if kv:
+                merged.update(kv)
+        cursor = self._lmdb_txn().cursor(db=self._backend._dbs[bucket])
+        stored: Iterator[tuple[bytes, bytes]] = iter(())
+        if cursor.set_range(start):
+            stored = cursor.iternext(keys=True, values=True)
+        if not merged:
+            yield from stored
+            return
+        buffered = sorted((k, v) for k, v in merged.items() if k >= start)
+        # Buffered pairs sort before stored ones with the same key (0 < 1), so they shadow them.
+        last: bytes | None = None
+        for key, _, value in heapq.merge(((k, 1, v) for k, v in stored), ((k, 0, v) for k, v in buffered)):
+            if key == last:
+                continue
+            last = key
+            if value is not None:
+                yield key, value
+
+    def range(
+        self, bucket: Bucket, start: bytes, end: bytes | None = None, limit: int = 0
+    ) -> list[tuple[bytes, bytes]]:
+        if end is None:
+            value = self.get(bucket, start)
+            return [] if value is None else [(start, value)]
+        out: list[tuple[bytes, bytes]] = []
+        for key, value in self.iterate(bucket, start):
+            if key >= end:
+                break
+            out.append((key, value))
+            if limit and len(out) >= limit:
+                break
+        return out
+
+
+class _BatchTx:
+    """The apply loop's write view."""
+
+    __slots__ = ("_backend",)
+
+    def __init__(self, backend: LmdbBackend) -> None:
+        self._backend = backend
+
+    def get(self, bucket: Bucket, key: bytes) -> bytes | None:
+        return _View(self._backend).get(bucket, key)
+
+    def range(
+        self, bucket: Bucket, start: bytes, end: bytes | None = None, limit: int = 0
+    ) -> list[tuple[bytes, bytes]]:
+        return _View(self._backend).range(bucket, start, end, limit)
+
+    def iterate(self, bucket: Bucket, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        return _View(self._backend).iterate(bucket, start)
+
+    def put(self, bucket: Bucket, key: bytes, value: bytes) -> None:
+        b = self._backend
+        b._current.setdefault(bucket, {})[key] = value
+        b._pending += 1
+
+    def delete(self, bucket: Bucket, key: bytes) -> None:
+        b = self._backend
+        b._current.setdefault(bucket, {})[key] = None
+        b._pending += 1
+
+
+class LmdbBackend:
+    """An LMDB environment holding etcd's buckets in one file (`path`, plus `path`-lock)."""
+
+    def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE, fsync: bool = True) -> None:
+        self._path = path
+        self._map_size = map_size
+        self._fsync = fsync
+        self._current: _Buffer = {}
+        self._pending = 0
+        self._sealed: list[_Sealed] = []
+        self._lock = threading.Lock()
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="backend-commit")
+        self._last_commit: concurrent.futures.Future[None] | None = None
+        self._env: Any = None
+        self._dbs: dict[Bucket, Any] = {}
+        self._open()
+
+    def _open(self) -> None:
+        os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
+        try:
+            self._env = lmdb.open(
+                self._path,
+                subdir=False,
+                map_size=self._map_size,
+                max_dbs=len(Bucket) + 1,
+                max_readers=1024,
+                sync=self._fsync,
+                metasync=self._fsync,
+                readahead=False,
+                lock=True,
+            )
+            with self._env.begin(write=True) as txn:
+                self._dbs = {b: self._env.open_db(b.bucket_name, txn=txn, create=True) for b in Bucket}
+        except lmdb.Error as e:
+            raise BackendError(f"cannot open backend database {self._path}: {e}") from e
+
+    # -- views ------------------------------------------------------------------------------------
+
+    def _overlays(self) -> list[_Buffer]:
+        with self._lock:
+            sealed = [s.buf for s in reversed(self._sealed)]
+        return [self._current, *sealed]
+
+    def read_tx(self) -> _View:
+        return _View(self)
+
+    def batch_tx(self) -> _BatchTx:
+        return _BatchTx(self)
+
+    def pending(self) -> int:
+        return self._pending
+
+    # -- commits ----------------------------------------------------------------------------------
+
+    def commit(self) -> concurrent.futures.Future[None]:
+        if not self._current:
+            if self._last_commit is not None:
+                return self._last_commit
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            done.set_result(None)
+            return done
+        sealed = _Sealed(self._current)
+        with self._lock:
+            self._sealed.append(sealed)
+        self._current = {}
+        self._pending = 0
+        future = self._writer.submit(self._write_sealed)
+        self._last_commit = future
+        return future
+
+    def force_commit(self) -> None:
+        self.commit().result()
+
+    def _write_sealed(self) -> None:
+        """Writer thread: persist every sealed buffer not yet durable, oldest first, in one
+        transaction. A failed write leaves them sealed; the next commit retries them."""
+        with self._lock:
+            todo = [s for s in self._sealed if not s.durable]
+        if not todo:
+            return
+        env = self._env
+        try:
+            txn = env.begin(write=True)
+            try:
+                for sealed in todo:
+                    for bucket, kv in sealed.buf.items():
+                        db = self._dbs[bucket]
+                        for key, value in kv.items():
+                            if value is None:
+                                txn.delete(key, db=db)
+                            else:
+                                txn.put(key, value, db=db)
+                txn.commit()
+            except BaseException:
+                txn.abort()
+                raise
+        except lmdb.Error as e:
+            raise BackendError(f"backend commit failed: {e}") from e
+        with self._lock:
+            for sealed in todo:
+                sealed.durable = True
+            self._sealed = [s for s in self._sealed if not s.durable]
+
+    # -- size, defrag, snapshot, hash -------------------------------------------------------------
+
+    def size(self) -> int:
+        try:
+            return os.path.getsize(self._path)
+        except OSError:
+            return 0
+
+    def size_in_use(self) -> int:
+        env = self._env
+        stat = env.stat()
+        pages = 2 + stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        with env.begin() as txn:
+            for db in self._dbs.values():
+                s = txn.stat(db)
+                pages += s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]
+        return int(pages * stat["psize"])
+
+    def defrag(self) -> None:
+        self.force_commit()
+        tmp = f"{self._path}.defrag.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        try:
+            self._env.copy(tmp, compact=True)
+            _fsync_path(tmp)
+        except lmdb.Error as e:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise BackendError(f"defrag failed: {e}") from e
+        self._env.close()
+        os.replace(tmp, self._path)
+        _fsync_path(os.path.dirname(self._path) or ".")
+        self._open()
+
+    def snapshot_to(self, out: IO[bytes]) -> None:
+        with tempfile.TemporaryFile(dir=os.path.dirname(self._path) or ".") as tmp:
+            self._env.copyfd(tmp.fileno(), compact=True)
+            tmp.seek(0)
+            while chunk := tmp.read(1 << 20):
+                out.write(chunk)
+
+    def hash(self, ignore: Callable[[Bucket, bytes], bool]) -> int:
+        view = self.read_tx()
+        h = 0
+        for bucket in sorted(Bucket, key=lambda b: b.bucket_name):
+            h = crc32c.crc32c(bucket.bucket_name, h)
+            for key, value in view.iterate(bucket):
+                if not ignore(bucket, key):
+                    h = crc32c.crc32c(value, crc32c.crc32c(key, h))
+        return h
+
+    def close(self) -> None:
+        with contextlib.suppress(BackendError):
+            self.force_commit()
+        self._writer.shutdown(wait=True)
+        self._env.close()
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

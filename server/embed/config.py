@@ -1,0 +1,152 @@
+"""A member's configuration: etcd's flags as one immutable value (etcd's server/embed/config.go).
+
+Defaults are etcd's, so `petcd` with no flags behaves like `etcd` with no flags: member
+`default`, data in `./default.etcd`, clients on http://localhost:2379, peers on :2380.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from server.etcdserver.membership import compute_cluster_id, compute_member_id, parse_initial_cluster
+
+__all__ = ["Config", "ConfigError"]
+
+DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
+GRPC_OVERHEAD_BYTES = 512 * 1024
+
+
+class ConfigError(ValueError):
+    """An invalid flag value or combination."""
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    data_dir: str = ""
+    wal_dir: str = ""
+    listen_client_urls: tuple[str, ...] = ("http://localhost:2379",)
+    advertise_client_urls: tuple[str, ...] = ("http://localhost:2379",)
+    listen_client_http_urls: tuple[str, ...] = ()
+    listen_peer_urls: tuple[str, ...] = ("http://localhost:2380",)
+    initial_advertise_peer_urls: tuple[str, ...] = ("http://localhost:2380",)
+    initial_cluster: str = ""
+    initial_cluster_state: str = "new"
+    initial_cluster_token: str = "etcd-cluster"
+    listen_metrics_urls: tuple[str, ...] = ()
+
+    snapshot_count: int = 10_000
+    snapshot_catchup_entries: int = 5_000
+    heartbeat_interval_ms: int = 100
+    election_timeout_ms: int = 1000
+    pre_vote: bool = True
+    max_learners: int = 1
+
+    quota_backend_bytes: int = 0
+    max_txn_ops: int = 128
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    auto_compaction_mode: str = "periodic"
+    auto_compaction_retention: str = "0"
+    compaction_batch_limit: int = 1000
+    compaction_sleep_interval_ms: int = 10
+    watch_progress_notify_interval_s: float = 600.0
+    unsafe_no_fsync: bool = False
+
+    # transport security (client and peer)
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
+    auto_tls: bool = False
+    peer_cert_file: str = ""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
+    peer_client_cert_auth: bool = False
+    peer_auto_tls: bool = False
+    cipher_suites: tuple[str, ...] = ()
+    tls_min_version: str = "TLS1.2"
+    tls_max_version: str = ""
+
+    # auth
+    auth_token: str = "simple"
+    bcrypt_cost: int = 10
+    auth_token_ttl: int = 300
+
+    log_level: str = "info"
+    grpc_keepalive_min_time_s: float = 5.0
+    grpc_keepalive_interval_s: float = 7200.0
+    grpc_keepalive_timeout_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not self.data_dir:
+            object.__setattr__(self, "data_dir", f"{self.name}.etcd")
+        if not self.initial_cluster:
+            urls = ",".join(f"{self.name}={u}" for u in self.initial_advertise_peer_urls)
+            object.__setattr__(self, "initial_cluster", urls)
+
+    def validate(self) -> None:
+        if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:
+            raise ConfigError(
+                f"--election-timeout[{self.election_timeout_ms}ms] should be at least as 5 times as "
+                f"--heartbeat-interval[{self.heartbeat_interval_ms}ms]"
+            )
+        if self.initial_cluster_state not in ("new", "existing"):
+            raise ConfigError(f"invalid --initial-cluster-state {self.initial_cluster_state!r}")
+        if self.auto_compaction_mode not in ("periodic", "revision"):
+            raise ConfigError(f"unknown auto-compaction-mode {self.auto_compaction_mode!r}")
+        if self.max_request_bytes <= 0:
+            raise ConfigError("--max-request-bytes must be positive")
+        peers = parse_initial_cluster(self.initial_cluster)
+        if self.name not in peers:
+            raise ConfigError(f"couldn't find local name {self.name!r} in the initial cluster configuration")
+        if sorted(peers[self.name]) != sorted(self.initial_advertise_peer_urls):
+            raise ConfigError(
+                f"--initial-cluster has {self.name}={','.join(peers[self.name])} but missing from "
+                f"--initial-advertise-peer-urls={','.join(self.initial_advertise_peer_urls)}"
+            )
+
+    def with_(self, **changes: object) -> Config:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    # -- derived values -------------------------------------------------------------------------
+
+    @property
+    def member_dir(self) -> str:
+        return f"{self.data_dir}/member"
+
+    @property
+    def backend_path(self) -> str:
+        return f"{self.member_dir}/snap/db"
+
+    @property
+    def wal_path(self) -> str:
+        return self.wal_dir or f"{self.member_dir}/wal"
+
+    @property
+    def snap_dir(self) -> str:
+        return f"{self.member_dir}/snap"
+
+    @property
+    def election_ticks(self) -> int:
+        return self.election_timeout_ms // self.heartbeat_interval_ms
+
+    @property
+    def min_lease_ttl(self) -> int:
+        """etcd's minimum TTL: 1.5 election timeouts, rounded up to whole seconds."""
+        min_ttl_ms = (3 * self.election_ticks) // 2 * self.heartbeat_interval_ms
+        return -(-min_ttl_ms // 1000)
+
+    @property
+    def max_recv_bytes(self) -> int:
+        return self.max_request_bytes + GRPC_OVERHEAD_BYTES
+
+    def initial_members(self) -> dict[str, tuple[int, tuple[str, ...]]]:
+        """name -> (member ID, peer URLs) of the initial cluster."""
+        return {
+            name: (compute_member_id(urls, self.initial_cluster_token), tuple(urls))
+            for name, urls in parse_initial_cluster(self.initial_cluster).items()
+        }
+
+    def initial_cluster_id(self) -> int:
+        return compute_cluster_id([mid for mid, _ in self.initial_members().values()])

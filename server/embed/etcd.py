@@ -1,0 +1,106 @@
+"""The composition root (etcd's server/embed/etcd.go): an EtcdServer plus its listeners.
+
+    async with Etcd(cfg) as e:      # or: e = Etcd(cfg); await e.start(); ...; await e.stop()
+        e.client_ports              # the bound ports, useful with :0 URLs in tests
+
+gRPC is served on --listen-client-urls; grpcio cannot share a port with HTTP/1.1, so the HTTP
+endpoints (/health, /version, /metrics, the JSON gateway) are served on etcd 3.5's separate
+listeners, --listen-client-http-urls and --listen-metrics-urls.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+
+from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from server.embed.config import Config
+from server.etcdserver.server import EtcdServer
+from server.v3rpc.cluster import ClusterService
+from server.v3rpc.kv import KVService
+from server.v3rpc.lease import LeaseService
+from server.v3rpc.maintenance import MaintenanceService
+
+__all__ = ["Etcd", "grpc_server_options", "host_port"]
+
+log = logging.getLogger(__name__)
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """'http://localhost:2379' -> ('127.0.0.1', 2379): listeners bind IPv4 loopback for localhost."""
+    u = urlsplit(url)
+    if u.hostname is None or u.port is None:
+        raise ValueError(f"listen URL needs a host and a port: {url!r}")
+    host = "127.0.0.1" if u.hostname == "localhost" else u.hostname
+    return host, u.port
+
+
+def grpc_server_options(cfg: Config) -> list[tuple[str, Any]]:
+    """etcd's server settings: receive up to max-request-bytes + 512 KiB, send anything, and
+    accept client keepalive pings as often as every --grpc-keepalive-min-time (5 s), with or
+    without active calls, so Go clients (kube-apiserver pings every 30 s) are never cut off
+    with GOAWAY too_many_pings."""
+    return [
+        ("grpc.max_receive_message_length", cfg.max_recv_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_concurrent_streams", 2**31 - 1),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(cfg.grpc_keepalive_min_time_s * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(cfg.grpc_keepalive_min_time_s * 1000)),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_time_ms", int(cfg.grpc_keepalive_interval_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout_s * 1000)),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class Etcd:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.server = EtcdServer(cfg)
+        self._grpc: grpc.aio.Server | None = None
+        self.client_ports: list[int] = []
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        await self.server.start()
+        try:
+            g = grpc.aio.server(options=grpc_server_options(cfg))
+            pb_grpc.add_KVServicer_to_server(KVService(self.server), g)
+            pb_grpc.add_LeaseServicer_to_server(LeaseService(self.server), g)
+            pb_grpc.add_ClusterServicer_to_server(ClusterService(self.server), g)
+            pb_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.server), g)
+            for url in cfg.listen_client_urls:
+                host, port = host_port(url)
+                self.client_ports.append(g.add_insecure_port(f"{host}:{port}"))
+            await g.start()
+            self._grpc = g
+        except BaseException:
+            await self.server.stop()
+            raise
+        log.info(
+            "serving client traffic", extra={"urls": list(cfg.listen_client_urls), "ports": self.client_ports}
+        )
+
+    async def stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+            self._grpc = None
+        await self.server.stop()
+
+    async def wait(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()
+
+    async def __aenter__(self) -> Etcd:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,66 @@
+"""The Cluster service (etcd's api/v3rpc/member.go)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from server.api.etcdserverpb import rpc_pb2 as pb
+from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from server.etcdserver.membership import Member
+from server.etcdserver.server import EtcdServer
+from server.v3rpc.util import unary
+
+__all__ = ["ClusterService", "member_to_pb"]
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def member_to_pb(m: Member) -> pb.Member:
+    return pb.Member(
+        ID=m.id,
+        name=m.name,
+        peerURLs=list(m.peer_urls),
+        clientURLs=list(m.client_urls),
+        isLearner=m.is_learner,
+    )
+
+
+class ClusterService(pb_grpc.ClusterServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self._s = server
+
+    def _header(self) -> pb.ResponseHeader:
+        # etcd's member responses carry no revision
+        s = self._s
+        return pb.ResponseHeader(cluster_id=s.cluster.cluster_id, member_id=s.member_id, raft_term=s.term)
+
+    @unary
+    async def MemberList(self, request: pb.MemberListRequest, context: Ctx) -> pb.MemberListResponse:
+        members = [member_to_pb(m) for m in self._s.cluster.sorted_members()]
+        return pb.MemberListResponse(header=self._header(), members=members)
+
+    @unary
+    async def MemberAdd(self, request: pb.MemberAddRequest, context: Ctx) -> pb.MemberAddResponse:
+        member = await self._s.member_add(list(request.peerURLs), request.isLearner)
+        members = [member_to_pb(m) for m in self._s.cluster.sorted_members()]
+        return pb.MemberAddResponse(header=self._header(), member=member_to_pb(member), members=members)
+
+    @unary
+    async def MemberRemove(self, request: pb.MemberRemoveRequest, context: Ctx) -> pb.MemberRemoveResponse:
+        await self._s.member_remove(request.ID)
+        members = [member_to_pb(m) for m in self._s.cluster.sorted_members()]
+        return pb.MemberRemoveResponse(header=self._header(), members=members)
+
+    @unary
+    async def MemberUpdate(self, request: pb.MemberUpdateRequest, context: Ctx) -> pb.MemberUpdateResponse:
+        await self._s.member_update(request.ID, list(request.peerURLs))
+        members = [member_to_pb(m) for m in self._s.cluster.sorted_members()]
+        return pb.MemberUpdateResponse(header=self._header(), members=members)
+
+    @unary
+    async def MemberPromote(self, request: pb.MemberPromoteRequest, context: Ctx) -> pb.MemberPromoteResponse:
+        await self._s.member_promote(request.ID)
+        members = [member_to_pb(m) for m in self._s.cluster.sorted_members()]
+        return pb.MemberPromoteResponse(header=self._header(), members=members)

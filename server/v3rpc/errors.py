@@ -1,0 +1,98 @@
+"""Domain errors -> gRPC status, in one table (etcd's api/v3rpc/rpctypes and v3rpc/util.go).
+
+Go clients map errors back by the exact message text, so every message here is etcd's byte for
+byte. Validation errors raised by the gRPC layer itself are defined here too.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from server.backend.backend import BackendError
+from server.errors import EtcdError
+from server.etcdserver import errors as se
+from server.etcdserver import membership as ms
+from server.lease import lessor as le
+from server.mvcc import kv as mvcc
+
+__all__ = ["GRPC_ERRORS", "to_grpc_status"]
+
+
+class EmptyKeyError(EtcdError):
+    pass
+
+
+class ValueProvidedError(EtcdError):
+    pass
+
+
+class LeaseProvidedError(EtcdError):
+    pass
+
+
+class TooManyOpsError(EtcdError):
+    pass
+
+
+class DuplicateKeyError(EtcdError):
+    pass
+
+
+class InvalidSortOptionError(EtcdError):
+    pass
+
+
+class RequestKeyNotFoundError(EtcdError):
+    """An empty RequestOp in a txn."""
+
+
+C = grpc.StatusCode
+
+GRPC_ERRORS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
+    # request validation
+    EmptyKeyError: (C.INVALID_ARGUMENT, "etcdserver: key is not provided"),
+    RequestKeyNotFoundError: (C.INVALID_ARGUMENT, "etcdserver: key not found"),
+    ValueProvidedError: (C.INVALID_ARGUMENT, "etcdserver: value is provided"),
+    LeaseProvidedError: (C.INVALID_ARGUMENT, "etcdserver: lease is provided"),
+    TooManyOpsError: (C.INVALID_ARGUMENT, "etcdserver: too many operations in txn request"),
+    DuplicateKeyError: (C.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request"),
+    InvalidSortOptionError: (C.INVALID_ARGUMENT, "etcdserver: invalid sort option"),
+    # mvcc
+    mvcc.CompactedError: (C.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"),
+    mvcc.FutureRevError: (C.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision"),
+    # server
+    se.RequestTooLargeError: (C.INVALID_ARGUMENT, "etcdserver: request is too large"),
+    se.NoSpaceError: (C.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded"),
+    se.TooManyRequestsError: (C.RESOURCE_EXHAUSTED, "etcdserver: too many requests"),
+    se.KeyNotFoundError: (C.INVALID_ARGUMENT, "etcdserver: key not found"),
+    se.NoLeaderError: (C.UNAVAILABLE, "etcdserver: no leader"),
+    se.NotLeaderError: (C.FAILED_PRECONDITION, "etcdserver: not leader"),
+    se.LeaderChangedError: (C.UNAVAILABLE, "etcdserver: leader changed"),
+    se.StoppedError: (C.UNAVAILABLE, "etcdserver: server stopped"),
+    se.TimeoutError_: (C.UNAVAILABLE, "etcdserver: request timed out"),
+    se.UnhealthyError: (C.UNAVAILABLE, "etcdserver: unhealthy cluster"),
+    se.CorruptError: (C.DATA_LOSS, "etcdserver: corrupt cluster"),
+    se.NotCapableError: (C.FAILED_PRECONDITION, "etcdserver: not capable"),
+    se.BadLeaderTransfereeError: (C.FAILED_PRECONDITION, "etcdserver: bad leader transferee"),
+    # leases
+    le.LeaseNotFoundError: (C.NOT_FOUND, "etcdserver: requested lease not found"),
+    le.LeaseExistsError: (C.FAILED_PRECONDITION, "etcdserver: lease already exists"),
+    le.LeaseTTLTooLargeError: (C.OUT_OF_RANGE, "etcdserver: too large lease TTL"),
+    # membership
+    ms.MemberNotFoundError: (C.NOT_FOUND, "etcdserver: member not found"),
+    ms.MemberExistsError: (C.FAILED_PRECONDITION, "etcdserver: member ID already exist"),
+    ms.PeerURLExistsError: (C.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists"),
+    ms.MemberNotLearnerError: (C.FAILED_PRECONDITION, "etcdserver: can only promote a learner member"),
+    ms.TooManyLearnersError: (C.FAILED_PRECONDITION, "etcdserver: too many learner members in cluster"),
+    ms.BadURLsError: (C.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid"),
+    # storage failures are reported, never swallowed
+    BackendError: (C.UNAVAILABLE, "etcdserver: backend failure"),
+}
+
+
+def to_grpc_status(e: BaseException) -> tuple[grpc.StatusCode, str]:
+    for cls in type(e).__mro__:
+        hit = GRPC_ERRORS.get(cls)
+        if hit is not None:
+            return hit
+    return C.UNKNOWN, str(e)

@@ -1,0 +1,71 @@
+"""The Lease service (etcd's api/v3rpc/lease.go)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from server.api.etcdserverpb import rpc_pb2 as pb
+from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from server.etcdserver.server import EtcdServer
+from server.lease.lessor import LeaseNotFoundError
+from server.v3rpc.header import fill
+from server.v3rpc.util import unary
+
+__all__ = ["LeaseService"]
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class LeaseService(pb_grpc.LeaseServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self._s = server
+
+    @unary
+    async def LeaseGrant(self, request: pb.LeaseGrantRequest, context: Ctx) -> pb.LeaseGrantResponse:
+        resp = await self._s.lease_grant(request)
+        fill(self._s, resp.header)
+        return resp
+
+    @unary
+    async def LeaseRevoke(self, request: pb.LeaseRevokeRequest, context: Ctx) -> pb.LeaseRevokeResponse:
+        resp = await self._s.lease_revoke(request)
+        fill(self._s, resp.header)
+        return resp
+
+    async def LeaseKeepAlive(
+        self, request_iterator: AsyncIterator[pb.LeaseKeepAliveRequest], context: Ctx
+    ) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
+        async for req in request_iterator:
+            try:
+                ttl = self._s.lease_renew(req.ID)
+            except LeaseNotFoundError:
+                ttl = 0
+            resp = pb.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
+            fill(self._s, resp.header)
+            yield resp
+
+    @unary
+    async def LeaseTimeToLive(
+        self, request: pb.LeaseTimeToLiveRequest, context: Ctx
+    ) -> pb.LeaseTimeToLiveResponse:
+        s = self._s
+        lease = s.lessor.lookup(request.ID)
+        if lease is None:
+            resp = pb.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)
+        else:
+            resp = pb.LeaseTimeToLiveResponse(
+                ID=request.ID, TTL=int(s.lessor.remaining(lease)), grantedTTL=lease.ttl
+            )
+            if request.keys:
+                resp.keys.extend(sorted(lease.keys))
+        fill(s, resp.header)
+        return resp
+
+    @unary
+    async def LeaseLeases(self, request: pb.LeaseLeasesRequest, context: Ctx) -> pb.LeaseLeasesResponse:
+        resp = pb.LeaseLeasesResponse(leases=[pb.LeaseStatus(ID=le.id) for le in self._s.lessor.leases()])
+        fill(self._s, resp.header)
+        return resp

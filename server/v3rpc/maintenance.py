@@ -1,0 +1,129 @@
+"""The Maintenance service (etcd's api/v3rpc/maintenance.go)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from server.api.etcdserverpb import rpc_pb2 as pb
+from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from server.backend.schema import Bucket, MetaKey
+from server.etcdserver.errors import BadLeaderTransfereeError, NotCapableError, NotLeaderError
+from server.etcdserver.server import EtcdServer
+from server.v3rpc.header import fill
+from server.v3rpc.util import unary
+from server.version import SERVER_VERSION, STORAGE_VERSION
+
+__all__ = ["MaintenanceService"]
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+SNAPSHOT_SEND_BUFFER_SIZE = 32 * 1024
+
+# meta keys that differ between members holding the same data
+_HASH_IGNORES = {MetaKey.CONSISTENT_INDEX.value, MetaKey.TERM.value}
+
+
+def _ignore(bucket: Bucket, key: bytes) -> bool:
+    return bucket is Bucket.META and key in _HASH_IGNORES
+
+
+def alarm_string(m: pb.AlarmMember) -> str:
+    """An alarm as etcd prints it in Status.errors (gogoproto's compact text form)."""
+    return f"memberID:{m.memberID} alarm:{pb.AlarmType.Name(m.alarm)} "
+
+
+class MaintenanceService(pb_grpc.MaintenanceServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self._s = server
+
+    @unary
+    async def Alarm(self, request: pb.AlarmRequest, context: Ctx) -> pb.AlarmResponse:
+        resp = await self._s.alarm(request)
+        fill(self._s, resp.header)
+        return resp
+
+    @unary
+    async def Status(self, request: pb.StatusRequest, context: Ctx) -> pb.StatusResponse:
+        s = self._s
+        resp = pb.StatusResponse(
+            version=SERVER_VERSION,
+            dbSize=s.backend.size(),
+            dbSizeInUse=s.backend.size_in_use(),
+            leader=s.leader_id,
+            raftIndex=s.committed_index,
+            raftTerm=s.term,
+            raftAppliedIndex=s.applied_index,
+            isLearner=False,
+            storageVersion=STORAGE_VERSION,
+            dbSizeQuota=s.quota.quota_bytes,
+        )
+        resp.downgradeInfo.SetInParent()
+        resp.errors.extend(alarm_string(m) for m in s.alarms.get())
+        fill(s, resp.header)
+        return resp
+
+    @unary
+    async def Defragment(self, request: pb.DefragmentRequest, context: Ctx) -> pb.DefragmentResponse:
+        await self._s.defragment()
+        return pb.DefragmentResponse()
+
+    @unary
+    async def Hash(self, request: pb.HashRequest, context: Ctx) -> pb.HashResponse:
+        s = self._s
+        s.backend.force_commit()
+        resp = pb.HashResponse(hash=s.backend.hash(_ignore))
+        fill(s, resp.header)
+        return resp
+
+    @unary
+    async def HashKV(self, request: pb.HashKVRequest, context: Ctx) -> pb.HashKVResponse:
+        h, rev = self._s.kv.hash_by_rev(request.revision)
+        resp = pb.HashKVResponse(hash=h.hash, compact_revision=h.compact_revision, hash_revision=h.revision)
+        resp.header.revision = rev
+        fill(self._s, resp.header)
+        return resp
+
+    async def Snapshot(self, request: pb.SnapshotRequest, context: Ctx) -> AsyncIterator[pb.SnapshotResponse]:
+        """A consistent copy of the backend in 32 KiB chunks, then its SHA-256 (etcd's format:
+        restore checks the trailing digest)."""
+        s = self._s
+        fd, path = tempfile.mkstemp(prefix="snapshot-", dir=os.path.dirname(s.cfg.backend_path))
+        try:
+            with os.fdopen(fd, "w+b") as tmp:
+                await asyncio.to_thread(s.backend.snapshot_to, tmp)
+                total = tmp.tell()
+                tmp.seek(0)
+                digest = hashlib.sha256()
+                sent = 0
+                while sent < total:
+                    chunk = tmp.read(SNAPSHOT_SEND_BUFFER_SIZE)
+                    if not chunk:
+                        break
+                    sent += len(chunk)
+                    digest.update(chunk)
+                    yield pb.SnapshotResponse(
+                        remaining_bytes=total - sent, blob=chunk, version=STORAGE_VERSION
+                    )
+            yield pb.SnapshotResponse(remaining_bytes=0, blob=digest.digest(), version=STORAGE_VERSION)
+        finally:
+            os.unlink(path)
+
+    @unary
+    async def MoveLeader(self, request: pb.MoveLeaderRequest, context: Ctx) -> pb.MoveLeaderResponse:
+        s = self._s
+        if s.member_id != s.leader_id:
+            raise NotLeaderError()
+        target = s.cluster.member(request.targetID)
+        if target is None or target.is_learner or target.id == s.member_id:
+            raise BadLeaderTransfereeError()
+        raise BadLeaderTransfereeError()
+
+    @unary
+    async def Downgrade(self, request: pb.DowngradeRequest, context: Ctx) -> pb.DowngradeResponse:
+        raise NotCapableError()
