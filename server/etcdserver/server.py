@@ -70,6 +70,7 @@ class EtcdServer:
         self._proposed = asyncio.Event()
         self._compactions: asyncio.Queue[tuple[Compaction, asyncio.Future[None]]] = asyncio.Queue()
         self._compaction_done: dict[int, asyncio.Future[None]] = {}
+        self._revokes: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._started = False
@@ -230,7 +231,9 @@ class EtcdServer:
         while True:
             await asyncio.sleep(LEASE_EXPIRY_CHECK_INTERVAL)
             for lease_id in self.lessor.expired_leases():
-                asyncio.create_task(self._revoke_expired(lease_id))
+                task = asyncio.create_task(self._revoke_expired(lease_id))
+                self._revokes.add(task)
+                task.add_done_callback(self._revokes.discard)
 
     async def _revoke_expired(self, lease_id: int) -> None:
         with contextlib.suppress(LeaseNotFoundError, StoppedError):

@@ -127,13 +127,18 @@ class KVStore:
 
     def record_compaction_hash(self, h: KeyValueHash) -> None:
         self.compaction_hashes.append(h)
+        self.compaction_hashes.sort(key=lambda x: x.revision)
         del self.compaction_hashes[:-HASH_STORAGE_MAX_SIZE]
 
     # -- hashing ----------------------------------------------------------------------------------
 
     def hash_by_rev(self, rev: int) -> tuple[KeyValueHash, int]:
-        """The HashKV of the key bucket up to rev (0: current) and the current revision."""
+        """The HashKV of the key bucket up to rev (0: current) and the current revision. The hash a
+        compaction recorded at exactly rev is returned as recorded (etcd's hashStorage)."""
         compact_rev, current = self.compact_main_rev, self.current_rev
+        for h in self.compaction_hashes:
+            if h.revision == rev:
+                return h, current
         if 0 < rev < compact_rev:
             raise CompactedError()
         if rev > current:

@@ -1,0 +1,148 @@
+"""Members as real processes: petcd or a real etcd, on free loopback ports.
+
+    with Member.petcd(tmp_path) as m:          # or Member.etcd(tmp_path) for real etcd v3.6
+        m.client_url                            # http://127.0.0.1:<port>
+        m.kill(); m.start()                     # kill -9 and restart on the same data dir
+
+Usable by people too: `python -m tests.harness.procs petcd` starts one and prints its URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from tests.harness.paths import peer, petcd_command
+
+__all__ = ["Member", "free_port", "wait_ready"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until the member at url answers Maintenance.Status."""
+    from server.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+    target = url.split("://", 1)[1]
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"member exited with {proc.returncode} before it was ready")
+        try:
+            with grpc.insecure_channel(target) as ch:
+                rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=1.0)
+                return
+        except grpc.RpcError as e:
+            last = e
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
+
+
+@dataclass
+class Member:
+    kind: str  # "petcd" or "etcd"
+    data_dir: Path
+    name: str = "default"
+    client_port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    extra: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @classmethod
+    def petcd(cls, tmp: Path, *extra: str, **kw: object) -> Member:
+        return cls("petcd", tmp / "petcd.etcd", extra=extra, **kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def etcd(cls, tmp: Path, *extra: str, **kw: object) -> Member:
+        return cls("etcd", tmp / "etcd.etcd", extra=extra, **kw)  # type: ignore[arg-type]
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def command(self) -> list[str]:
+        exe = petcd_command() if self.kind == "petcd" else [peer("etcd")]
+        flags = [
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={self.client_url}",
+            f"--advertise-client-urls={self.client_url}",
+            f"--listen-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-cluster={self.name}={self.peer_url}",
+        ]
+        return [*exe, *flags, *self.extra]
+
+    def start(self, timeout: float = 30.0) -> Member:
+        self.log_path = self.data_dir.parent / f"{self.kind}-{self.name}.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        env = {**os.environ, **self.env}
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        wait_ready(self.client_url, timeout, self.proc)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """kill -9: no chance to flush anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def __enter__(self) -> Member:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running(kind: str, tmp: Path, *extra: str) -> Iterator[Member]:
+    m = Member(kind, tmp / f"{kind}.etcd", extra=extra)
+    with m:
+        yield m
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    kind = sys.argv[1] if len(sys.argv) > 1 else "petcd"
+    with tempfile.TemporaryDirectory() as d, running(kind, Path(d), *sys.argv[2:]) as m:
+        print(m.client_url, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            m.proc.wait()  # type: ignore[union-attr]
