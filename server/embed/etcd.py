@@ -24,6 +24,7 @@ from server.v3rpc.cluster import ClusterService
 from server.v3rpc.kv import KVService
 from server.v3rpc.lease import LeaseService
 from server.v3rpc.maintenance import MaintenanceService
+from server.v3rpc.watch import WatchService
 
 __all__ = ["Etcd", "grpc_server_options", "host_port"]
 
@@ -72,6 +73,7 @@ class Etcd:
             g = grpc.aio.server(options=grpc_server_options(cfg))
             pb_grpc.add_KVServicer_to_server(KVService(self.server), g)
             pb_grpc.add_LeaseServicer_to_server(LeaseService(self.server), g)
+            pb_grpc.add_WatchServicer_to_server(WatchService(self.server), g)
             pb_grpc.add_ClusterServicer_to_server(ClusterService(self.server), g)
             pb_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.server), g)
             for url in cfg.listen_client_urls:

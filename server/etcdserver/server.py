@@ -36,7 +36,8 @@ from server.etcdserver.idutil import Generator
 from server.etcdserver.membership import Member, RaftCluster
 from server.etcdserver.quota import BackendQuota
 from server.lease.lessor import LeaseNotFoundError, Lessor
-from server.mvcc.kvstore import Compaction, KVStore
+from server.mvcc.kvstore import Compaction
+from server.mvcc.watchable_store import WATCH_RESYNC_PERIOD, WatchableStore
 from server.version import CLUSTER_VERSION
 
 __all__ = ["EtcdServer"]
@@ -55,7 +56,7 @@ class EtcdServer:
         self.cfg = cfg
         self._clock = clock
         self.backend: LmdbBackend
-        self.kv: KVStore
+        self.kv: WatchableStore
         self.lessor: Lessor
         self.alarms: AlarmStore
         self.cluster: RaftCluster
@@ -68,6 +69,7 @@ class EtcdServer:
         self._ids: Generator
         self._proposals: list[tuple[rpb.InternalRaftRequest, asyncio.Future[ApplyResult]]] = []
         self._proposed = asyncio.Event()
+        self._watch_work = asyncio.Event()
         self._compactions: asyncio.Queue[tuple[Compaction, asyncio.Future[None]]] = asyncio.Queue()
         self._compaction_done: dict[int, asyncio.Future[None]] = {}
         self._revokes: set[asyncio.Task[None]] = set()
@@ -97,7 +99,8 @@ class EtcdServer:
         raw_term = tx.get(Bucket.META, MetaKey.TERM)
         self.term = decode_uint64(raw_term) if raw_term else SINGLE_MEMBER_TERM
         self.lessor = Lessor.open(self.backend, min_ttl=cfg.min_lease_ttl, clock=self._clock)
-        self.kv, resume = KVStore.open(self.backend, self.lessor)
+        self.kv, resume = WatchableStore.open(self.backend, self.lessor)
+        self.kv.on_work = self._watch_work.set
         self.lessor.set_range_deleter(self.kv.write)
         self.alarms = AlarmStore(self.backend)
         self.quota = BackendQuota(self.backend, cfg.quota_backend_bytes)
@@ -111,6 +114,7 @@ class EtcdServer:
             asyncio.create_task(self._apply_loop(), name="apply"),
             asyncio.create_task(self._compaction_loop(), name="compaction"),
             asyncio.create_task(self._lease_expiry_loop(), name="lease-expiry"),
+            asyncio.create_task(self._watch_loop(), name="watch-sync"),
         ]
         if resume is not None:
             self._schedule_compaction(resume)
@@ -226,6 +230,30 @@ class EtcdServer:
             self._compaction_done.pop(job.rev, None)
             if not done.done():
                 done.set_result(None)
+
+    def kv_wake(self) -> None:
+        """A watch stream drained its channel: victims may fit now."""
+        if self.kv.victims:
+            self._watch_work.set()
+
+    async def _watch_loop(self) -> None:
+        """Catch up unsynced watchers and retry victims (etcd's syncWatchersLoop and
+        syncVictimsLoop): promptly when there is new work, then every WATCH_RESYNC_PERIOD while
+        watchers stay behind, every 10 ms while victims wait."""
+        kv = self.kv
+        while True:
+            await self._watch_work.wait()
+            self._watch_work.clear()
+            while kv.victims and kv.move_victims():
+                pass
+            if kv.unsynced:
+                kv.sync_watchers()
+            if kv.victims:
+                await asyncio.sleep(0.01)
+                self._watch_work.set()
+            elif kv.unsynced:
+                await asyncio.sleep(WATCH_RESYNC_PERIOD)
+                self._watch_work.set()
 
     async def _lease_expiry_loop(self) -> None:
         while True:

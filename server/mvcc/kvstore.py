@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Self
 
 from server.backend.backend import Backend
 from server.backend.schema import Bucket, MetaKey
@@ -86,7 +87,7 @@ class KVStore:
         self.compaction_hashes: list[KeyValueHash] = []
 
     @classmethod
-    def open(cls, backend: Backend, lessor: LeaseTracker) -> tuple[KVStore, Compaction | None]:
+    def open(cls, backend: Backend, lessor: LeaseTracker) -> tuple[Self, Compaction | None]:
         """Rebuild the store from the backend; returns it and the compaction a crash
         interrupted, if any (to be resumed by the caller)."""
         store = cls(backend, lessor)

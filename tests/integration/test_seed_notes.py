@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.etcdctl import Etcdctl
-from tests.harness.paths import petcd_command, peer
+from tests.harness.paths import peer, petcd_command
 from tests.harness.procs import wait_ready
 
 pytestmark = pytest.mark.integration
@@ -96,7 +96,10 @@ def test_prefix_session(default_petcd: Path) -> None:
 
 def test_member_list_and_endpoint_status_tables(default_petcd: Path) -> None:
     out = etcdctl(ENDPOINTS, "member", "list", "--write-out=table").stdout
-    assert "| 8e9e05c52164694d | started | default | http://localhost:2380 | http://localhost:2379 |      false |" in out
+    assert (
+        "| 8e9e05c52164694d | started | default | http://localhost:2380 | http://localhost:2379 |      false |"
+        in out
+    )
     status = etcdctl(ENDPOINTS, "--write-out=table", "endpoint", "status").stdout
     row = next(line for line in status.splitlines() if "localhost:2379" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -128,7 +131,9 @@ def test_quota_session(default_petcd: Path) -> None:
     assert "database space exceeded" in etcdctl("put", "other", "x").stderr
 
     # the etcd procedure: compact the history, defragment, disarm
-    rev = Etcdctl("http://127.0.0.1:2379")("endpoint", "status", "-wjson").json()[0]["Status"]["header"]["revision"]
+    rev = Etcdctl("http://127.0.0.1:2379")("endpoint", "status", "-wjson").json()[0]["Status"]["header"][
+        "revision"
+    ]
     assert etcdctl("compact", str(rev), "--physical").returncode == 0
     defrag = etcdctl("defrag")
     assert defrag.returncode == 0

@@ -1,0 +1,252 @@
+"""The Watch service (etcd's api/v3rpc/watch.go): one bidirectional stream, many watchers.
+
+Per stream, a receive task handles create / cancel / progress requests as they arrive and the
+stream's generator sends what the watchers produce, in channel order. Because requests are
+handled synchronously on the event loop, a watcher's `created` response is queued before any
+event of it can be, and responses leave in request order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from server.api.etcdserverpb import rpc_pb2 as pb
+from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from server.api.mvccpb.kv_pb2 import Event
+from server.errors import EtcdError
+from server.etcdserver.server import EtcdServer
+from server.mvcc.kv import CompactedError, RangeOptions
+from server.mvcc.watcher import INVALID_WATCH_ID, Channel, FilterFunc, WatchResponse, WatchStream
+
+__all__ = ["WatchService"]
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+MIN_PROGRESS_INTERVAL = 0.1
+_ERR_MESSAGES = {
+    "EmptyWatcherRangeError": "mvcc: watcher range is empty",
+    "DuplicateWatchIDError": "mvcc: duplicate watch ID provided on the WatchStream",
+}
+
+
+def _filter_noput(ev: Event) -> bool:
+    return ev.type == Event.PUT
+
+
+def _filter_nodelete(ev: Event) -> bool:
+    return ev.type == Event.DELETE
+
+
+_FILTERS: dict[int, FilterFunc] = {
+    pb.WatchCreateRequest.NOPUT: _filter_noput,
+    pb.WatchCreateRequest.NODELETE: _filter_nodelete,
+}
+
+
+def progress_interval(seconds: float) -> float:
+    """etcd's period between progress notifications: the configured interval plus up to 10%."""
+    interval = max(seconds, MIN_PROGRESS_INTERVAL)
+    return interval + random.uniform(0, interval / 10)
+
+
+class WatchService(pb_grpc.WatchServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self._s = server
+
+    async def Watch(
+        self, request_iterator: AsyncIterator[pb.WatchRequest], context: Ctx
+    ) -> AsyncIterator[pb.WatchResponse]:
+        stream = _ServerWatchStream(self._s)
+        reader = asyncio.create_task(stream.recv_loop(request_iterator))
+        try:
+            async for resp in stream.send_loop(reader):
+                yield resp
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            stream.close()
+
+
+class _ServerWatchStream:
+    def __init__(self, server: EtcdServer) -> None:
+        self._s = server
+        self._ready = asyncio.Event()
+        self._ch = Channel(on_ready=self._ready.set)
+        self._ws: WatchStream = server.kv.new_watch_stream(self._ch)
+        # watch ID -> whether it asked for progress notifications / prev_kv / fragments;
+        # progress[id] is reset to False when events were sent since the last tick
+        self._progress: dict[int, bool] = {}
+        self._prev_kv: set[int] = set()
+        self._fragment: set[int] = set()
+        self._max_bytes = server.cfg.max_recv_bytes
+
+    def header(self, rev: int) -> pb.ResponseHeader:
+        s = self._s
+        return pb.ResponseHeader(
+            cluster_id=s.cluster.cluster_id, member_id=s.member_id, revision=rev, raft_term=s.term
+        )
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def recv_loop(self, requests: AsyncIterator[pb.WatchRequest]) -> None:
+        async for req in requests:
+            which = req.WhichOneof("request_union")
+            if which == "create_request":
+                self._create(req.create_request)
+            elif which == "cancel_request":
+                self._cancel(req.cancel_request.watch_id)
+            elif which == "progress_request":
+                self._ws.request_progress_all()
+
+    def _create(self, creq: pb.WatchCreateRequest) -> None:
+        key = creq.key or b"\x00"
+        if creq.start_revision < 0:
+            self._ch.put_control(
+                pb.WatchResponse(
+                    header=self.header(self._ws.rev()),
+                    watch_id=INVALID_WATCH_ID,
+                    created=True,
+                    canceled=True,
+                    cancel_reason="mvcc: required revision has been compacted",
+                )
+            )
+            return
+        end: bytes | None = creq.range_end or None
+        if creq.range_end == b"\x00":
+            end = b""
+        filters = tuple(_FILTERS[f] for f in creq.filters if f in _FILTERS)
+        try:
+            watch_id = self._ws.watch(creq.watch_id, key, end, creq.start_revision, filters)
+        except EtcdError as e:
+            self._ch.put_control(
+                pb.WatchResponse(
+                    header=self.header(self._ws.rev()),
+                    watch_id=INVALID_WATCH_ID,
+                    created=True,
+                    canceled=True,
+                    cancel_reason=_ERR_MESSAGES.get(type(e).__name__, str(e)),
+                )
+            )
+            return
+        if creq.progress_notify:
+            self._progress[watch_id] = True
+        if creq.prev_kv:
+            self._prev_kv.add(watch_id)
+        if creq.fragment:
+            self._fragment.add(watch_id)
+        self._ch.put_control(
+            pb.WatchResponse(header=self.header(self._ws.rev()), watch_id=watch_id, created=True)
+        )
+
+    def _cancel(self, watch_id: int) -> None:
+        try:
+            self._ws.cancel(watch_id)
+        except EtcdError:
+            return
+        self._ch.put_control(
+            pb.WatchResponse(header=self.header(self._ws.rev()), watch_id=watch_id, canceled=True)
+        )
+        self._progress.pop(watch_id, None)
+        self._prev_kv.discard(watch_id)
+        self._fragment.discard(watch_id)
+
+    # -- responses --------------------------------------------------------------------------------
+
+    async def send_loop(self, reader: asyncio.Task[None]) -> AsyncIterator[pb.WatchResponse]:
+        interval = progress_interval(self._s.cfg.watch_progress_notify_interval_s)
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + interval
+        while True:
+            if not self._ch:
+                if reader.done():
+                    reader.result()  # surface a receive error; a clean end of requests ends here
+                    return
+                self._ready.clear()
+                timeout = max(0.0, next_tick - loop.time())
+                waiter = asyncio.ensure_future(self._ready.wait())
+                done, _ = await asyncio.wait(
+                    {waiter, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if waiter not in done:
+                    waiter.cancel()
+                if loop.time() >= next_tick:
+                    self._tick()
+                    next_tick = loop.time() + interval
+                continue
+            for item in self._ch.drain():
+                if isinstance(item, WatchResponse):
+                    for resp in self._to_pb(item):
+                        yield resp
+                else:
+                    assert isinstance(item, pb.WatchResponse)
+                    yield item
+            self._s.kv_wake()
+
+    def _tick(self) -> None:
+        """Periodic progress: watchers that asked and saw no events since the last tick."""
+        for watch_id, idle in self._progress.items():
+            if idle:
+                self._ws.request_progress(watch_id)
+            self._progress[watch_id] = True
+
+    def _to_pb(self, wr: WatchResponse) -> list[pb.WatchResponse]:
+        resp = pb.WatchResponse(
+            header=self.header(wr.revision),
+            watch_id=wr.watch_id,
+            compact_revision=wr.compact_revision,
+            canceled=wr.compact_revision != 0,
+        )
+        if wr.events:
+            if wr.watch_id in self._progress:
+                self._progress[wr.watch_id] = False
+            if wr.watch_id in self._prev_kv:
+                for ev in wr.events:
+                    out = resp.events.add()
+                    out.CopyFrom(ev)
+                    if not (ev.type == Event.PUT and ev.kv.create_revision == ev.kv.mod_revision):
+                        prev = self._prev(ev)
+                        if prev is not None:
+                            out.prev_kv.CopyFrom(prev)
+            else:
+                resp.events.extend(wr.events)
+        if wr.watch_id in self._fragment and len(resp.events) > 1 and resp.ByteSize() >= self._max_bytes:
+            return self._fragments(resp)
+        return [resp]
+
+    def _prev(self, ev: Event) -> Any:
+        try:
+            kvs = self._s.kv.read().range(ev.kv.key, None, RangeOptions(rev=ev.kv.mod_revision - 1)).kvs
+        except CompactedError:
+            return None
+        return kvs[0] if kvs else None
+
+    def _fragments(self, resp: pb.WatchResponse) -> list[pb.WatchResponse]:
+        """Split events over responses below the size limit (never splitting one event); every
+        part but the last has fragment=true."""
+        parts: list[pb.WatchResponse] = []
+        events = list(resp.events)
+        idx = 0
+        while idx < len(events):
+            cur = pb.WatchResponse()
+            cur.CopyFrom(resp)
+            del cur.events[:]
+            cur.fragment = True
+            while idx < len(events):
+                cur.events.append(events[idx])
+                if len(cur.events) > 1 and cur.ByteSize() >= self._max_bytes:
+                    del cur.events[-1]
+                    break
+                idx += 1
+            parts.append(cur)
+        parts[-1].fragment = False
+        return parts
+
+    def close(self) -> None:
+        self._ws.close()
