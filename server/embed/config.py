@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from server.etcdserver.compactor import parse_retention
 from server.etcdserver.membership import compute_cluster_id, compute_member_id, parse_initial_cluster
 
 __all__ = ["Config", "ConfigError"]
@@ -95,6 +96,10 @@ class Config:
             raise ConfigError(f"invalid --initial-cluster-state {self.initial_cluster_state!r}")
         if self.auto_compaction_mode not in ("periodic", "revision"):
             raise ConfigError(f"unknown auto-compaction-mode {self.auto_compaction_mode!r}")
+        try:
+            parse_retention(self.auto_compaction_mode, self.auto_compaction_retention)
+        except ValueError as e:
+            raise ConfigError(f"invalid auto-compaction-retention {self.auto_compaction_retention!r}: {e}") from e
         if self.max_request_bytes <= 0:
             raise ConfigError("--max-request-bytes must be positive")
         peers = parse_initial_cluster(self.initial_cluster)

@@ -31,6 +31,7 @@ from server.embed.config import Config
 from server.etcdserver import txn
 from server.etcdserver.alarm import AlarmStore
 from server.etcdserver.apply import Applier, ApplyResult
+from server.etcdserver.compactor import Compactor, parse_retention
 from server.etcdserver.errors import NoSpaceError, NotCapableError, RequestTooLargeError, StoppedError
 from server.etcdserver.idutil import Generator
 from server.etcdserver.membership import Member, RaftCluster
@@ -115,10 +116,21 @@ class EtcdServer:
             asyncio.create_task(self._compaction_loop(), name="compaction"),
             asyncio.create_task(self._lease_expiry_loop(), name="lease-expiry"),
             asyncio.create_task(self._watch_loop(), name="watch-sync"),
+            asyncio.create_task(self._auto_compactor().run(), name="auto-compaction"),
         ]
         if resume is not None:
             self._schedule_compaction(resume)
         await self._publish()
+
+    def _auto_compactor(self) -> Compactor:
+        cfg = self.cfg
+        return Compactor(
+            cfg.auto_compaction_mode,
+            parse_retention(cfg.auto_compaction_mode, cfg.auto_compaction_retention),
+            self.kv.rev,
+            lambda rev: self.compact(pb.CompactionRequest(revision=rev)),
+            clock=self._clock,
+        )
 
     def _bootstrap_cluster(self, members: dict[str, tuple[int, tuple[str, ...]]]) -> RaftCluster:
         cfg = self.cfg
