@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:2] == ["snapshot", "restore"]:
         from server.etcdutl import snapshot_restore  # late import, as above
 
-        return snapshot_restore(args[2:])
+        return int(snapshot_restore(args[2:]))
     try:
         cfg, ignored = parse_args(args)
         cfg.validate()
