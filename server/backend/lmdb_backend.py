@@ -55,6 +55,8 @@ class _View:
         return self._txn
 
     def get(self, bucket: Bucket, key: bytes) -> bytes | None:
+        if not key:
+            return None  # LMDB has no empty keys; nothing is stored under one
         for overlay in self._overlays:
             kv = overlay.get(bucket)
             if kv is not None and key in kv:
@@ -266,6 +268,20 @@ class LmdbBackend:
             raise BackendError(f"defrag failed: {e}") from e
         self._env.close()
         os.replace(tmp, self._path)
+        _fsync_path(os.path.dirname(self._path) or ".")
+        self._open()
+
+    def replace_with(self, db_path: str) -> None:
+        """Swap the database for the one at db_path (a snapshot received from the leader);
+        pending writes are discarded. The object stays the same, so its users keep it."""
+        with self._lock:
+            pending = [s for s in self._sealed if not s.durable]
+        if pending:
+            self.force_commit()
+        self._current = {}
+        self._pending = 0
+        self._env.close()
+        os.replace(db_path, self._path)
         _fsync_path(os.path.dirname(self._path) or ".")
         self._open()
 

@@ -16,7 +16,11 @@ class AlarmStore:
         self._backend = backend
         # alarm type -> member IDs that raised it
         self._types: dict[int, set[int]] = {}
-        for key, _ in backend.read_tx().iterate(Bucket.ALARM):
+        self.reload()
+
+    def reload(self) -> None:
+        self._types.clear()
+        for key, _ in self._backend.read_tx().iterate(Bucket.ALARM):
             m = pb.AlarmMember.FromString(key)
             self._types.setdefault(m.alarm, set()).add(m.memberID)
 

@@ -10,13 +10,17 @@ __all__ = [
     "CorruptError",
     "KeyNotFoundError",
     "LeaderChangedError",
+    "LearnerNotReadyError",
     "NoLeaderError",
     "NoSpaceError",
     "NotCapableError",
+    "NotEnoughStartedMembersError",
     "NotLeaderError",
+    "ProposalDroppedError",
     "RequestTooLargeError",
     "StoppedError",
     "TimeoutError_",
+    "TimeoutLeaderTransferError",
     "TooManyRequestsError",
     "UnhealthyError",
 ]
@@ -72,3 +76,19 @@ class BadLeaderTransfereeError(EtcdError):
 
 class NotCapableError(EtcdError):
     """etcdserver: not capable (the operation needs a capability this member lacks)"""
+
+
+class NotEnoughStartedMembersError(EtcdError):
+    """etcdserver: re-configuration failed due to not enough started members"""
+
+
+class LearnerNotReadyError(EtcdError):
+    """etcdserver: can only promote a learner member which is in sync with leader"""
+
+
+class ProposalDroppedError(EtcdError):
+    """raft proposal dropped (no leader, or a leadership transfer in progress)"""
+
+
+class TimeoutLeaderTransferError(EtcdError):
+    """etcdserver: request timed out, leader transfer took too long"""

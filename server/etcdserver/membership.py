@@ -145,21 +145,26 @@ class RaftCluster:
     @classmethod
     def load(cls, backend: Backend, *, local_id: int, max_learners: int = 1) -> RaftCluster | None:
         """The cluster stored in the backend, or None for a fresh data directory."""
-        tx = backend.read_tx()
-        raw_cid = tx.get(Bucket.CLUSTER, CLUSTER_ID_KEY)
+        raw_cid = backend.read_tx().get(Bucket.CLUSTER, CLUSTER_ID_KEY)
         if raw_cid is None:
             return None
-        cluster = cls(
-            backend, local_id=local_id, cluster_id=_U64.unpack(raw_cid)[0], max_learners=max_learners
-        )
+        cid = _U64.unpack(raw_cid)[0]
+        cluster = cls(backend, local_id=local_id, cluster_id=cid, max_learners=max_learners)
+        cluster.reload()
+        return cluster
+
+    def reload(self) -> None:
+        """Read the member set back from the backend (after it was replaced by a snapshot)."""
+        tx = self._backend.read_tx()
+        self.members = {}
+        self.removed = set()
         for _, raw in tx.iterate(Bucket.MEMBERS):
             m = Member.from_json(raw)
-            cluster.members[m.id] = m
+            self.members[m.id] = m
         for key, _ in tx.iterate(Bucket.MEMBERS_REMOVED):
-            cluster.removed.add(int(key, 16))
+            self.removed.add(int(key, 16))
         version = tx.get(Bucket.CLUSTER, CLUSTER_VERSION_KEY)
-        cluster.version = version.decode() if version else ""
-        return cluster
+        self.version = version.decode() if version else ""
 
     def save_identity(self) -> None:
         self._backend.batch_tx().put(Bucket.CLUSTER, CLUSTER_ID_KEY, _U64.pack(self.cluster_id))
@@ -179,6 +184,14 @@ class RaftCluster:
 
     # -- validation (before proposing) and application (from the log) ------------------------------
 
+    def is_removed(self, member_id: int) -> bool:
+        return member_id in self.removed
+
+    def validate_remove(self, member_id: int) -> None:
+        if member_id in self.removed:
+            raise MemberNotFoundError()
+        self._existing(member_id)
+
     def validate_add(self, member: Member) -> None:
         if member.id in self.removed or member.id in self.members:
             raise MemberExistsError()
@@ -189,13 +202,16 @@ class RaftCluster:
             raise TooManyLearnersError()
 
     def add_member(self, member: Member) -> None:
+        """Add (or re-add, when a log entry is applied again) a member; a member already known
+        keeps the attributes it published."""
+        known = self.members.get(member.id)
+        if known is not None and not member.name:
+            member = dataclasses.replace(member, name=known.name, client_urls=known.client_urls)
         self.members[member.id] = member
         self._save(member)
 
     def remove_member(self, member_id: int) -> None:
-        if member_id not in self.members:
-            raise MemberNotFoundError()
-        del self.members[member_id]
+        self.members.pop(member_id, None)
         self.removed.add(member_id)
         tx = self._backend.batch_tx()
         tx.delete(Bucket.MEMBERS, _member_key(member_id))

@@ -1,11 +1,12 @@
-"""The member: state machine, request processing and the loop that applies the log
-(etcd's server/etcdserver/server.go and v3_server.go).
+"""The member: raft underneath, the state machine on top (etcd's server/etcdserver/server.go
+and v3_server.go).
 
-Writes are proposals: a request becomes an InternalRaftRequest, is appended to the log, and the
-client is answered with the result of applying it. The log here is single-member: a batch of
-proposals is applied in order and made durable by one backend commit (group commit) before any
-of its clients is answered or any reader can observe it, because the apply loop blocks the
-event loop for that commit. Reads are served from the applied state.
+Writes are proposals: a request becomes an InternalRaftRequest, is appended to the raft log
+(persisted in the WAL by a majority), and the client is answered with the result of applying
+it once committed. Every member applies every committed entry in log order; the backend's
+consistent index (written in the same backend batch as the entry's effects) prevents applying
+an entry twice after a restart. Linearizable reads wait for a ReadIndex confirmation and for
+the local state to have applied up to it; serializable reads are served from local state.
 
 Constructors do no IO and start nothing: `await server.start()` opens the data directory and
 starts the loops, `await server.stop()` ends them.
@@ -14,13 +15,17 @@ starts the loops, `await server.stop()` ends them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
+import itertools
 import logging
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf.message import Message
+from google.protobuf.message import Message as PbMessage
 
 from server.api.etcdserverpb import raft_internal_pb2 as rpb
 from server.api.etcdserverpb import rpc_pb2 as pb
@@ -31,14 +36,43 @@ from server.embed.config import Config
 from server.etcdserver import txn
 from server.etcdserver.alarm import AlarmStore
 from server.etcdserver.apply import Applier, ApplyResult
+from server.etcdserver.bootstrap import Bootstrapped, bootstrap, new_raw_node
 from server.etcdserver.compactor import Compactor, parse_retention
-from server.etcdserver.errors import NoSpaceError, NotCapableError, RequestTooLargeError, StoppedError
+from server.etcdserver.errors import (
+    BadLeaderTransfereeError,
+    LeaderChangedError,
+    LearnerNotReadyError,
+    NoLeaderError,
+    NoSpaceError,
+    NotEnoughStartedMembersError,
+    NotLeaderError,
+    ProposalDroppedError,
+    RequestTooLargeError,
+    StoppedError,
+    TimeoutError_,
+    TimeoutLeaderTransferError,
+    TooManyRequestsError,
+)
 from server.etcdserver.idutil import Generator
-from server.etcdserver.membership import Member, RaftCluster
+from server.etcdserver.membership import Member, RaftCluster, compute_member_id, validate_urls
 from server.etcdserver.quota import BackendQuota
-from server.lease.lessor import LeaseNotFoundError, Lessor
+from server.etcdserver.raft_node import RaftCallbacks, RaftNode
+from server.etcdserver.transport import PeerHandler, Transport, TransportError, peer_request
+from server.lease.lessor import LeaseNotFoundError, Lessor, NotPrimaryError
 from server.mvcc.kvstore import Compaction
 from server.mvcc.watchable_store import WATCH_RESYNC_PERIOD, WatchableStore
+from server.raft import (
+    ConfChange,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    Message,
+    ReadState,
+    Snapshot,
+    SoftState,
+    StateType,
+)
+from server.raft import ProposalDroppedError as RaftProposalDropped
 from server.version import CLUSTER_VERSION
 
 __all__ = ["EtcdServer"]
@@ -47,9 +81,11 @@ log = logging.getLogger(__name__)
 
 # how often the primary lessor looks for expired leases
 LEASE_EXPIRY_CHECK_INTERVAL = 0.5
-MEMBER_ID_KEY = b"memberID"
-# the term a fresh single member is in once it has elected itself (as with etcd's raft)
-SINGLE_MEMBER_TERM = 2
+# the backend is committed at least this often (etcd's batch interval)
+BACKEND_COMMIT_INTERVAL = 0.1
+# proposals are refused while this many committed entries wait to be applied
+MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
+READ_INDEX_RETRY = 0.5
 
 
 class EtcdServer:
@@ -63,19 +99,29 @@ class EtcdServer:
         self.cluster: RaftCluster
         self.quota: BackendQuota
         self.applier: Applier
+        self.raft: RaftNode
+        self.transport: Transport
         self.member_id = 0
-        self.term = 0
+        self.consistent_index = 0
         self.applied_index = 0
-        self.committed_index = 0
+        self.snapshot_index = 0
         self._ids: Generator
-        self._proposals: list[tuple[rpb.InternalRaftRequest, asyncio.Future[ApplyResult]]] = []
-        self._proposed = asyncio.Event()
+        self._wait: dict[int, asyncio.Future[ApplyResult]] = {}
+        self._read_waiters: list[asyncio.Future[None]] = []
+        self._read_wake = asyncio.Event()
+        self._read_index_waits: dict[bytes, asyncio.Future[int]] = {}
+        self._applied_waits: list[tuple[int, asyncio.Future[None]]] = []
+        self._leader_changed = asyncio.Event()
         self._watch_work = asyncio.Event()
         self._compactions: asyncio.Queue[tuple[Compaction, asyncio.Future[None]]] = asyncio.Queue()
         self._compaction_done: dict[int, asyncio.Future[None]] = {}
-        self._revokes: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
+        self._read_ctx = itertools.count(1)
+        self._commit_inflight = False
+        self.stopping = False
+        self.removed = asyncio.Event()
+        self.ready = asyncio.Event()
         self._started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -84,21 +130,13 @@ class EtcdServer:
         cfg = self.cfg
         cfg.validate()
         self.backend = LmdbBackend(cfg.backend_path, fsync=not cfg.unsafe_no_fsync)
-        tx = self.backend.read_tx()
-        raw_id = tx.get(Bucket.META, MEMBER_ID_KEY)
-        members = cfg.initial_members()
-        if raw_id is None:
-            self.member_id = members[cfg.name][0]
-        else:
-            self.member_id = decode_uint64(raw_id)
-        cluster = RaftCluster.load(self.backend, local_id=self.member_id, max_learners=cfg.max_learners)
-        if cluster is None:
-            cluster = self._bootstrap_cluster(members)
-        self.cluster = cluster
-        raw_index = tx.get(Bucket.META, MetaKey.CONSISTENT_INDEX)
-        self.applied_index = self.committed_index = decode_uint64(raw_index) if raw_index else 0
-        raw_term = tx.get(Bucket.META, MetaKey.TERM)
-        self.term = decode_uint64(raw_term) if raw_term else SINGLE_MEMBER_TERM
+        try:
+            b = await bootstrap(cfg, self.backend)
+        except BaseException:
+            self.backend.close()
+            raise
+        self.member_id = b.member_id
+        self.cluster = b.cluster
         self.lessor = Lessor.open(self.backend, min_ttl=cfg.min_lease_ttl, clock=self._clock)
         self.kv, resume = WatchableStore.open(self.backend, self.lessor)
         self.kv.on_work = self._watch_work.set
@@ -107,20 +145,84 @@ class EtcdServer:
         self.quota = BackendQuota(self.backend, cfg.quota_backend_bytes)
         self.applier = Applier(self)
         self._ids = Generator(self.member_id)
+        self.consistent_index = self._stored_consistent_index()
+        self.applied_index = max(self.consistent_index, b.applied)
+        self.snapshot_index = b.applied
         self.backend.force_commit()
-        # the single member is the leader: its lessor tracks expiry, with fresh TTLs
-        self.lessor.promote(cfg.election_timeout_ms / 1000)
+        self.raft = self._new_raft_node(b)
+        self.transport = Transport(
+            self.member_id,
+            lambda: self.cluster.cluster_id,
+            PeerHandler(
+                cluster_id=lambda: self.cluster.cluster_id,
+                is_removed=self.cluster.is_removed,
+                on_message=self._on_peer_message,
+                on_snapshot=self._receive_snapshot,
+                on_request=self._on_peer_request,
+            ),
+            report_unreachable=self._report_unreachable,
+            report_snapshot=self._report_snapshot,
+            snapshot_source=self._snapshot_db,
+        )
+        await self.transport.listen(list(cfg.listen_peer_urls))
+        for m in self.cluster.sorted_members():
+            self.transport.add_peer(m.id, list(m.peer_urls))
+        self.raft.start()
+        if self.cluster.voter_ids() == [self.member_id] or (
+            len(b.founders) == 1 and b.founders[0].id == self.member_id
+        ):
+            # a single voter need not wait for an election timeout
+            self._spawn(self._campaign_once_applied(max(len(b.founders), self.applied_index)))
+        else:
+            self.raft.advance_ticks(cfg.election_ticks - 1)  # etcd's initial election tick advance
+        self.raft.notify()
         self._started = True
         self._tasks = [
-            asyncio.create_task(self._apply_loop(), name="apply"),
             asyncio.create_task(self._compaction_loop(), name="compaction"),
             asyncio.create_task(self._lease_expiry_loop(), name="lease-expiry"),
             asyncio.create_task(self._watch_loop(), name="watch-sync"),
             asyncio.create_task(self._auto_compactor().run(), name="auto-compaction"),
+            asyncio.create_task(self._read_loop(), name="linearizable-read"),
+            asyncio.create_task(self._backend_commit_loop(), name="backend-commit"),
+            asyncio.create_task(self._publish(), name="publish"),
         ]
         if resume is not None:
             self._schedule_compaction(resume)
-        await self._publish()
+
+    async def _campaign_once_applied(self, index: int) -> None:
+        # raft refuses to campaign while committed conf changes wait to be applied
+        while self.applied_index < index:
+            await asyncio.sleep(0.001)
+        self.raft.node.campaign()
+        self.raft.notify()
+
+    async def wait_ready(self) -> None:
+        """Until this member has published itself through the log: only then does it serve
+        clients (etcd's ReadyNotify)."""
+        await self.ready.wait()
+
+    def _new_raft_node(self, b: Bootstrapped) -> RaftNode:
+        node = RaftNode(
+            new_raw_node(b, self.cfg),
+            b.storage,
+            b.wal,
+            b.snapshotter,
+            RaftCallbacks(
+                on_soft_state=self._on_soft_state,
+                apply_snapshot=self._apply_snapshot,
+                apply_entries=self._apply_entries,
+                on_read_states=self._on_read_states,
+                send=lambda msgs: self.transport.send(msgs),
+                after_apply=self._after_apply,
+            ),
+            tick_seconds=self.cfg.heartbeat_interval_ms / 1000,
+        )
+        node.conf_state = b.storage.initial_state()[1]
+        return node
+
+    def _stored_consistent_index(self) -> int:
+        raw = self.backend.read_tx().get(Bucket.META, MetaKey.CONSISTENT_INDEX)
+        return decode_uint64(raw) if raw else 0
 
     def _auto_compactor(self) -> Compactor:
         cfg = self.cfg
@@ -128,102 +230,340 @@ class EtcdServer:
             cfg.auto_compaction_mode,
             parse_retention(cfg.auto_compaction_mode, cfg.auto_compaction_retention),
             self.kv.rev,
-            lambda rev: self.compact(pb.CompactionRequest(revision=rev)),
+            self._auto_compact,
             clock=self._clock,
         )
 
-    def _bootstrap_cluster(self, members: dict[str, tuple[int, tuple[str, ...]]]) -> RaftCluster:
-        cfg = self.cfg
-        cluster = RaftCluster(
-            self.backend,
-            local_id=self.member_id,
-            cluster_id=cfg.initial_cluster_id(),
-            max_learners=cfg.max_learners,
-        )
-        cluster.save_identity()
-        for _, (mid, urls) in sorted(members.items()):
-            cluster.add_member(Member(id=mid, peer_urls=urls))
-        tx = self.backend.batch_tx()
-        tx.put(Bucket.META, MEMBER_ID_KEY, encode_uint64(self.member_id))
-        tx.put(Bucket.META, MetaKey.TERM, encode_uint64(SINGLE_MEMBER_TERM))
-        return cluster
+    async def _auto_compact(self, rev: int) -> None:
+        if self.is_leader:  # only the leader compacts; the compaction is replicated
+            await self.compact(pb.CompactionRequest(revision=rev))
 
     async def _publish(self) -> None:
-        """Publish this member's name and client URLs, and the cluster version, through the log."""
+        """Publish this member's name and client URLs (and the cluster version) through the log,
+        retrying until it is committed, as etcd's publishV3 does."""
         cfg = self.cfg
-        me = self.cluster.member(self.member_id)
-        if me is None or me.name != cfg.name or me.client_urls != cfg.advertise_client_urls:
-            attrs = mpb.Attributes(name=cfg.name, client_urls=list(cfg.advertise_client_urls))
-            await self.propose(
-                rpb.InternalRaftRequest(
-                    cluster_member_attr_set=mpb.ClusterMemberAttrSetRequest(
-                        member_ID=self.member_id, member_attributes=attrs
+        while True:
+            try:
+                me = self.cluster.member(self.member_id)
+                if me is None or me.name != cfg.name or me.client_urls != cfg.advertise_client_urls:
+                    attrs = mpb.Attributes(name=cfg.name, client_urls=list(cfg.advertise_client_urls))
+                    req = mpb.ClusterMemberAttrSetRequest(member_ID=self.member_id, member_attributes=attrs)
+                    await self.propose(rpb.InternalRaftRequest(cluster_member_attr_set=req))
+                if self.is_leader and self.cluster.version != CLUSTER_VERSION:
+                    await self.propose(
+                        rpb.InternalRaftRequest(
+                            cluster_version_set=mpb.ClusterVersionSetRequest(ver=CLUSTER_VERSION)
+                        )
                     )
-                )
-            )
-        if self.cluster.version != CLUSTER_VERSION:
-            await self.propose(
-                rpb.InternalRaftRequest(cluster_version_set=mpb.ClusterVersionSetRequest(ver=CLUSTER_VERSION))
-            )
+                self.ready.set()
+                if self.cluster.version == CLUSTER_VERSION:
+                    return
+            except (StoppedError, TimeoutError_, ProposalDroppedError, NoLeaderError):
+                pass
+            await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000)
 
     async def stop(self) -> None:
-        if not self._started or self._stopping:
+        if not self._started or self.stopping:
             return
-        self._stopping = True
-        for task in self._tasks:
+        self.stopping = True
+        for task in [*self._tasks, *self._background]:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in [*self._tasks, *self._background]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for _, fut in self._proposals:
+        await self.transport.stop()
+        await self.raft.stop()
+        for fut in self._wait.values():
             if not fut.done():
                 fut.set_exception(StoppedError())
-        self._proposals.clear()
+        for waiter in self._read_waiters:
+            if not waiter.done():
+                waiter.set_exception(StoppedError())
+        self._wait.clear()
         self.backend.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- raft state -----------------------------------------------------------------------------
+
+    @property
+    def term(self) -> int:
+        return self.raft.node.raft.term
+
+    @property
+    def leader_id(self) -> int:
+        return self.raft.lead
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft.state == StateType.LEADER
+
+    @property
+    def committed_index(self) -> int:
+        return self.raft.node.raft.raft_log.committed
+
+    @property
+    def is_learner(self) -> bool:
+        me = self.cluster.member(self.member_id)
+        return me is not None and me.is_learner
+
+    def _on_soft_state(self, ss: SoftState) -> None:
+        if ss.raft_state == StateType.LEADER:
+            if not self.lessor.is_primary:
+                self.lessor.promote(self.cfg.election_timeout_ms / 1000)
+        elif self.lessor.is_primary:
+            self.lessor.demote()
+        self._leader_changed.set()
+        self._leader_changed = asyncio.Event()
+        log.info(
+            "raft state changed",
+            extra={"member": f"{self.member_id:x}", "state": ss.raft_state.name, "leader": f"{ss.lead:x}"},
+        )
+
+    def _on_peer_message(self, m: Message) -> None:
+        if self.stopping:
+            return
+        with contextlib.suppress(Exception):
+            self.raft.step(m)
+
+    def _report_unreachable(self, peer_id: int) -> None:
+        with contextlib.suppress(Exception):
+            self.raft.node.report_unreachable(peer_id)
+
+    def _report_snapshot(self, peer_id: int, failed: bool) -> None:
+        with contextlib.suppress(Exception):
+            self.raft.node.report_snapshot(peer_id, failed)
+            self.raft.notify()
 
     # -- proposals ------------------------------------------------------------------------------
 
+    @property
+    def request_timeout(self) -> float:
+        return 5.0 + 2 * self.cfg.election_timeout_ms / 1000
+
     async def propose(self, r: rpb.InternalRaftRequest) -> ApplyResult:
         """Append r to the log and wait for the result of applying it."""
-        if self._stopping:
+        if self.stopping:
             raise StoppedError()
+        if self.committed_index > self.applied_index + MAX_GAP_BETWEEN_APPLY_AND_COMMIT:
+            raise TooManyRequestsError()
         r.header.ID = self._ids.next()
-        if r.ByteSize() > self.cfg.max_request_bytes:
+        data = r.SerializeToString()
+        if len(data) > self.cfg.max_request_bytes:
             raise RequestTooLargeError()
         fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
-        self._proposals.append((r, fut))
-        self._proposed.set()
-        return await fut
+        self._wait[r.header.ID] = fut
+        try:
+            try:
+                self.raft.node.propose(data)
+            except RaftProposalDropped:
+                raise ProposalDroppedError() from None
+            self.raft.notify()
+            return await asyncio.wait_for(asyncio.shield(fut), self.request_timeout)
+        except TimeoutError:
+            raise TimeoutError_() from None
+        finally:
+            self._wait.pop(r.header.ID, None)
 
     async def _request(self, r: rpb.InternalRaftRequest) -> Any:
         result = await self.propose(r)
         if result.err is not None:
-            if isinstance(result.err, NoSpaceError):
-                await self._raise_nospace()
             raise result.err
         return result.resp
 
-    async def _apply_loop(self) -> None:
+    # -- apply ----------------------------------------------------------------------------------
+
+    def _apply_entries(self, entries: tuple[Entry, ...]) -> None:
+        ci = self.consistent_index
+        for e in entries:
+            if e.type == EntryType.CONF_CHANGE:
+                self._apply_conf_change(ConfChange.unmarshal(e.data), e.index > ci)
+            elif e.index > ci and e.data:
+                self._apply_normal(e)
+            if e.index > ci:
+                ci = e.index
+            self.applied_index = max(self.applied_index, e.index)
+        if ci != self.consistent_index:
+            self.consistent_index = ci
+            self.backend.batch_tx().put(Bucket.META, MetaKey.CONSISTENT_INDEX, encode_uint64(ci))
+            self.backend.batch_tx().put(Bucket.META, MetaKey.TERM, encode_uint64(self.term))
+        if self._applied_waits:
+            still = []
+            for index, fut in self._applied_waits:
+                if index <= self.applied_index:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    still.append((index, fut))
+            self._applied_waits = still
+
+    def _apply_normal(self, e: Entry) -> None:
+        r = rpb.InternalRaftRequest.FromString(e.data)
+        result = self.applier.apply(r)
+        if result.compaction is not None:
+            self._schedule_compaction(result.compaction)
+        fut = self._wait.get(r.header.ID or r.ID)
+        if fut is None:
+            return
+        if isinstance(result.err, NoSpaceError) and not self.alarms.active(pb.NOSPACE):
+            # as etcd: answer once the NOSPACE alarm it implies is raised
+            self._spawn(self._raise_nospace_then(fut, result))
+        elif not fut.done():
+            fut.set_result(result)
+
+    async def _raise_nospace_then(self, fut: asyncio.Future[ApplyResult], result: ApplyResult) -> None:
+        with contextlib.suppress(Exception):
+            await self._raise_nospace()
+        if not fut.done():
+            fut.set_result(result)
+
+    def _apply_conf_change(self, cc: ConfChange, should_apply: bool) -> None:
+        cluster = self.cluster
+        if should_apply:
+            if cc.type in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
+                known = cluster.member(cc.node_id)
+                if known is not None and known.is_learner and cc.type == ConfChangeType.ADD_NODE:
+                    cluster.promote(cc.node_id)
+                elif cc.context:
+                    cluster.add_member(Member.from_json(cc.context))
+            elif cc.type == ConfChangeType.REMOVE_NODE:
+                cluster.remove_member(cc.node_id)
+            elif cc.type == ConfChangeType.UPDATE_NODE and cc.context:
+                cluster.update_raft_attributes(cc.node_id, Member.from_json(cc.context).peer_urls)
+        member = cluster.member(cc.node_id)
+        if cc.type == ConfChangeType.REMOVE_NODE:
+            self.transport.remove_peer(cc.node_id)
+            if cc.node_id == self.member_id:
+                log.warning("this member was removed from the cluster; stopping")
+                self.removed.set()
+        elif member is not None:
+            if cc.type == ConfChangeType.UPDATE_NODE:
+                self.transport.update_peer(member.id, list(member.peer_urls))
+            else:
+                self.transport.add_peer(member.id, list(member.peer_urls))
+        self.raft.conf_state = self.raft.node.apply_conf_change(cc)
+        fut = self._wait.get(cc.id)
+        if fut is not None and not fut.done():
+            fut.set_result(ApplyResult())
+
+    async def _apply_snapshot(self, snap: Snapshot) -> None:
+        """Install the database that came with a snapshot from the leader."""
+        index = snap.metadata.index
+        if index <= self.consistent_index:
+            return
+        db = self.raft.snapshotter.db_file_path(index)
+        self.backend.replace_with(db)
+        self.lessor.recover()
+        resume = self.kv.restore()
+        self.alarms.reload()
+        self.cluster.reload()
+        for m in self.cluster.sorted_members():
+            self.transport.add_peer(m.id, list(m.peer_urls))
+        self.consistent_index = self._stored_consistent_index()
+        self.applied_index = max(self.consistent_index, index)
+        self.snapshot_index = index
+        if resume is not None:
+            self._schedule_compaction(resume)
+        log.info("applied snapshot from the leader", extra={"index": index, "revision": self.kv.rev()})
+
+    async def _after_apply(self) -> None:
+        if self.applied_index - self.snapshot_index > self.cfg.snapshot_count:
+            await asyncio.wrap_future(self.backend.commit())
+            index = self.applied_index
+            await self.raft.create_snapshot(index, b"", self.cfg.snapshot_catchup_entries)
+            self.snapshot_index = index
+            log.info("saved snapshot", extra={"index": index})
+
+    async def _backend_commit_loop(self) -> None:
         while True:
-            await self._proposed.wait()
-            self._proposed.clear()
-            batch, self._proposals = self._proposals, []
-            results = []
-            for r, fut in batch:
-                self.committed_index += 1
-                result = self.applier.apply(r)
-                self.applied_index = self.committed_index
-                results.append((fut, result))
-                if result.compaction is not None:
-                    self._schedule_compaction(result.compaction)
-            self.backend.batch_tx().put(
-                Bucket.META, MetaKey.CONSISTENT_INDEX, encode_uint64(self.applied_index)
-            )
-            # durable before anyone learns of it: the event loop waits for the commit
-            self.backend.force_commit()
-            for fut, result in results:
-                if not fut.done():
-                    fut.set_result(result)
+            await asyncio.sleep(BACKEND_COMMIT_INTERVAL)
+            if self.backend.pending():
+                await asyncio.wrap_future(self.backend.commit())
+
+    async def _snapshot_db(self) -> bytes:
+        await asyncio.wrap_future(self.backend.commit())
+        buf = io.BytesIO()
+        await asyncio.to_thread(self.backend.snapshot_to, buf)
+        return buf.getvalue()
+
+    async def _receive_snapshot(self, m: Message, reader: asyncio.StreamReader, size: int) -> None:
+        assert m.snapshot is not None
+        data = await reader.readexactly(size)
+        await asyncio.to_thread(
+            self.raft.snapshotter.save_db_from, io.BytesIO(data), m.snapshot.metadata.index
+        )
+        self.raft.step(m)
+
+    # -- linearizable reads (etcd's linearizableReadLoop) ---------------------------------------
+
+    async def linearizable_read(self) -> None:
+        """Wait until this member has applied everything committed before the call."""
+        if self.stopping:
+            raise StoppedError()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._read_waiters.append(fut)
+        self._read_wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.request_timeout)
+        except TimeoutError:
+            raise TimeoutError_() from None
+
+    async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._read_wake.wait()
+            self._read_wake.clear()
+            waiters, self._read_waiters = self._read_waiters, []
+            if not waiters:
+                continue
+            try:
+                index = await self._read_index()
+                if index > self.applied_index:
+                    done: asyncio.Future[None] = loop.create_future()
+                    self._applied_waits.append((index, done))
+                    await done
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
+            except Exception as e:
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(e)
+
+    async def _read_index(self) -> int:
+        deadline = asyncio.get_running_loop().time() + self.request_timeout
+        while True:
+            ctx = struct.pack(">Q", next(self._read_ctx))
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._read_index_waits[ctx] = fut
+            leader_changed = self._leader_changed
+            try:
+                self.raft.node.read_index(ctx)
+                self.raft.notify()
+                waiter: asyncio.Future[Any] = asyncio.ensure_future(leader_changed.wait())
+                done, _ = await asyncio.wait(
+                    {fut, waiter}, timeout=READ_INDEX_RETRY, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiter.cancel()
+                if fut in done:
+                    return fut.result()
+                if waiter in done and self.leader_id == 0:
+                    raise LeaderChangedError()
+            finally:
+                self._read_index_waits.pop(ctx, None)
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError_()
+
+    def _on_read_states(self, states: tuple[ReadState, ...]) -> None:
+        for rs in states:
+            fut = self._read_index_waits.get(rs.request_ctx)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+
+    # -- background loops -----------------------------------------------------------------------
 
     def _schedule_compaction(self, job: Compaction) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -236,9 +576,9 @@ class EtcdServer:
         while True:
             job, done = await self._compactions.get()
             for _ in job.steps():
-                self.backend.force_commit()
+                await asyncio.wrap_future(self.backend.commit())
                 await asyncio.sleep(sleep)
-            self.backend.force_commit()
+            await asyncio.wrap_future(self.backend.commit())
             self._compaction_done.pop(job.rev, None)
             if not done.done():
                 done.set_result(None)
@@ -271,12 +611,10 @@ class EtcdServer:
         while True:
             await asyncio.sleep(LEASE_EXPIRY_CHECK_INTERVAL)
             for lease_id in self.lessor.expired_leases():
-                task = asyncio.create_task(self._revoke_expired(lease_id))
-                self._revokes.add(task)
-                task.add_done_callback(self._revokes.discard)
+                self._spawn(self._revoke_expired(lease_id))
 
     async def _revoke_expired(self, lease_id: int) -> None:
-        with contextlib.suppress(LeaseNotFoundError, StoppedError):
+        with contextlib.suppress(LeaseNotFoundError, StoppedError, TimeoutError_, ProposalDroppedError):
             await self._request(rpb.InternalRaftRequest(lease_revoke=pb.LeaseRevokeRequest(ID=lease_id)))
 
     # -- alarms ---------------------------------------------------------------------------------
@@ -295,22 +633,16 @@ class EtcdServer:
             )
         )
 
-    async def _check_quota(self, req: Message) -> None:
+    async def _check_quota(self, req: PbMessage) -> None:
         if not self.quota.available(req):
             await self._raise_nospace()
             raise NoSpaceError()
 
     # -- KV API ---------------------------------------------------------------------------------
 
-    def header(self, revision: int | None = None) -> pb.ResponseHeader:
-        return pb.ResponseHeader(
-            cluster_id=self.cluster.cluster_id,
-            member_id=self.member_id,
-            revision=self.kv.rev() if revision is None else revision,
-            raft_term=self.term,
-        )
-
     async def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
+        if not r.serializable:
+            await self.linearizable_read()
         return txn.range_(self.kv.read(), r)
 
     async def put(self, r: pb.PutRequest) -> pb.PutResponse:
@@ -324,6 +656,8 @@ class EtcdServer:
 
     async def txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
         if txn.is_txn_readonly(r):
+            if not all(op.request_range.serializable for op in (*r.success, *r.failure)):
+                await self.linearizable_read()
             return txn.txn(self.kv, self.lessor, r)
         await self._check_quota(r)
         resp: pb.TxnResponse = await self._request(rpb.InternalRaftRequest(txn=r))
@@ -352,8 +686,71 @@ class EtcdServer:
         resp: pb.LeaseRevokeResponse = await self._request(rpb.InternalRaftRequest(lease_revoke=r))
         return resp
 
-    def lease_renew(self, lease_id: int) -> int:
-        return self.lessor.renew(lease_id)
+    async def lease_renew(self, lease_id: int) -> int:
+        """Keep-alive: on the leader, or forwarded to it (only the leader tracks expiry)."""
+        if self.is_leader:
+            return self.lessor.renew(lease_id)
+        answer = await self._ask_leader({"op": "lease_renew", "id": lease_id})
+        if answer.get("error") == "not_found":
+            raise LeaseNotFoundError()
+        return int(answer["ttl"])
+
+    async def lease_time_to_live(self, lease_id: int, keys: bool) -> tuple[int, int, list[bytes]] | None:
+        """(remaining TTL, granted TTL, keys) from the leader's lessor; None if unknown."""
+        if self.is_leader:
+            lease = self.lessor.lookup(lease_id)
+            if lease is None:
+                return None
+            return int(self.lessor.remaining(lease)), lease.ttl, sorted(lease.keys) if keys else []
+        answer = await self._ask_leader({"op": "lease_ttl", "id": lease_id, "keys": keys})
+        if answer.get("error") == "not_found":
+            return None
+        return int(answer["ttl"]), int(answer["granted"]), [base64.b64decode(k) for k in answer["keys"]]
+
+    async def _ask_leader(self, request: dict[str, Any]) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + self.request_timeout
+        while True:
+            leader = self.cluster.member(self.leader_id) if self.leader_id else None
+            if leader is not None and leader.id != self.member_id:
+                try:
+                    return await peer_request(leader.peer_urls[0], request, member_id=self.member_id)
+                except (OSError, TransportError, TimeoutError):
+                    pass
+            elif self.is_leader:
+                return await self._on_peer_request(request)
+            if asyncio.get_running_loop().time() > deadline:
+                raise NoLeaderError()
+            await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000)
+
+    async def _on_peer_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "members":
+            return {
+                "cluster_id": f"{self.cluster.cluster_id:x}",
+                "members": [m.to_json().decode() for m in self.cluster.sorted_members()],
+            }
+        if op == "lease_renew":
+            try:
+                return {"ttl": self.lessor.renew(int(req["id"]))}
+            except (LeaseNotFoundError, NotPrimaryError):
+                return {"error": "not_found"}
+        if op == "lease_ttl":
+            lease = self.lessor.lookup(int(req["id"]))
+            if lease is None:
+                return {"error": "not_found"}
+            keys = sorted(lease.keys) if req.get("keys") else []
+            return {
+                "ttl": int(self.lessor.remaining(lease)),
+                "granted": lease.ttl,
+                "keys": [base64.b64encode(k).decode() for k in keys],
+            }
+        if op == "promote":
+            try:
+                await self.member_promote(int(req["id"]))
+                return {}
+            except Exception as e:
+                return {"error": type(e).__name__}
+        return {"error": f"unknown op {op!r}"}
 
     # -- Maintenance ----------------------------------------------------------------------------
 
@@ -362,22 +759,105 @@ class EtcdServer:
         return resp
 
     async def defragment(self) -> None:
+        await asyncio.wrap_future(self.backend.commit())
         self.backend.defrag()
 
-    # -- membership (needs the replicated log of several members) --------------------------------
+    async def move_leader(self, target: int) -> None:
+        if not self.is_leader:
+            raise NotLeaderError()
+        m = self.cluster.member(target)
+        if m is None or m.is_learner:
+            raise BadLeaderTransfereeError()
+        if target == self.member_id:
+            return
+        self.raft.node.transfer_leader(target)
+        self.raft.notify()
+        deadline = asyncio.get_running_loop().time() + self.request_timeout
+        while self.leader_id != target:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutLeaderTransferError()
+            await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000)
+
+    # -- membership -----------------------------------------------------------------------------
+
+    async def _conf_change(self, cc: ConfChange) -> None:
+        fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        self._wait[cc.id] = fut
+        try:
+            try:
+                self.raft.node.propose_conf_change(cc)
+            except RaftProposalDropped:
+                raise ProposalDroppedError() from None
+            self.raft.notify()
+            await asyncio.wait_for(asyncio.shield(fut), self.request_timeout)
+        except TimeoutError:
+            raise TimeoutError_() from None
+        finally:
+            self._wait.pop(cc.id, None)
+
+    def _started_voters(self) -> int:
+        return sum(
+            1
+            for m in self.cluster.members.values()
+            if not m.is_learner and (m.id == self.member_id or self.transport.is_active(m.id))
+        )
 
     async def member_add(self, peer_urls: list[str], is_learner: bool) -> Member:
-        raise NotCapableError()
+        validate_urls(peer_urls)
+        member = Member(
+            id=compute_member_id(peer_urls, self.cfg.initial_cluster_token, int(time.time())),
+            peer_urls=tuple(peer_urls),
+            is_learner=is_learner,
+        )
+        self.cluster.validate_add(member)
+        if not is_learner:
+            voters = len(self.cluster.voter_ids()) + 1
+            if self._started_voters() < voters // 2 + 1:
+                raise NotEnoughStartedMembersError()
+        kind = ConfChangeType.ADD_LEARNER_NODE if is_learner else ConfChangeType.ADD_NODE
+        await self._conf_change(ConfChange(kind, member.id, member.to_json(), self._ids.next()))
+        return member
 
     async def member_remove(self, member_id: int) -> None:
-        raise NotCapableError()
+        self.cluster.validate_remove(member_id)
+        m = self.cluster.member(member_id)
+        if m is not None and not m.is_learner:
+            voters = len(self.cluster.voter_ids()) - 1
+            started = self._started_voters() - (
+                1 if member_id == self.member_id or self.transport.is_active(member_id) else 0
+            )
+            if voters > 0 and started < voters // 2 + 1:
+                raise NotEnoughStartedMembersError()
+        await self._conf_change(ConfChange(ConfChangeType.REMOVE_NODE, member_id, b"", self._ids.next()))
 
     async def member_update(self, member_id: int, peer_urls: list[str]) -> None:
-        raise NotCapableError()
+        validate_urls(peer_urls)
+        m = self.cluster.member(member_id)
+        if m is None:
+            self.cluster.validate_remove(member_id)
+            raise AssertionError("unreachable")
+        updated = Member(m.id, m.name, tuple(peer_urls), m.client_urls, m.is_learner)
+        await self._conf_change(
+            ConfChange(ConfChangeType.UPDATE_NODE, member_id, updated.to_json(), self._ids.next())
+        )
 
     async def member_promote(self, member_id: int) -> None:
-        raise NotCapableError()
-
-    @property
-    def leader_id(self) -> int:
-        return self.member_id
+        self.cluster.validate_promote(member_id)
+        if not self.is_leader:
+            answer = await self._ask_leader({"op": "promote", "id": member_id})
+            error = answer.get("error")
+            if error == "LearnerNotReadyError":
+                raise LearnerNotReadyError()
+            if error:
+                raise NotLeaderError()
+            return
+        progress = self.raft.node.status().progress.get(member_id)
+        leader = self.raft.node.status().progress.get(self.member_id)
+        if progress is None or leader is None or progress.match < leader.match * 9 // 10:
+            raise LearnerNotReadyError()
+        m = self.cluster.member(member_id)
+        assert m is not None
+        promoted = Member(m.id, m.name, m.peer_urls, m.client_urls, False)
+        await self._conf_change(
+            ConfChange(ConfChangeType.ADD_NODE, member_id, promoted.to_json(), self._ids.next())
+        )

@@ -51,7 +51,7 @@ FOREVER = math.inf
 _ID = struct.Struct(">Q")
 
 
-class LeaseNotFoundError(EtcdError):
+class LeaseNotFoundError(EtcdError, LookupError):
     """lease not found"""
 
 
@@ -117,12 +117,21 @@ class Lessor:
     def open(cls, backend: Backend, *, min_ttl: int, clock: Callable[[], float] = time.monotonic) -> Lessor:
         """Load the leases from the backend (keys are attached later, by the MVCC restore)."""
         lessor = cls(backend, min_ttl=min_ttl, clock=clock)
-        for _, raw in backend.read_tx().iterate(Bucket.LEASE):
+        lessor.recover()
+        return lessor
+
+    def recover(self) -> None:
+        """(Re)load every lease from the backend; keys are attached by the MVCC restore."""
+        self.lease_map.clear()
+        self._item_map.clear()
+        self._queue.clear()
+        for _, raw in self._backend.read_tx().iterate(Bucket.LEASE):
             pb = LeasePB.FromString(raw)
             lease = Lease(pb.ID, pb.TTL)
             lease.remaining_ttl = pb.RemainingTTL
-            lessor.lease_map[pb.ID] = lease
-        return lessor
+            self.lease_map[pb.ID] = lease
+        if self._primary:
+            self.promote(0.0)
 
     def set_range_deleter(self, factory: Callable[[], RangeDeleter]) -> None:
         """The write transaction factory revoke() deletes keys with (the watchable store's)."""

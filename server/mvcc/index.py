@@ -36,6 +36,11 @@ class Index(Protocol):
 
     def key_index(self, key: bytes) -> KeyIndex | None: ...
 
+    def restore_tombstone(self, key: bytes, rev: Revision) -> None:
+        ki = KeyIndex(key)
+        ki.restore_tombstone(rev.main, rev.sub)
+        self._tree[key] = ki
+
     def range_since(self, key: bytes, end: bytes | None, rev: int) -> list[Revision]: ...
 
     def compact(self, rev: int) -> set[Revision]: ...
@@ -125,6 +130,11 @@ class TreeIndex:
     def restore(self, key: bytes, created: Revision, modified: Revision, ver: int) -> None:
         ki = KeyIndex(key)
         ki.restore(created, modified, ver)
+        self._tree[key] = ki
+
+    def restore_tombstone(self, key: bytes, rev: Revision) -> None:
+        ki = KeyIndex(key)
+        ki.restore_tombstone(rev.main, rev.sub)
         self._tree[key] = ki
 
     def range_since(self, key: bytes, end: bytes | None, rev: int) -> list[Revision]:

@@ -91,6 +91,12 @@ class KeyIndex:
         self.modified = modified
         self.generations.append(Generation(ver, created, [modified]))
 
+    def restore_tombstone(self, main: int, sub: int) -> None:
+        """Rebuild a key whose oldest surviving record is its tombstone (everything before it was
+        compacted): a generation holding only the tombstone, then the empty current one."""
+        self.restore(_ZERO, Revision(main, sub), 1)
+        self.generations.append(Generation())
+
     def tombstone(self, main: int, sub: int) -> None:
         """Record a delete and open a new generation."""
         if self.is_empty():

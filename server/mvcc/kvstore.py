@@ -40,9 +40,12 @@ class Compaction:
     revisions <= rev that no live key needs. Drive it with steps(); the caller commits the
     backend (and may pause) between steps."""
 
-    def __init__(self, store: KVStore, rev: int, prev_rev: int) -> None:
+    def __init__(self, store: KVStore, rev: int, prev_rev: int, *, record_hash: bool = True) -> None:
         self.rev = rev
         self.prev_rev = prev_rev
+        # a compaction resumed after a crash hashes a half-compacted bucket: its hash is not
+        # comparable with other members' and is not recorded (etcd #15919)
+        self.record_hash = record_hash
         self.hash: KeyValueHash | None = None
         self._store = store
 
@@ -62,7 +65,8 @@ class Compaction:
             if len(batch) < COMPACTION_BATCH_LIMIT:
                 tx.put(Bucket.META, MetaKey.FINISHED_COMPACT_REV, rev_to_bytes(Revision(self.rev, 0)))
                 self.hash = hasher.hash()
-                store.record_compaction_hash(self.hash)
+                if self.record_hash:
+                    store.record_compaction_hash(self.hash)
                 log.info("finished scheduled compaction", extra={"compact_revision": self.rev})
                 return
             r = bytes_to_rev(batch[-1][0])
@@ -118,13 +122,16 @@ class KVStore:
         if rev > self.current_rev:
             raise FutureRevError()
         prev = self.compact_main_rev
-        self.compact_main_rev = rev
-        self.backend.batch_tx().put(
-            Bucket.META, MetaKey.SCHEDULED_COMPACT_REV, rev_to_bytes(Revision(rev, 0))
+        tx = self.backend.batch_tx()
+        # the previous compaction finished (etcd records hashes only then)
+        previous_done = tx.get(Bucket.META, MetaKey.SCHEDULED_COMPACT_REV) == tx.get(
+            Bucket.META, MetaKey.FINISHED_COMPACT_REV
         )
+        self.compact_main_rev = rev
+        tx.put(Bucket.META, MetaKey.SCHEDULED_COMPACT_REV, rev_to_bytes(Revision(rev, 0)))
         # the scheduled revision must be durable before any record is deleted
         self.backend.force_commit()
-        return Compaction(self, rev, prev)
+        return Compaction(self, rev, prev, record_hash=previous_done)
 
     def record_compaction_hash(self, h: KeyValueHash) -> None:
         self.compaction_hashes.append(h)
@@ -151,6 +158,15 @@ class KVStore:
 
     # -- restore ----------------------------------------------------------------------------------
 
+    def restore(self) -> Compaction | None:
+        """Rebuild everything in memory from the backend, which was just replaced (a snapshot
+        from the leader): etcd's store.Restore."""
+        self.index = TreeIndex()
+        self.current_rev = 1
+        self.compact_main_rev = -1
+        self.compaction_hashes = []
+        return self._restore()
+
     def _restore(self) -> Compaction | None:
         tx = self.backend.read_tx()
         finished = tx.get(Bucket.META, MetaKey.FINISHED_COMPACT_REV)
@@ -165,7 +181,11 @@ class KVStore:
             self.current_rev = rev.main
             ki: KeyIndex | None = tree.key_index(kv.key)
             if is_tombstone(raw_rev):
-                if ki is not None and not ki.generations[-1].is_empty():
+                if ki is None:
+                    # its earlier records were compacted; the tombstone must stay indexed (and
+                    # kept by the next compaction) so a watch from this revision sees the delete
+                    tree.restore_tombstone(kv.key, rev)
+                elif not ki.generations[-1].is_empty():
                     ki.tombstone(rev.main, rev.sub)
                 key_to_lease.pop(kv.key, None)
                 continue
@@ -178,7 +198,10 @@ class KVStore:
             else:
                 key_to_lease.pop(kv.key, None)
         for key, lease in key_to_lease.items():
-            self.lessor.attach(lease, [key])
+            try:
+                self.lessor.attach(lease, [key])
+            except LookupError:
+                log.warning("key attached to a missing lease", extra={"key": key, "lease": lease})
         self.current_rev = max(self.current_rev, self.compact_main_rev, 1)
         if scheduled is None:
             return None
@@ -189,4 +212,4 @@ class KVStore:
         log.info("resuming scheduled compaction", extra={"compact_revision": scheduled_rev})
         prev = self.compact_main_rev
         self.compact_main_rev = scheduled_rev
-        return Compaction(self, scheduled_rev, prev)
+        return Compaction(self, scheduled_rev, prev, record_hash=False)

@@ -24,7 +24,7 @@ from server.api.mvccpb.kv_pb2 import Event, KeyValue
 from server.backend.backend import Backend
 from server.backend.schema import Bucket
 from server.mvcc.kv import LeaseTracker
-from server.mvcc.kvstore import KVStore
+from server.mvcc.kvstore import Compaction, KVStore
 from server.mvcc.kvstore_txn import StoreTxnWrite
 from server.mvcc.revision import Revision, bytes_to_rev, is_tombstone, rev_to_bytes
 from server.mvcc.watcher import Channel, FilterFunc, Watcher, WatchResponse, WatchStream
@@ -47,6 +47,18 @@ class WatchableStore(KVStore):
         self.victims: list[WatcherBatch] = []
         # called when there is catch-up work (unsynced watchers or victims)
         self.on_work: Callable[[], None] | None = None
+
+    def restore(self) -> Compaction | None:
+        """After the backend was replaced: every synced watcher must catch up from the new data
+        (its min_rev may now be ahead of the restored revision: marked restore)."""
+        job = super().restore()
+        for w in list(self.synced.watchers):
+            w.restore = True
+            self.synced.delete(w)
+            self.unsynced.add(w)
+        if self.unsynced:
+            self._wake()
+        return job
 
     # -- writes notify synced watchers ------------------------------------------------------------
 

@@ -74,6 +74,17 @@ GRPC_ERRORS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
     se.CorruptError: (C.DATA_LOSS, "etcdserver: corrupt cluster"),
     se.NotCapableError: (C.FAILED_PRECONDITION, "etcdserver: not capable"),
     se.BadLeaderTransfereeError: (C.FAILED_PRECONDITION, "etcdserver: bad leader transferee"),
+    se.NotEnoughStartedMembersError: (
+        C.FAILED_PRECONDITION,
+        "etcdserver: re-configuration failed due to not enough started members",
+    ),
+    se.LearnerNotReadyError: (
+        C.FAILED_PRECONDITION,
+        "etcdserver: can only promote a learner member which is in sync with leader",
+    ),
+    se.TimeoutLeaderTransferError: (C.UNAVAILABLE, "etcdserver: request timed out, leader transfer took too long"),
+    # etcd passes raft's error through untranslated
+    se.ProposalDroppedError: (C.UNKNOWN, "raft proposal dropped"),
     # leases
     le.LeaseNotFoundError: (C.NOT_FOUND, "etcdserver: requested lease not found"),
     le.LeaseExistsError: (C.FAILED_PRECONDITION, "etcdserver: lease already exists"),

@@ -40,7 +40,7 @@ class LeaseService(pb_grpc.LeaseServicer):
     ) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
         async for req in request_iterator:
             try:
-                ttl = self._s.lease_renew(req.ID)
+                ttl = await self._s.lease_renew(req.ID)
             except LeaseNotFoundError:
                 ttl = 0
             resp = pb.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
@@ -52,15 +52,12 @@ class LeaseService(pb_grpc.LeaseServicer):
         self, request: pb.LeaseTimeToLiveRequest, context: Ctx
     ) -> pb.LeaseTimeToLiveResponse:
         s = self._s
-        lease = s.lessor.lookup(request.ID)
-        if lease is None:
+        found = await s.lease_time_to_live(request.ID, request.keys)
+        if found is None:
             resp = pb.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)
         else:
-            resp = pb.LeaseTimeToLiveResponse(
-                ID=request.ID, TTL=int(s.lessor.remaining(lease)), grantedTTL=lease.ttl
-            )
-            if request.keys:
-                resp.keys.extend(sorted(lease.keys))
+            ttl, granted, keys = found
+            resp = pb.LeaseTimeToLiveResponse(ID=request.ID, TTL=ttl, grantedTTL=granted, keys=keys)
         fill(s, resp.header)
         return resp
 

@@ -14,7 +14,7 @@ import grpc
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.backend.schema import Bucket, MetaKey
-from server.etcdserver.errors import BadLeaderTransfereeError, NotCapableError, NotLeaderError
+from server.etcdserver.errors import NotCapableError
 from server.etcdserver.server import EtcdServer
 from server.v3rpc.header import fill
 from server.v3rpc.util import unary
@@ -59,11 +59,13 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
             raftIndex=s.committed_index,
             raftTerm=s.term,
             raftAppliedIndex=s.applied_index,
-            isLearner=False,
+            isLearner=s.is_learner,
             storageVersion=STORAGE_VERSION,
             dbSizeQuota=s.quota.quota_bytes,
         )
         resp.downgradeInfo.SetInParent()
+        if s.leader_id == 0:
+            resp.errors.append("etcdserver: no leader")
         resp.errors.extend(alarm_string(m) for m in s.alarms.get())
         fill(s, resp.header)
         return resp
@@ -116,13 +118,8 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
 
     @unary
     async def MoveLeader(self, request: pb.MoveLeaderRequest, context: Ctx) -> pb.MoveLeaderResponse:
-        s = self._s
-        if s.member_id != s.leader_id:
-            raise NotLeaderError()
-        target = s.cluster.member(request.targetID)
-        if target is None or target.is_learner or target.id == s.member_id:
-            raise BadLeaderTransfereeError()
-        raise BadLeaderTransfereeError()
+        await self._s.move_leader(request.targetID)
+        return pb.MoveLeaderResponse()
 
     @unary
     async def Downgrade(self, request: pb.DowngradeRequest, context: Ctx) -> pb.DowngradeResponse:

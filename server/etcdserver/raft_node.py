@@ -1,0 +1,217 @@
+"""The one loop that does raft's IO (etcd's server/etcdserver/raft.go).
+
+    tick timer --tick()--> RawNode <--step()-- transport (peer messages)
+                              |  ^ propose() / read_index() / ...
+                           ready()
+                              v
+    1. persist: snapshot file + WAL (hard state, entries), fdatasync when must_sync,
+       on the WAL thread so the event loop keeps serving meanwhile
+    2. raft's storage learns the persisted entries (and snapshot)
+    3. send the messages (after persisting: votes and appends are durable first)
+    4. apply: snapshot, then committed entries, through the server's callbacks
+    5. advance()
+
+The pure raft core never sees a clock, a file or a socket; everything here is that IO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from server.raft import (
+    ConfState,
+    Entry,
+    HardState,
+    Message,
+    RawNode,
+    ReadState,
+    Ready,
+    Snapshot,
+    SoftState,
+    StateType,
+)
+from server.raft.raft import Config as RaftConfig
+from server.raft.storage import MemoryStorage
+from server.snap.snapshotter import Snapshotter
+from server.wal.record import WALSnapshot
+from server.wal.wal import WAL
+
+__all__ = ["RaftCallbacks", "RaftNode"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RaftCallbacks:
+    """What the loop calls into the server for (all on the event loop thread)."""
+
+    on_soft_state: Callable[[SoftState], None]
+    # apply a received snapshot (the server swaps its backend for the snapshot's database)
+    apply_snapshot: Callable[[Snapshot], Awaitable[None]]
+    apply_entries: Callable[[tuple[Entry, ...]], None]
+    on_read_states: Callable[[tuple[ReadState, ...]], None]
+    send: Callable[[tuple[Message, ...]], None]
+    # after each Ready: the server may take a raft snapshot, commit its backend, ...
+    after_apply: Callable[[], Awaitable[None]]
+
+
+class RaftNode:
+    def __init__(
+        self,
+        node: RawNode,
+        storage: MemoryStorage,
+        wal: WAL,
+        snapshotter: Snapshotter,
+        callbacks: RaftCallbacks,
+        *,
+        tick_seconds: float,
+    ) -> None:
+        self.node = node
+        self.storage = storage
+        self.wal = wal
+        self.snapshotter = snapshotter
+        self.cb = callbacks
+        self.tick_seconds = tick_seconds
+        self._event = asyncio.Event()
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wal")
+        self._tasks: list[asyncio.Task[None]] = []
+        self.lead = 0
+        self.state = StateType.FOLLOWER
+        self.hard_state = HardState()
+        self.conf_state = ConfState()
+        self.stopped = asyncio.Event()
+        self.failure: BaseException | None = None
+
+    @staticmethod
+    def config(
+        node_id: int, storage: MemoryStorage, *, election_ticks: int, pre_vote: bool, applied: int
+    ) -> RaftConfig:
+        """etcd's raft settings: heartbeat every tick, CheckQuorum, PreVote, 1 MiB messages,
+        512 messages in flight, ReadIndex (safe) linearizable reads."""
+        return RaftConfig(
+            id=node_id,
+            election_tick=election_ticks,
+            heartbeat_tick=1,
+            storage=storage,
+            applied=applied,
+            max_size_per_msg=1024 * 1024,
+            max_inflight_msgs=512,
+            max_uncommitted_entries_size=1 << 30,
+            check_quorum=True,
+            pre_vote=pre_vote,
+            rng=random.Random(),
+        )
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Something was stepped/proposed: the node may have work."""
+        self._event.set()
+
+    def step(self, m: Message) -> None:
+        self.node.step(m)
+        self._event.set()
+
+    def advance_ticks(self, n: int) -> None:
+        for _ in range(n):
+            self.node.tick()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._tick_loop(), name="raft-tick"),
+            asyncio.create_task(self._ready_loop(), name="raft-ready"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await asyncio.get_running_loop().run_in_executor(self._io, self.wal.close)
+        self._io.shutdown(wait=True)
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += self.tick_seconds
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            self.node.tick()
+            self._event.set()
+
+    async def _ready_loop(self) -> None:
+        try:
+            while True:
+                await self._event.wait()
+                self._event.clear()
+                while self.node.has_ready():
+                    await self._process(self.node.ready())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # a raft or disk failure: the member must stop, not limp on
+            log.critical("raft loop failed; stopping the member", exc_info=True)
+            self.failure = e
+            self.stopped.set()
+
+    async def _process(self, rd: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        if rd.soft_state is not None:
+            self.lead = rd.soft_state.lead
+            self.state = rd.soft_state.raft_state
+            self.cb.on_soft_state(rd.soft_state)
+        if not rd.hard_state.is_empty():
+            self.hard_state = rd.hard_state
+        snap = rd.snapshot
+        if not snap.is_empty():
+            await loop.run_in_executor(self._io, self._save_snapshot, snap)
+        if rd.entries or not rd.hard_state.is_empty():
+            await loop.run_in_executor(self._io, self.wal.save, rd.hard_state, rd.entries, rd.must_sync)
+        if not snap.is_empty():
+            self.storage.apply_snapshot(snap)
+            self.conf_state = snap.metadata.conf_state
+        if not rd.hard_state.is_empty():
+            self.storage.set_hard_state(rd.hard_state)
+        if rd.entries:
+            self.storage.append(rd.entries)
+        if rd.messages:
+            self.cb.send(rd.messages)
+        if not snap.is_empty():
+            await self.cb.apply_snapshot(snap)
+        if rd.committed_entries:
+            self.cb.apply_entries(rd.committed_entries)
+        if rd.read_states:
+            self.cb.on_read_states(rd.read_states)
+        self.node.advance(rd)
+        await self.cb.after_apply()
+
+    def _save_snapshot(self, snap: Snapshot) -> None:
+        self.snapshotter.save_snap(snap)
+        md = snap.metadata
+        self.wal.save_snapshot(WALSnapshot(index=md.index, term=md.term, conf_state=md.conf_state))
+
+    # -- snapshots and log compaction ---------------------------------------------------------
+
+    async def create_snapshot(self, index: int, data: bytes, catchup_entries: int) -> None:
+        """Snapshot raft's state at index (already applied and committed to the backend),
+        then compact the in-memory log keeping catchup_entries for slow followers and let the
+        WAL release the segments before the snapshot."""
+        snap = self.storage.create_snapshot(index, self.conf_state, data)
+        await asyncio.get_running_loop().run_in_executor(self._io, self._persist_created_snapshot, snap)
+        compact_to = index - catchup_entries
+        if compact_to > self.storage.first_index():
+            self.storage.compact(compact_to)
+
+    def _persist_created_snapshot(self, snap: Snapshot) -> None:
+        self._save_snapshot(snap)
+        self.wal.release_lock_to(snap.metadata.index)
+        self.wal.purge(5)
+        self.snapshotter.purge_snapshots(5)
