@@ -242,7 +242,7 @@ def setup_logging(level: str) -> None:
     )
 
 
-async def _serve(cfg: Config) -> None:
+async def _serve(cfg: Config) -> int:
     from server.embed.etcd import Etcd  # imported late: --help and --version stay fast
 
     e = Etcd(cfg)
@@ -252,9 +252,20 @@ async def _serve(cfg: Config) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("ready to serve client requests", extra={"member": cfg.name, "data-dir": cfg.data_dir})
-    await stop.wait()
-    log.info("received signal; shutting down")
+    signalled = asyncio.ensure_future(stop.wait())
+    stopped = asyncio.ensure_future(e.wait_stopped())
+    await asyncio.wait({signalled, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if stopped.done():
+        reason = stopped.result()
+        failed = "failed" in reason
+        (log.error if failed else log.warning)("stopping", extra={"reason": reason})
+        code = 1 if failed else 0
+    else:
+        stopped.cancel()
+        log.info("received signal; shutting down")
     await e.stop()
+    return code
 
 
 def _usage() -> str:
@@ -296,10 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ignored:
         log.warning("flag accepted but not implemented by petcd; ignored", extra={"flag": name})
     try:
-        asyncio.run(_serve(cfg))
+        return asyncio.run(_serve(cfg))
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -36,10 +36,7 @@ class Index(Protocol):
 
     def key_index(self, key: bytes) -> KeyIndex | None: ...
 
-    def restore_tombstone(self, key: bytes, rev: Revision) -> None:
-        ki = KeyIndex(key)
-        ki.restore_tombstone(rev.main, rev.sub)
-        self._tree[key] = ki
+    def restore_tombstone(self, key: bytes, rev: Revision) -> None: ...
 
     def range_since(self, key: bytes, end: bytes | None, rev: int) -> list[Revision]: ...
 
