@@ -102,5 +102,7 @@ def snapshot_restore(argv: Sequence[str]) -> int:
         if isinstance(e, RestoreError) and os.path.exists(cfg.backend_path) and "exists" not in str(e):
             shutil.rmtree(cfg.data_dir, ignore_errors=True)
         return 1
-    print(f"restored snapshot {args.file} into {cfg.data_dir} (member {cfg.name}, cluster {cfg.initial_cluster_id():x})")
+    print(
+        f"restored snapshot {args.file} into {cfg.data_dir} (member {cfg.name}, cluster {cfg.initial_cluster_id():x})"
+    )
     return 0

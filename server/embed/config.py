@@ -99,7 +99,9 @@ class Config:
         try:
             parse_retention(self.auto_compaction_mode, self.auto_compaction_retention)
         except ValueError as e:
-            raise ConfigError(f"invalid auto-compaction-retention {self.auto_compaction_retention!r}: {e}") from e
+            raise ConfigError(
+                f"invalid auto-compaction-retention {self.auto_compaction_retention!r}: {e}"
+            ) from e
         if self.max_request_bytes <= 0:
             raise ConfigError("--max-request-bytes must be positive")
         peers = parse_initial_cluster(self.initial_cluster)

@@ -10,6 +10,7 @@ listeners, --listen-client-http-urls and --listen-metrics-urls.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from types import TracebackType
 from typing import Any
@@ -20,7 +21,9 @@ import grpc
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.embed.config import Config
 from server.etcdserver.server import EtcdServer
+from server.httpapi.http_server import HttpServers
 from server.v3rpc.cluster import ClusterService
+from server.v3rpc.interceptor import EtcdInterceptor
 from server.v3rpc.kv import KVService
 from server.v3rpc.lease import LeaseService
 from server.v3rpc.maintenance import MaintenanceService
@@ -63,6 +66,7 @@ class Etcd:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.server = EtcdServer(cfg)
+        self.http = HttpServers(cfg, self.server, interceptors=[EtcdInterceptor(self.server)])
         self._grpc: grpc.aio.Server | None = None
         self.client_ports: list[int] = []
 
@@ -70,7 +74,9 @@ class Etcd:
         cfg = self.cfg
         await self.server.start()
         try:
-            g = grpc.aio.server(options=grpc_server_options(cfg))
+            await self.server.wait_ready()
+            await self.http.start()
+            g = grpc.aio.server(interceptors=[EtcdInterceptor(self.server)], options=grpc_server_options(cfg))
             pb_grpc.add_KVServicer_to_server(KVService(self.server), g)
             pb_grpc.add_LeaseServicer_to_server(LeaseService(self.server), g)
             pb_grpc.add_WatchServicer_to_server(WatchService(self.server), g)
@@ -82,6 +88,7 @@ class Etcd:
             await g.start()
             self._grpc = g
         except BaseException:
+            await self.http.stop()
             await self.server.stop()
             raise
         log.info(
@@ -89,14 +96,23 @@ class Etcd:
         )
 
     async def stop(self) -> None:
+        await self.http.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
             self._grpc = None
         await self.server.stop()
 
-    async def wait(self) -> None:
-        if self._grpc is not None:
-            await self._grpc.wait_for_termination()
+    async def wait_stopped(self) -> str:
+        """Until the member must stop on its own: it was removed from the cluster, or its raft
+        loop failed (a disk error, say). Returns the reason."""
+        removed = asyncio.ensure_future(self.server.removed.wait())
+        failed = asyncio.ensure_future(self.server.raft.stopped.wait())
+        done, pending = await asyncio.wait({removed, failed}, return_when=asyncio.FIRST_COMPLETED)
+        for f in pending:
+            f.cancel()
+        if removed in done:
+            return "the member has been permanently removed from the cluster"
+        return f"the raft loop failed: {self.server.raft.failure!r}"
 
     async def __aenter__(self) -> Etcd:
         await self.start()

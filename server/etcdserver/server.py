@@ -57,6 +57,7 @@ from server.etcdserver.idutil import Generator
 from server.etcdserver.membership import Member, RaftCluster, compute_member_id, validate_urls
 from server.etcdserver.quota import BackendQuota
 from server.etcdserver.raft_node import RaftCallbacks, RaftNode
+from server.etcdserver.stats import ServerStats
 from server.etcdserver.transport import PeerHandler, Transport, TransportError, peer_request
 from server.lease.lessor import LeaseNotFoundError, Lessor, NotPrimaryError
 from server.mvcc.kvstore import Compaction
@@ -123,6 +124,8 @@ class EtcdServer:
         self.removed = asyncio.Event()
         self.ready = asyncio.Event()
         self._started = False
+        self.stats = ServerStats()
+        self._last_leader = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -139,6 +142,7 @@ class EtcdServer:
         self.cluster = b.cluster
         self.lessor = Lessor.open(self.backend, min_ttl=cfg.min_lease_ttl, clock=self._clock)
         self.kv, resume = WatchableStore.open(self.backend, self.lessor)
+        self.kv.stats = self.stats.mvcc
         self.kv.on_work = self._watch_work.set
         self.lessor.set_range_deleter(self.kv.write)
         self.alarms = AlarmStore(self.backend)
@@ -311,6 +315,9 @@ class EtcdServer:
         return me is not None and me.is_learner
 
     def _on_soft_state(self, ss: SoftState) -> None:
+        if ss.lead and ss.lead != self._last_leader:
+            self.stats.leader_changes += 1
+        self._last_leader = ss.lead
         if ss.raft_state == StateType.LEADER:
             if not self.lessor.is_primary:
                 self.lessor.promote(self.cfg.election_timeout_ms / 1000)
@@ -357,15 +364,20 @@ class EtcdServer:
         fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
         self._wait[r.header.ID] = fut
         try:
-            try:
-                self.raft.node.propose(data)
-            except RaftProposalDropped:
-                raise ProposalDroppedError() from None
-            self.raft.notify()
+            self.raft.node.propose(data)
+        except RaftProposalDropped:
+            self._wait.pop(r.header.ID, None)
+            self.stats.proposals_failed += 1
+            raise ProposalDroppedError() from None
+        self.stats.proposals_pending += 1
+        self.raft.notify()
+        try:
             return await asyncio.wait_for(asyncio.shield(fut), self.request_timeout)
         except TimeoutError:
+            self.stats.proposals_failed += 1
             raise TimeoutError_() from None
         finally:
+            self.stats.proposals_pending -= 1
             self._wait.pop(r.header.ID, None)
 
     async def _request(self, r: rpb.InternalRaftRequest) -> Any:

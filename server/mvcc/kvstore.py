@@ -23,6 +23,7 @@ from server.mvcc.index import TreeIndex
 from server.mvcc.key_index import KeyIndex
 from server.mvcc.kv import NO_LEASE, CompactedError, FutureRevError, KeyValue, LeaseTracker
 from server.mvcc.kvstore_txn import StoreTxnRead, StoreTxnWrite
+from server.mvcc.metrics import MvccStats
 from server.mvcc.revision import Revision, bytes_to_rev, is_tombstone, rev_to_bytes
 
 __all__ = ["Compaction", "KVStore"]
@@ -89,6 +90,7 @@ class KVStore:
         self.current_rev = 1
         self.compact_main_rev = -1
         self.compaction_hashes: list[KeyValueHash] = []
+        self.stats = MvccStats()
 
     @classmethod
     def open(cls, backend: Backend, lessor: LeaseTracker) -> tuple[Self, Compaction | None]:

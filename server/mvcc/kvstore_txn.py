@@ -36,6 +36,7 @@ class StoreTxnRead:
         return self._rev
 
     def range(self, key: bytes, end: bytes | None, ro: RangeOptions) -> RangeResult:
+        self._store.stats.range += 1
         return self._range_keys(key, end, self._rev, ro)
 
     def _range_keys(self, key: bytes, end: bytes | None, cur_rev: int, ro: RangeOptions) -> RangeResult:
@@ -66,17 +67,20 @@ class StoreTxnRead:
 
 
 class StoreTxnWrite(StoreTxnRead):
-    __slots__ = ("_begin_rev", "_changes")
+    __slots__ = ("_begin_rev", "_changes", "_ops")
 
     def __init__(self, store: KVStore) -> None:
         super().__init__(store, store.backend.batch_tx())
         self._begin_rev = store.current_rev
         self._changes: list[KeyValue] = []
+        self._ops = 0
 
     def rev(self) -> int:
         return self._begin_rev + 1 if self._changes else self._begin_rev
 
     def range(self, key: bytes, end: bytes | None, ro: RangeOptions) -> RangeResult:
+        self._ops += 1
+        self._store.stats.range += 1
         return self._range_keys(key, end, self.rev(), ro)
 
     def changes(self) -> list[KeyValue]:
@@ -84,6 +88,8 @@ class StoreTxnWrite(StoreTxnRead):
 
     def put(self, key: bytes, value: bytes, lease: int) -> int:
         store = self._store
+        self._ops += 1
+        store.stats.put += 1
         rev = self._begin_rev + 1
         created = rev
         ver = 0
@@ -109,6 +115,8 @@ class StoreTxnWrite(StoreTxnRead):
         return rev
 
     def delete_range(self, key: bytes, end: bytes | None) -> tuple[int, int]:
+        self._ops += 1
+        self._store.stats.delete += 1
         keys, _ = self._store.index.range(key, end, self.rev())
         for k in keys:
             self._delete(k)
@@ -128,5 +136,7 @@ class StoreTxnWrite(StoreTxnRead):
             store.lessor.detach(lease, [key])
 
     def end(self) -> None:
+        if self._ops > 1:
+            self._store.stats.txn += 1
         if self._changes:
             self._store.current_rev = self._begin_rev + 1

@@ -42,6 +42,10 @@ class InvalidSortOptionError(EtcdError):
     pass
 
 
+class NotSupportedForLearnerError(EtcdError):
+    pass
+
+
 class RequestKeyNotFoundError(EtcdError):
     """An empty RequestOp in a txn."""
 
@@ -57,6 +61,7 @@ GRPC_ERRORS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
     TooManyOpsError: (C.INVALID_ARGUMENT, "etcdserver: too many operations in txn request"),
     DuplicateKeyError: (C.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request"),
     InvalidSortOptionError: (C.INVALID_ARGUMENT, "etcdserver: invalid sort option"),
+    NotSupportedForLearnerError: (C.FAILED_PRECONDITION, "etcdserver: rpc not supported for learner"),
     # mvcc
     mvcc.CompactedError: (C.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"),
     mvcc.FutureRevError: (C.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision"),
@@ -82,7 +87,10 @@ GRPC_ERRORS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
         C.FAILED_PRECONDITION,
         "etcdserver: can only promote a learner member which is in sync with leader",
     ),
-    se.TimeoutLeaderTransferError: (C.UNAVAILABLE, "etcdserver: request timed out, leader transfer took too long"),
+    se.TimeoutLeaderTransferError: (
+        C.UNAVAILABLE,
+        "etcdserver: request timed out, leader transfer took too long",
+    ),
     # etcd passes raft's error through untranslated
     se.ProposalDroppedError: (C.UNKNOWN, "raft proposal dropped"),
     # leases

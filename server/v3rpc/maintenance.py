@@ -98,6 +98,7 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
         fd, path = tempfile.mkstemp(prefix="snapshot-", dir=os.path.dirname(s.cfg.backend_path))
         try:
             with os.fdopen(fd, "w+b") as tmp:
+                await asyncio.wrap_future(s.backend.commit())  # the copy is of committed data
                 await asyncio.to_thread(s.backend.snapshot_to, tmp)
                 total = tmp.tell()
                 tmp.seek(0)

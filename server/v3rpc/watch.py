@@ -114,7 +114,7 @@ class _ServerWatchStream:
                     watch_id=INVALID_WATCH_ID,
                     created=True,
                     canceled=True,
-                    cancel_reason="mvcc: required revision has been compacted",
+                    cancel_reason="etcdserver: mvcc: required revision has been compacted",
                 )
             )
             return

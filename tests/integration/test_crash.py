@@ -51,7 +51,8 @@ def test_kill9_loses_no_acknowledged_write(tmp_path: Path, cycles: int) -> None:
         member.start()
         stop = threading.Event()
         threads = [
-            threading.Thread(target=_writer, args=(member.client_url, f"{cycle}-{w}", acked, stop)) for w in range(WRITERS)
+            threading.Thread(target=_writer, args=(member.client_url, f"{cycle}-{w}", acked, stop))
+            for w in range(WRITERS)
         ]
         for t in threads:
             t.start()
@@ -65,7 +66,9 @@ def test_kill9_loses_no_acknowledged_write(tmp_path: Path, cycles: int) -> None:
             resp = pb_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"w", range_end=b"x"), timeout=10)
         found = {kv.key: kv.mod_revision for kv in resp.kvs}
         missing = {k: r for k, r in acked.items() if found.get(k) != r}
-        assert not missing, f"{len(missing)} acknowledged writes lost or changed, e.g. {list(missing.items())[:3]}"
+        assert not missing, (
+            f"{len(missing)} acknowledged writes lost or changed, e.g. {list(missing.items())[:3]}"
+        )
         rev = resp.header.revision
         assert rev >= max(acked.values(), default=1) and rev >= last_rev
         assert sorted(found.values()) == list(range(2, rev + 1)), "revisions are not dense"

@@ -32,7 +32,8 @@ def c(*args: str, stdin: str | None = None) -> Cmd:
 
 
 def txn_input(compares: list[str], success: list[str], failure: list[str]) -> str:
-    return "\n".join(compares) + "\n\n" + "\n".join(success) + "\n\n" + "\n".join(failure) + "\n"
+    """etcdctl txn's interactive input: compares, blank line, success ops, blank, failure ops."""
+    return "\n".join([*compares, "", *success, "", *failure, ""]) + "\n"
 
 
 SESSIONS: dict[str, list[Cmd]] = {
@@ -90,8 +91,8 @@ SESSIONS: dict[str, list[Cmd]] = {
         c("txn", stdin=txn_input(['value("a") = "1"'], ["put b 22", "del c", "get b"], ["get a"])),
         c("txn", "-wjson", stdin=txn_input(['version("missing") = "0"'], ["get b"], [])),
         c("txn", stdin=txn_input(['create("a") > "1"'], ["put z 1"], ["put y 1"])),
-        c("txn", stdin=txn_input(['value("a") != "1"'], ["put z 1"], ["get --prefix \"\""])),
-        c("txn", stdin=txn_input(["value(\"a\") = \"1\""], ["put d 1", "put d 2"], [])),
+        c("txn", stdin=txn_input(['value("a") != "1"'], ["put z 1"], ['get --prefix ""'])),
+        c("txn", stdin=txn_input(['value("a") = "1"'], ["put d 1", "put d 2"], [])),
         c("txn", stdin=txn_input([], ["put d 1", "del d"], [])),
         c("txn", stdin=txn_input([], [f"put t{i} v" for i in range(129)], [])),
         c("txn", stdin=txn_input([], [f"put t{i} v" for i in range(128)], [])),
@@ -183,5 +184,7 @@ def test_session(pair: tuple[Member, Member], session: str) -> None:
         got = (rp.rc, _health_line(norm_p(rp.out)), norm_p(rp.error_line))
         want = (re_.rc, _health_line(norm_e(re_.out)), norm_e(re_.error_line))
         if got != want:
-            mismatches.append(f"etcdctl {' '.join(a[:40] for a in cmd.args)}\n  petcd: {got}\n  etcd:  {want}")
+            mismatches.append(
+                f"etcdctl {' '.join(a[:40] for a in cmd.args)}\n  petcd: {got}\n  etcd:  {want}"
+            )
     assert not mismatches, "\n".join(mismatches)

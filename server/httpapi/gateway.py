@@ -1,0 +1,375 @@
+"""etcd's grpc-gateway: the v3 API as JSON over HTTP/1.1 (POST /v3/kv/range, ...).
+
+etcd's gateway is a gRPC client of its own server; here each route calls the gRPC servicer
+method directly (the same classes server/embed/etcd.py registers with grpcio), wrapped by the
+same server interceptors, so requests are validated, served and answered with headers filled
+exactly as on the gRPC path, and refusals carry the same status (server/v3rpc/errors.py).
+HTTP headers Grpc-Metadata-<Key> reach the interceptors as metadata, as with grpc-gateway. A
+servicer refuses through context.abort(); the gateway hands it a context whose abort() raises
+instead, and maps the status to the HTTP code grpc-gateway uses (runtime.HTTPStatusFromCode).
+
+Routes and wire format are etcd v3.6's (api/v3/etcdserverpb/gw/rpc.pb.gw.go): POST only
+(another method gets 501 {"code":12, "message":"Method Not Allowed"}), unknown paths under /v3/
+get 404 {"code":5, "message":"Not Found"}, /v3beta/ is an alias of /v3/. Server streams
+(snapshot) and the keepalive stream answer with one {"result": ...} line per message; keepalive
+requests are the JSON values of the request body, read as they arrive.
+
+Not served: /v3/watch (a bidirectional stream the gateway would need a websocket or a long
+request body for; petcd answers 501 like grpc-gateway's in-process transport does for streams),
+and the Auth, Lock and Election routes, which petcd's gRPC server does not serve either (501,
+"Method not found!" as grpcio answers unknown methods).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, cast
+
+import grpc
+from aiohttp import web
+from google.protobuf.message import Message
+
+from server.api.etcdserverpb import rpc_pb2 as pb
+from server.embed.config import Config
+from server.errors import EtcdError
+from server.etcdserver.server import EtcdServer
+from server.httpapi import jsonpb
+from server.v3rpc.cluster import ClusterService
+from server.v3rpc.errors import to_grpc_status
+from server.v3rpc.kv import KVService
+from server.v3rpc.lease import LeaseService
+from server.v3rpc.maintenance import MaintenanceService
+
+__all__ = ["Gateway", "body_limit", "error_response", "http_status_from_code", "status_of"]
+
+log = logging.getLogger(__name__)
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+Unary = Callable[[Any, Ctx], Awaitable[Message]]
+
+JSON = "application/json"
+METADATA_PREFIX = "Grpc-Metadata-"
+# the gRPC response header the gateway forwards on answers that came from the server
+GRPC_METADATA_HEADERS = {"Grpc-Metadata-Content-Type": "application/grpc"}
+
+# grpc-gateway's runtime.HTTPStatusFromCode
+_HTTP_STATUS = {
+    0: 200,  # OK
+    1: 499,  # CANCELLED
+    2: 500,  # UNKNOWN
+    3: 400,  # INVALID_ARGUMENT
+    4: 504,  # DEADLINE_EXCEEDED
+    5: 404,  # NOT_FOUND
+    6: 409,  # ALREADY_EXISTS
+    7: 403,  # PERMISSION_DENIED
+    8: 429,  # RESOURCE_EXHAUSTED
+    9: 400,  # FAILED_PRECONDITION
+    10: 409,  # ABORTED
+    11: 400,  # OUT_OF_RANGE
+    12: 501,  # UNIMPLEMENTED
+    13: 500,  # INTERNAL
+    14: 503,  # UNAVAILABLE
+    15: 500,  # DATA_LOSS
+    16: 401,  # UNAUTHENTICATED
+}
+
+INVALID_ARGUMENT = 3
+UNKNOWN = 2
+NOT_FOUND = 5
+RESOURCE_EXHAUSTED = 8
+UNIMPLEMENTED = 12
+
+
+def http_status_from_code(code: int) -> int:
+    return _HTTP_STATUS.get(code, 500)
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _GatewayContext:
+    """The part of grpc.aio.ServicerContext the servicers use: abort()."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
+        raise _Aborted(code, details)
+
+
+def _code_int(code: grpc.StatusCode) -> int:
+    return int(code.value[0])
+
+
+def status_of(e: BaseException) -> tuple[int, str]:
+    """The gRPC status (code, message) a client of the gRPC server would have seen for e."""
+    if isinstance(e, _Aborted):
+        return _code_int(e.code), e.details
+    if isinstance(e, jsonpb.DecodeError):
+        return INVALID_ARGUMENT, str(e)
+    if isinstance(e, EtcdError):
+        code, message = to_grpc_status(e)
+        return _code_int(code), message
+    # grpcio's answer to an exception escaping a handler
+    return UNKNOWN, f"Unexpected {type(e)}: {e}"
+
+
+class _CallDetails(grpc.HandlerCallDetails):
+    """What a server interceptor is told about a call: its method and metadata."""
+
+    def __init__(self, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.method = method
+        self.invocation_metadata = metadata
+
+
+@dataclass(frozen=True)
+class _Route:
+    request: type[Message]
+    # the full gRPC method name and its handler (built once: interceptors cache by handler)
+    method: str = ""
+    handler: Any = None
+    unimplemented: str = ""
+
+
+def _unary(request: type[Message], method: str, fn: Unary) -> _Route:
+    return _Route(request, method, grpc.unary_unary_rpc_method_handler(fn))
+
+
+class Gateway:
+    """The /v3/ routes over one server's gRPC servicers, through the gRPC server's interceptors
+    (as etcd's gateway goes through its gRPC server)."""
+
+    def __init__(self, server: EtcdServer, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
+        self._s = server
+        self._ctx = cast(Ctx, _GatewayContext())
+        self._interceptors = tuple(interceptors)
+        kv, lease = KVService(server), LeaseService(server)
+        cluster, maint = ClusterService(server), MaintenanceService(server)
+        in_process = "streaming calls are not yet supported in the in-process transport"
+        no_method = "Method not found!"
+        K, L, C, M = (
+            "/etcdserverpb.KV/",
+            "/etcdserverpb.Lease/",
+            "/etcdserverpb.Cluster/",
+            "/etcdserverpb.Maintenance/",
+        )
+        lease_revoke = _unary(pb.LeaseRevokeRequest, L + "LeaseRevoke", lease.LeaseRevoke)
+        lease_ttl = _unary(pb.LeaseTimeToLiveRequest, L + "LeaseTimeToLive", lease.LeaseTimeToLive)
+        lease_leases = _unary(pb.LeaseLeasesRequest, L + "LeaseLeases", lease.LeaseLeases)
+        routes: dict[str, _Route] = {
+            "/v3/kv/range": _unary(pb.RangeRequest, K + "Range", kv.Range),
+            "/v3/kv/put": _unary(pb.PutRequest, K + "Put", kv.Put),
+            "/v3/kv/deleterange": _unary(pb.DeleteRangeRequest, K + "DeleteRange", kv.DeleteRange),
+            "/v3/kv/txn": _unary(pb.TxnRequest, K + "Txn", kv.Txn),
+            "/v3/kv/compaction": _unary(pb.CompactionRequest, K + "Compact", kv.Compact),
+            "/v3/watch": _Route(pb.WatchRequest, unimplemented=in_process),
+            "/v3/lease/grant": _unary(pb.LeaseGrantRequest, L + "LeaseGrant", lease.LeaseGrant),
+            "/v3/lease/revoke": lease_revoke,
+            "/v3/kv/lease/revoke": lease_revoke,
+            "/v3/lease/keepalive": _Route(
+                pb.LeaseKeepAliveRequest,
+                L + "LeaseKeepAlive",
+                grpc.stream_stream_rpc_method_handler(lease.LeaseKeepAlive),
+            ),
+            "/v3/lease/timetolive": lease_ttl,
+            "/v3/kv/lease/timetolive": lease_ttl,
+            "/v3/lease/leases": lease_leases,
+            "/v3/kv/lease/leases": lease_leases,
+            "/v3/cluster/member/add": _unary(pb.MemberAddRequest, C + "MemberAdd", cluster.MemberAdd),
+            "/v3/cluster/member/remove": _unary(
+                pb.MemberRemoveRequest, C + "MemberRemove", cluster.MemberRemove
+            ),
+            "/v3/cluster/member/update": _unary(
+                pb.MemberUpdateRequest, C + "MemberUpdate", cluster.MemberUpdate
+            ),
+            "/v3/cluster/member/list": _unary(pb.MemberListRequest, C + "MemberList", cluster.MemberList),
+            "/v3/cluster/member/promote": _unary(
+                pb.MemberPromoteRequest, C + "MemberPromote", cluster.MemberPromote
+            ),
+            "/v3/maintenance/alarm": _unary(pb.AlarmRequest, M + "Alarm", maint.Alarm),
+            "/v3/maintenance/status": _unary(pb.StatusRequest, M + "Status", maint.Status),
+            "/v3/maintenance/defragment": _unary(pb.DefragmentRequest, M + "Defragment", maint.Defragment),
+            "/v3/maintenance/hash": _unary(pb.HashRequest, M + "Hash", maint.Hash),
+            "/v3/maintenance/hashkv": _unary(pb.HashKVRequest, M + "HashKV", maint.HashKV),
+            "/v3/maintenance/snapshot": _Route(
+                pb.SnapshotRequest, M + "Snapshot", grpc.unary_stream_rpc_method_handler(maint.Snapshot)
+            ),
+            "/v3/maintenance/transfer-leadership": _unary(
+                pb.MoveLeaderRequest, M + "MoveLeader", maint.MoveLeader
+            ),
+            "/v3/maintenance/downgrade": _unary(pb.DowngradeRequest, M + "Downgrade", maint.Downgrade),
+        }
+        unserved = [
+            *(f"auth/{op}" for op in ("enable", "disable", "status", "authenticate")),
+            *(f"auth/user/{op}" for op in ("add", "get", "list", "delete", "changepw", "grant", "revoke")),
+            *(f"auth/role/{op}" for op in ("add", "get", "list", "delete", "grant", "revoke")),
+            "lock/lock",
+            "lock/unlock",
+            *(f"election/{op}" for op in ("campaign", "proclaim", "leader", "observe", "resign")),
+        ]
+        for path in unserved:
+            routes[f"/v3/{path}"] = _Route(pb.RangeRequest, unimplemented=no_method)
+        self.routes = routes
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/v3/{tail:.*}", self.handle)
+        app.router.add_route("*", "/v3beta/{tail:.*}", self.handle)
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        route = self.routes.get("/v3/" + request.match_info["tail"])
+        if route is None:
+            return error_response(NOT_FOUND, "Not Found")
+        if request.method != "POST":
+            return error_response(UNIMPLEMENTED, "Method Not Allowed")
+        if route.unimplemented:
+            await request.read()
+            return error_response(UNIMPLEMENTED, route.unimplemented)
+        handler = await self._intercepted(route, request)
+        if handler.stream_stream is not None:
+            requests = self._request_stream(request, route.request)
+            return await self._forward_stream(request, handler.stream_stream(requests, self._ctx))
+        try:
+            msg = jsonpb.parse_first(await request.read(), route.request)
+            self._check_size(msg)
+        except (jsonpb.DecodeError, _Aborted) as e:
+            return error_response(*status_of(e))
+        if handler.unary_stream is not None:
+            return await self._forward_stream(request, handler.unary_stream(msg, self._ctx))
+        try:
+            resp = await handler.unary_unary(msg, self._ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if not isinstance(e, _Aborted | EtcdError):
+                log.exception("gateway %s failed", request.path)
+            return error_response(*status_of(e))
+        return web.Response(
+            body=jsonpb.marshal(resp).encode(),
+            headers={"Content-Type": JSON, **GRPC_METADATA_HEADERS},
+        )
+
+    async def _intercepted(self, route: _Route, request: web.Request) -> Any:
+        """The route's handler as the gRPC server's interceptors wrap it. Like grpc-gateway, HTTP
+        headers Grpc-Metadata-<Key> are passed on as gRPC metadata <key>."""
+        if not self._interceptors:
+            return route.handler
+        metadata = tuple(
+            (k[len(METADATA_PREFIX) :].lower(), v)
+            for k, v in request.headers.items()
+            if k.lower().startswith(METADATA_PREFIX.lower())
+        )
+        details = _CallDetails(route.method, metadata)
+
+        async def resolve(i: int, d: grpc.HandlerCallDetails) -> Any:
+            if i == len(self._interceptors):
+                return route.handler
+            return await self._interceptors[i].intercept_service(lambda d2: resolve(i + 1, d2), d)
+
+        return await resolve(0, details)
+
+    def _check_size(self, msg: Message) -> None:
+        """What grpcio refuses before a handler runs: a message over --max-request-bytes plus
+        the gRPC overhead allowance."""
+        limit = self._s.cfg.max_recv_bytes
+        size = msg.ByteSize()
+        if size > limit:
+            raise _Aborted(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"grpc: received message larger than max ({size} vs. {limit})",
+            )
+
+    async def _request_stream(self, request: web.Request, cls: type[Message]) -> AsyncIterator[Message]:
+        """The JSON values of the body as requests, each as soon as it is complete; the stream
+        ends (like the gateway's send loop) at the end of the body or at the first bad value."""
+        buf = bytearray()
+        pos = 0
+        eof = False
+        limit = body_limit(self._s.cfg)  # one request may be as large as a unary call's body
+        while True:
+            try:
+                start, end = jsonpb.scan_value(buf, pos, eof=eof)
+            except jsonpb.NeedMore:
+                if len(buf) > limit:
+                    return
+                try:
+                    chunk = await request.content.readany()
+                except Exception:
+                    return  # the client went away: the stream ends
+                if chunk:
+                    buf += chunk
+                else:
+                    eof = True
+                continue
+            except (jsonpb.NoValue, jsonpb.DecodeError):
+                return
+            msg = cls()
+            try:
+                jsonpb.unmarshal(bytes(buf[start:end]), msg)
+                self._check_size(msg)
+            except (jsonpb.DecodeError, _Aborted):
+                return
+            del buf[:end]
+            pos = 0
+            yield msg
+
+    async def _forward_stream(
+        self, request: web.Request, messages: AsyncIterator[Message]
+    ) -> web.StreamResponse:
+        """grpc-gateway's ForwardResponseStream: a line per message, an error line if the stream
+        fails (with the error's HTTP status if nothing was sent yet)."""
+        resp: web.StreamResponse | None = None
+        try:
+            try:
+                async for m in messages:
+                    if resp is None:
+                        resp = web.StreamResponse(headers={"Content-Type": JSON, **GRPC_METADATA_HEADERS})
+                        resp.enable_chunked_encoding()
+                        await resp.prepare(request)
+                    line = jsonpb.wrap_stream("result", jsonpb.marshal(m, compact=True)) + "\n"
+                    await resp.write(line.encode())
+            except (asyncio.CancelledError, ConnectionError):
+                raise
+            except Exception as e:
+                if not isinstance(e, _Aborted | EtcdError):
+                    log.exception("gateway stream %s failed", request.path)
+                code, message = status_of(e)
+                if resp is None:
+                    resp = web.StreamResponse(
+                        status=http_status_from_code(code), headers={"Content-Type": JSON}
+                    )
+                    resp.enable_chunked_encoding()
+                    await resp.prepare(request)
+                line = jsonpb.wrap_stream("error", jsonpb.marshal_status(code, message, compact=True)) + "\n"
+                await resp.write(line.encode())
+            finally:
+                aclose = getattr(messages, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            if resp is None:
+                # the stream ended without a message: an empty 200, without a content type
+                return web.Response(status=200)
+            await resp.write_eof()
+        except ConnectionError:
+            log.debug("gateway stream %s: the client went away", request.path)
+        return resp if resp is not None else web.Response(status=200)
+
+
+def body_limit(cfg: Config) -> int:
+    """The largest request body read: JSON carries bytes as base64 (4/3) plus field names, so
+    leave room for grpcio's limit to be checked on the decoded request (with etcd's error)."""
+    return 4 * cfg.max_recv_bytes + 64 * 1024
+
+
+def error_response(code: int, message: str) -> web.Response:
+    """grpc-gateway's DefaultHTTPErrorHandler."""
+    return web.Response(
+        status=http_status_from_code(code),
+        body=jsonpb.marshal_status(code, message).encode(),
+        headers={"Content-Type": JSON},
+    )
