@@ -39,6 +39,9 @@ __all__ = ["FAST_ELECTIONS", "Cluster", "ClusterMember", "poll"]
 # short raft timings: elections in well under a second
 FAST_ELECTIONS = ("--heartbeat-interval=50", "--election-timeout=500")
 TOKEN = "petcd-test-cluster"
+# etcd's strict reconfiguration check wants every voter connected for HealthInterval (5 s)
+# before it accepts a membership change ("etcdserver: unhealthy cluster" otherwise)
+ETCD_HEALTH_INTERVAL = 5.0
 
 T = TypeVar("T")
 
@@ -220,6 +223,7 @@ class Cluster:
         self.token = token
         self.net = PeerNetwork() if proxied else None
         self.members: list[ClusterMember] = []
+        self.last_spawn = 0.0
         for i in range(size):
             self.members.append(self._new_member(f"m{i}"))
         spec = ",".join(f"{m.name}={m.advertise_peer_url}" for m in self.members)
@@ -255,6 +259,7 @@ class Cluster:
         return self
 
     def _spawned(self, m: ClusterMember) -> None:
+        self.last_spawn = time.monotonic()
         if self.net is not None and m.proc is not None:
             self.net.register_pid(m.proc.pid, m.name)
 
@@ -383,6 +388,12 @@ class Cluster:
             return (rev, hashes) if len(set(hashes.values())) == 1 else None
 
         return poll(same, timeout, interval=0.2, what="equal hashkv on every member")
+
+    def settle_for_reconfig(self) -> None:
+        """For real etcd: wait until every member has been up for etcd's health interval, so
+        that a membership change meets the same (healthy) cluster as on petcd."""
+        if self.kind == "etcd":
+            time.sleep(max(0.0, self.last_spawn + ETCD_HEALTH_INTERVAL + 1.0 - time.monotonic()))
 
     # -- membership ---------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ async def test_metrics_read_the_server(client: Client, etcd: Etcd) -> None:
     assert int(value(text, "etcd_mvcc_db_total_size_in_use_in_bytes")) > 0
     assert value(text, f'etcd_server_id{{server_id="{s.member_id:x}"}}') == "1"
     assert value(text, f'etcd_server_version{{server_version="{SERVER_VERSION}"}}') == "1"
-    assert value(text, 'etcd_cluster_version{cluster_version="3.5"}') == "1"
+    assert value(text, 'etcd_cluster_version{cluster_version="3.6"}') == "1"
     mid = f"{s.member_id:x}"
     assert value(text, f'etcd_network_known_peers{{Local="{mid}",Remote="{mid}"}}') == "1"
     assert value(text, "etcd_server_health_success") == "1"
