@@ -20,6 +20,7 @@ import grpc
 
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.embed.config import Config
+from server.embed.tls import client_tls
 from server.etcdserver.server import EtcdServer
 from server.httpapi.http_server import HttpServers
 from server.v3rpc.cluster import ClusterService
@@ -82,9 +83,14 @@ class Etcd:
             pb_grpc.add_WatchServicer_to_server(WatchService(self.server), g)
             pb_grpc.add_ClusterServicer_to_server(ClusterService(self.server), g)
             pb_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.server), g)
+            tls = client_tls(cfg)
             for url in cfg.listen_client_urls:
                 host, port = host_port(url)
-                self.client_ports.append(g.add_insecure_port(f"{host}:{port}"))
+                if url.startswith("https"):
+                    assert tls is not None
+                    self.client_ports.append(g.add_secure_port(f"{host}:{port}", tls.grpc_credentials()))
+                else:
+                    self.client_ports.append(g.add_insecure_port(f"{host}:{port}"))
             await g.start()
             self._grpc = g
         except BaseException:

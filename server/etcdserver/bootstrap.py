@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import struct
 from dataclasses import dataclass
 
@@ -73,13 +74,15 @@ def consistent_index(backend: LmdbBackend) -> int:
     return decode_uint64(raw) if raw else 0
 
 
-async def bootstrap(cfg: Config, backend: LmdbBackend) -> Bootstrapped:
+async def bootstrap(
+    cfg: Config, backend: LmdbBackend, peer_ssl: ssl.SSLContext | None = None
+) -> Bootstrapped:
     os.makedirs(cfg.snap_dir, exist_ok=True)
     snapshotter = Snapshotter(cfg.snap_dir)
     if wal_exists(cfg.wal_path):
         return _restart(cfg, backend, snapshotter)
     if cfg.initial_cluster_state == "existing":
-        return await _join(cfg, backend, snapshotter)
+        return await _join(cfg, backend, snapshotter, peer_ssl)
     return _new_cluster(cfg, backend, snapshotter)
 
 
@@ -140,7 +143,9 @@ def _new_cluster(cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter) ->
     return Bootstrapped(member_id, cluster, MemoryStorage(), w, snapshotter, 0, Snapshot(), founders)
 
 
-async def _join(cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter) -> Bootstrapped:
+async def _join(
+    cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter, peer_ssl: ssl.SSLContext | None
+) -> Bootstrapped:
     members = cfg.initial_members()
     mine = set(cfg.initial_advertise_peer_urls)
     answer: dict[str, object] | None = None
@@ -150,7 +155,7 @@ async def _join(cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter) -> 
             continue
         for url in urls:
             try:
-                answer = await peer_request(url, {"op": "members"})
+                answer = await peer_request(url, {"op": "members"}, ssl_ctx=peer_ssl)
                 break
             except (OSError, TransportError, TimeoutError) as e:
                 errors.append(f"{url}: {e}")

@@ -33,6 +33,7 @@ from server.api.membershippb import membership_pb2 as mpb
 from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey, decode_uint64, encode_uint64
 from server.embed.config import Config
+from server.embed.tls import peer_tls
 from server.etcdserver import txn
 from server.etcdserver.alarm import AlarmStore
 from server.etcdserver.apply import Applier, ApplyResult
@@ -133,8 +134,10 @@ class EtcdServer:
         cfg = self.cfg
         cfg.validate()
         self.backend = LmdbBackend(cfg.backend_path, fsync=not cfg.unsafe_no_fsync)
+        tls = peer_tls(cfg)
+        self._peer_ssl = tls.client_context() if tls else None
         try:
-            b = await bootstrap(cfg, self.backend)
+            b = await bootstrap(cfg, self.backend, self._peer_ssl)
         except BaseException:
             self.backend.close()
             raise
@@ -167,6 +170,8 @@ class EtcdServer:
             report_unreachable=self._report_unreachable,
             report_snapshot=self._report_snapshot,
             snapshot_source=self._snapshot_db,
+            ssl_ctx=self._peer_ssl,
+            server_ssl_ctx=tls.server_context() if tls else None,
         )
         await self.transport.listen(list(cfg.listen_peer_urls))
         for m in self.cluster.sorted_members():
@@ -725,7 +730,9 @@ class EtcdServer:
             leader = self.cluster.member(self.leader_id) if self.leader_id else None
             if leader is not None and leader.id != self.member_id:
                 try:
-                    return await peer_request(leader.peer_urls[0], request, member_id=self.member_id)
+                    return await peer_request(
+                        leader.peer_urls[0], request, member_id=self.member_id, ssl_ctx=self._peer_ssl
+                    )
                 except (OSError, TransportError, TimeoutError):
                     pass
             elif self.is_leader:

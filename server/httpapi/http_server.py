@@ -24,6 +24,7 @@ import grpc
 from aiohttp import web
 
 from server.embed.config import Config
+from server.embed.tls import client_tls
 from server.etcdserver.server import EtcdServer
 from server.httpapi.gateway import Gateway, body_limit
 from server.httpapi.gohttp import not_found, serve_mux_redirects
@@ -96,15 +97,10 @@ def _host_port(url: str) -> tuple[str, int]:
 
 
 def _ssl_context(cfg: Config) -> ssl.SSLContext:
-    if not cfg.cert_file or not cfg.key_file:
+    tls = client_tls(cfg)
+    if tls is None:
         raise ValueError("client TLS key/cert (--cert-file, --key-file) must be provided for https URLs")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-    if cfg.client_cert_auth:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        if cfg.trusted_ca_file:
-            ctx.load_verify_locations(cfg.trusted_ca_file)
-    return ctx
+    return tls.server_context()
 
 
 class HttpServer:
