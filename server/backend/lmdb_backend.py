@@ -148,6 +148,7 @@ class LmdbBackend:
         self._last_commit: concurrent.futures.Future[None] | None = None
         self._env: Any = None
         self._dbs: dict[Bucket, Any] = {}
+        self._size = self._size_in_use = 0
         self._open()
 
     def _open(self) -> None:
@@ -168,6 +169,7 @@ class LmdbBackend:
                 self._dbs = {b: self._env.open_db(b.bucket_name, txn=txn, create=True) for b in Bucket}
         except lmdb.Error as e:
             raise BackendError(f"cannot open backend database {self._path}: {e}") from e
+        self._refresh_size()
 
     # -- views ------------------------------------------------------------------------------------
 
@@ -231,6 +233,7 @@ class LmdbBackend:
                 raise
         except lmdb.Error as e:
             raise BackendError(f"backend commit failed: {e}") from e
+        self._refresh_size()
         with self._lock:
             for sealed in todo:
                 sealed.durable = True
@@ -239,12 +242,22 @@ class LmdbBackend:
     # -- size, defrag, snapshot, hash -------------------------------------------------------------
 
     def size(self) -> int:
+        """The file size as of the last commit (cheap: the quota asks on every write)."""
+        return self._size
+
+    def _refresh_size(self) -> None:
+        """Both sizes as of now, read together so that in-use never exceeds the file."""
+        in_use = self._pages_in_use()
         try:
-            return os.path.getsize(self._path)
+            size = os.path.getsize(self._path)
         except OSError:
-            return 0
+            size = 0
+        self._size, self._size_in_use = max(size, in_use), in_use
 
     def size_in_use(self) -> int:
+        return self._size_in_use
+
+    def _pages_in_use(self) -> int:
         env = self._env
         stat = env.stat()
         pages = 2 + stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]

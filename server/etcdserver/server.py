@@ -377,7 +377,8 @@ class EtcdServer:
         self.stats.proposals_pending += 1
         self.raft.notify()
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.request_timeout)
+            async with asyncio.timeout(self.request_timeout):
+                return await fut
         except TimeoutError:
             self.stats.proposals_failed += 1
             raise TimeoutError_() from None

@@ -59,6 +59,8 @@ class EtcdInterceptor(grpc.aio.ServerInterceptor):
         require_leader = any(
             k == REQUIRE_LEADER_KEY and v == "true" for k, v in (details.invocation_metadata or ())
         )
+        if not require_leader and not self._s.is_learner:
+            return handler  # nothing to check: no wrapper on the hot path
         key = (id(handler), require_leader)
         wrapped = self._wrapped.get(key)
         if wrapped is None:

@@ -1,0 +1,401 @@
+"""Benchmarks: the same workload against petcd, a real etcd v3.6 and (for the gRPC ceiling) a null
+grpc.aio server, in one run, on this machine. Not a test: nothing here asserts a time.
+
+    python -m bench.run                       # everything (about 25 minutes)
+    python -m bench.run --suites kv,watch      # some suites
+    python -m bench.run --quick                # shorter runs, for a smoke check
+
+Suites:
+    perf     etcdctl check perf --load=s|m|l|xl (60 s each) on null, petcd, etcd
+    kv       etcd's benchmark tool: put (100 clients, 10 conns) and range (linearizable, serializable)
+    watch    benchmark watch-latency (1,000 watchers on one key), watch fan-out, RSS of 10,000 idle watchers
+    lease    benchmark lease-keepalive
+    cluster  3-member put throughput, check perf m, leader failover time (petcd vs etcd)
+
+Results are written to bench/results/<suite>.json and rendered into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tests.harness.paths import ROOT, peer, petcd_command
+from tests.harness.procs import free_port, wait_ready
+
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    data: Path
+
+    @property
+    def endpoint(self) -> str:
+        return self.url.split("://", 1)[1]
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+
+def _start_member(kind: str, workdir: Path, extra: list[str] | None = None) -> Target:
+    port, peer_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    data = workdir / f"{kind}.data"
+    shutil.rmtree(data, ignore_errors=True)
+    log = open(workdir / f"{kind}.log", "wb")  # noqa: SIM115
+    if kind == "null":
+        cmd = [sys.executable, "-m", "bench.null_server", "--listen", f"127.0.0.1:{port}"]
+    else:
+        exe = petcd_command() if kind == "petcd" else [peer("etcd")]
+        cmd = [
+            *exe,
+            f"--data-dir={data}",
+            f"--listen-client-urls={url}",
+            f"--advertise-client-urls={url}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+            *(extra or []),
+        ]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    log.close()
+    wait_ready(url, 30, proc)
+    return Target(kind, url, proc, data)
+
+
+@contextlib.contextmanager
+def member(kind: str, workdir: Path, extra: list[str] | None = None) -> Iterator[Target]:
+    t = _start_member(kind, workdir, extra)
+    try:
+        yield t
+    finally:
+        t.proc.terminate()
+        try:
+            t.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            t.proc.kill()
+            t.proc.wait()
+
+
+def _run(cmd: list[str], timeout: float = 900) -> str:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
+    return p.stdout + p.stderr
+
+
+_FLOAT = r"([0-9.]+(?:e[+-]?\d+)?)"
+
+
+def parse_benchmark(out: str) -> dict[str, float]:
+    """etcd's benchmark tool summary: requests/s, average and slowest latency, percentiles (s)."""
+    res: dict[str, float] = {}
+    for key, pat in {
+        "rps": rf"Requests/sec:\s+{_FLOAT}",
+        "avg_s": rf"Average:\s+{_FLOAT} secs",
+        "slowest_s": rf"Slowest:\s+{_FLOAT} secs",
+        "p50_s": rf"50% in {_FLOAT} secs",
+        "p99_s": rf"99% in {_FLOAT} secs",
+    }.items():
+        m = re.search(pat, out)
+        if m:
+            res[key] = float(m.group(1))
+    return res
+
+
+def parse_check_perf(out: str) -> dict[str, Any]:
+    res: dict[str, Any] = {"pass": "PASS:" in out and "FAIL:" not in out}
+    m = re.search(r"Throughput is (\d+) writes/s", out)
+    if m:
+        res["writes_per_s"] = int(m.group(1))
+    m = re.search(r"Slowest request took ([0-9.]+)s", out)
+    if m:
+        res["slowest_s"] = float(m.group(1))
+    m = re.search(r"Stddev is ([0-9.]+)s", out)
+    if m:
+        res["stddev_s"] = float(m.group(1))
+    res["lines"] = [ln for ln in out.splitlines() if ln.startswith(("PASS", "FAIL"))]
+    return res
+
+
+def benchmark(t: Target, *args: str) -> dict[str, float]:
+    return parse_benchmark(_run([peer("benchmark"), f"--endpoints={t.endpoint}", *args]))
+
+
+# -- suites ----------------------------------------------------------------------------------------
+
+
+def suite_perf(workdir: Path, quick: bool) -> dict[str, Any]:
+    loads = ["m"] if quick else ["s", "m", "l", "xl"]
+    out: dict[str, Any] = {}
+    for load in loads:
+        for kind in ("null", "petcd", "etcd"):
+            with member(kind, workdir) as t:
+                text = _run([peer("etcdctl"), f"--endpoints={t.url}", "check", "perf", f"--load={load}"])
+                out[f"{load}/{kind}"] = parse_check_perf(text)
+                print(f"check perf {load} {kind}: {out[f'{load}/{kind}']}", flush=True)
+    return out
+
+
+def suite_kv(workdir: Path, quick: bool) -> dict[str, Any]:
+    total = "5000" if quick else "20000"
+    out: dict[str, Any] = {}
+    for kind in ("null", "petcd", "etcd"):
+        with member(kind, workdir) as t:
+            common = ["--conns=10", "--clients=100"]
+            out[f"put/{kind}"] = benchmark(t, *common, "put", "--key-size=8", "--sequential-keys", f"--total={total}", "--val-size=256")
+            _run([peer("etcdctl"), f"--endpoints={t.url}", "put", "foo", "bar"])
+            for mode in ("l", "s"):
+                out[f"range-{mode}/{kind}"] = benchmark(t, *common, "range", "foo", f"--consistency={mode}", f"--total={total}")
+            out[f"put-1client/{kind}"] = benchmark(t, "put", "--key-size=8", "--sequential-keys", "--total=1000", "--val-size=256")
+            print(kind, {k: v for k, v in out.items() if k.endswith(kind)}, flush=True)
+    return out
+
+
+def _idle_watchers_rss(t: Target, n: int) -> dict[str, float]:
+    """RSS before and after n idle watchers (100 per stream)."""
+    from server.api.etcdserverpb import rpc_pb2 as pb
+    from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+
+    before = t.rss_mb()
+    streams = n // 100
+    channel = grpc.insecure_channel(t.endpoint)
+    stub = pb_grpc.WatchStub(channel)
+    calls = []
+    created = threading.Semaphore(0)
+
+    def requests(s: int) -> Iterator[pb.WatchRequest]:
+        for i in range(100):
+            yield pb.WatchRequest(create_request=pb.WatchCreateRequest(key=f"/idle/{s}/{i}".encode()))
+        while not stop.is_set():
+            time.sleep(0.1)
+
+    stop = threading.Event()
+
+    def consume(s: int) -> None:
+        call = stub.Watch(requests(s))
+        calls.append(call)
+        got = 0
+        with contextlib.suppress(grpc.RpcError):
+            for resp in call:
+                if resp.created:
+                    got += 1
+                    if got == 100:
+                        created.release()
+
+    threads = [threading.Thread(target=consume, args=(s,), daemon=True) for s in range(streams)]
+    for th in threads:
+        th.start()
+    for _ in range(streams):
+        created.acquire(timeout=120)
+    time.sleep(1.0)
+    after = t.rss_mb()
+    stop.set()
+    for c in calls:
+        c.cancel()
+    channel.close()
+    return {"rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1), "per_watcher_kb": round((after - before) * 1024 / n, 2)}
+
+
+def suite_watch(workdir: Path, quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("petcd", "etcd"):
+        with member(kind, workdir) as t:
+            out[f"latency/{kind}"] = benchmark(
+                t, "watch-latency", "--streams=10", "--watchers-per-stream=100", "--put-total=500" if quick else "--put-total=2000", "--put-rate=100"
+            )
+            out[f"fanout/{kind}"] = benchmark(
+                t, "--conns=10", "--clients=10", "watch", "--streams=10", "--watch-per-stream=100", "--put-total=2000", "--put-rate=500"
+            )
+            out[f"idle10k/{kind}"] = _idle_watchers_rss(t, 2000 if quick else 10000)
+            print(kind, {k: v for k, v in out.items() if k.endswith(kind)}, flush=True)
+    return out
+
+
+def suite_lease(workdir: Path, quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("petcd", "etcd"):
+        with member(kind, workdir) as t:
+            out[f"keepalive/{kind}"] = benchmark(t, "--conns=10", "--clients=100", "lease-keepalive", "--total=5000" if quick else "--total=20000")
+            print(kind, out[f"keepalive/{kind}"], flush=True)
+    return out
+
+
+def suite_cluster(workdir: Path, quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("petcd", "etcd"):
+        procs, urls = _start_cluster(kind, workdir)
+        try:
+            eps = ",".join(u.split("://")[1] for u in urls)
+            out[f"put/{kind}"] = parse_benchmark(
+                _run([peer("benchmark"), f"--endpoints={eps}", "--target-leader", "--conns=10", "--clients=100", "put",
+                      "--key-size=8", "--sequential-keys", "--total=5000" if quick else "--total=20000", "--val-size=256"])
+            )
+            if not quick:
+                out[f"perf-m/{kind}"] = parse_check_perf(_run([peer("etcdctl"), f"--endpoints={','.join(urls)}", "check", "perf", "--load=m"]))
+            out[f"failover/{kind}"] = _failover(procs, urls)
+            print(kind, {k: v for k, v in out.items() if k.endswith(kind)}, flush=True)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                with contextlib.suppress(Exception):
+                    p.wait(15)
+    return out
+
+
+def _start_cluster(kind: str, workdir: Path) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
+    procs, urls = [], []
+    for i, (c, p) in enumerate(ports):
+        data = workdir / f"{kind}-m{i}"
+        shutil.rmtree(data, ignore_errors=True)
+        exe = petcd_command() if kind == "petcd" else [peer("etcd")]
+        log = open(workdir / f"{kind}-m{i}.log", "wb")  # noqa: SIM115
+        procs.append(
+            subprocess.Popen(
+                [*exe, f"--name=m{i}", f"--data-dir={data}", f"--listen-client-urls=http://127.0.0.1:{c}",
+                 f"--advertise-client-urls=http://127.0.0.1:{c}", f"--listen-peer-urls=http://127.0.0.1:{p}",
+                 f"--initial-advertise-peer-urls=http://127.0.0.1:{p}", f"--initial-cluster={initial}"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+        )
+        log.close()
+        urls.append(f"http://127.0.0.1:{c}")
+    for u, p in zip(urls, procs, strict=True):
+        wait_ready(u, 60, p)
+    return procs, urls
+
+
+def _failover(procs: list[subprocess.Popen[bytes]], urls: list[str]) -> dict[str, float]:
+    """Seconds from kill -9 of the leader until a write succeeds on a survivor."""
+    status = json.loads(_run([peer("etcdctl"), f"--endpoints={','.join(urls)}", "endpoint", "status", "-wjson"]))
+    leader = status[0]["Status"]["leader"]
+    idx = next(i for i, s in enumerate(status) if s["Status"]["header"]["member_id"] == leader)
+    survivors = [u for i, u in enumerate(urls) if i != idx]
+    procs[idx].kill()
+    start = time.monotonic()
+    while time.monotonic() - start < 30:
+        r = subprocess.run([peer("etcdctl"), f"--endpoints={','.join(survivors)}", "--command-timeout=1s", "put", "failover", "x"],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            return {"seconds": round(time.monotonic() - start, 3)}
+    return {"seconds": float("nan")}
+
+
+SUITES = {"perf": suite_perf, "kv": suite_kv, "watch": suite_watch, "lease": suite_lease, "cluster": suite_cluster}
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+@dataclass
+class Report:
+    sections: list[str] = field(default_factory=list)
+
+    def add(self, title: str, header: list[str], rows: list[list[str]]) -> None:
+        lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        self.sections.append("\n".join(lines))
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    rep = Report()
+    perf = results.get("perf", {})
+    if perf:
+        rows = []
+        for load in ("s", "m", "l", "xl"):
+            got = {k: perf.get(f"{load}/{k}") for k in ("null", "petcd", "etcd")}
+            if not any(got.values()):
+                continue
+            cell = {k: (f"{v.get('writes_per_s', '?')} ({'PASS' if v['pass'] else 'FAIL'})" if v else "-") for k, v in got.items()}
+            p, e, n = (got[k].get("writes_per_s") if got[k] else None for k in ("petcd", "etcd", "null"))
+            rows.append([load, cell["null"], cell["petcd"], cell["etcd"], _ratio(p, e), _ratio(p, n)])
+        rep.add("etcdctl check perf (writes/s, verdict)", ["load", "null gRPC", "petcd", "etcd", "petcd/etcd", "petcd/null"], rows)
+    kv = results.get("kv", {})
+    if kv:
+        rows = []
+        for w in ("put", "put-1client", "range-l", "range-s"):
+            v = {k: kv.get(f"{w}/{k}", {}) for k in ("null", "petcd", "etcd")}
+            rows.append([
+                w,
+                *(f"{v[k].get('rps', 0):.0f} / {v[k].get('avg_s', 0) * 1000:.1f} ms" if v[k] else "-" for k in ("null", "petcd", "etcd")),
+                _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
+                _ratio(v["petcd"].get("rps"), v["null"].get("rps")),
+            ])
+        rep.add("benchmark put / range (requests/s / average latency)", ["workload", "null gRPC", "petcd", "etcd", "petcd/etcd", "petcd/null"], rows)
+    watch = results.get("watch", {})
+    if watch:
+        rows = []
+        for w in ("latency", "fanout"):
+            v = {k: watch.get(f"{w}/{k}", {}) for k in ("petcd", "etcd")}
+            rows.append([w, *(f"{v[k].get('rps', 0):.0f} / {v[k].get('avg_s', 0) * 1000:.2f} ms" for k in ("petcd", "etcd")), _ratio(v["petcd"].get("rps"), v["etcd"].get("rps"))])
+        idle = {k: watch.get(f"idle10k/{k}", {}) for k in ("petcd", "etcd")}
+        rows.append(["idle watchers RSS", *(f"{idle[k].get('rss_before_mb')} -> {idle[k].get('rss_after_mb')} MB ({idle[k].get('per_watcher_kb')} KB each)" for k in ("petcd", "etcd")), ""])
+        rep.add("watch (events/s / average latency)", ["workload", "petcd", "etcd", "petcd/etcd"], rows)
+    lease = results.get("lease", {})
+    if lease:
+        v = {k: lease.get(f"keepalive/{k}", {}) for k in ("petcd", "etcd")}
+        rep.add("lease keep-alive", ["workload", "petcd", "etcd", "petcd/etcd"],
+                [["keepalive", *(f"{v[k].get('rps', 0):.0f}/s" for k in ("petcd", "etcd")), _ratio(v["petcd"].get("rps"), v["etcd"].get("rps"))]])
+    cl = results.get("cluster", {})
+    if cl:
+        rows = []
+        v = {k: cl.get(f"put/{k}", {}) for k in ("petcd", "etcd")}
+        rows.append(["put (leader, 100 clients)", *(f"{v[k].get('rps', 0):.0f}/s / {v[k].get('avg_s', 0) * 1000:.1f} ms" for k in ("petcd", "etcd")), _ratio(v["petcd"].get("rps"), v["etcd"].get("rps"))])
+        pm = {k: cl.get(f"perf-m/{k}") for k in ("petcd", "etcd")}
+        if all(pm.values()):
+            rows.append(["check perf m", *(f"{pm[k]['writes_per_s']} ({'PASS' if pm[k]['pass'] else 'FAIL'})" for k in ("petcd", "etcd")), ""])  # type: ignore[index]
+        fo = {k: cl.get(f"failover/{k}", {}) for k in ("petcd", "etcd")}
+        rows.append(["leader failover", *(f"{fo[k].get('seconds')} s" for k in ("petcd", "etcd")), ""])
+        rep.add("3-member cluster", ["workload", "petcd", "etcd", "petcd/etcd"], rows)
+    return "\n\n".join(rep.sections)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suites", default=",".join(SUITES))
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in args.suites.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as d:
+            started = time.time()
+            data = SUITES[name](Path(d), args.quick)
+            data["_meta"] = {"when": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - started), "quick": args.quick}
+            (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
+    results = {f.stem: json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))}
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
+
