@@ -99,6 +99,8 @@ _FLAGS: list[Flag] = [
     Flag("watch-progress-notify-interval", "watch_progress_notify_interval_s", parse_duration),
     Flag("experimental-watch-progress-notify-interval", "watch_progress_notify_interval_s", parse_duration),
     Flag("unsafe-no-fsync", "unsafe_no_fsync", _bool, True),
+    # petcd's own: front-end processes terminating gRPC on the client port (see server/embed/link.py)
+    Flag("grpc-frontends", "grpc_frontends", int),
     Flag("cert-file", "cert_file"),
     Flag("key-file", "key_file"),
     Flag("trusted-ca-file", "trusted_ca_file"),

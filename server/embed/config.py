@@ -53,6 +53,8 @@ class Config:
     compaction_sleep_interval_ms: int = 10
     watch_progress_notify_interval_s: float = 600.0
     unsafe_no_fsync: bool = False
+    # petcd only: gRPC front-end processes sharing the client port (0: serve gRPC in-process)
+    grpc_frontends: int = 0
 
     # transport security (client and peer)
     cert_file: str = ""

@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
 
-from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.embed.config import Config
-from server.embed.tls import client_tls
+from server.embed.frontends import FrontendLink, Frontends
+from server.embed.tls import TLSInfo, client_tls
 from server.etcdserver.server import EtcdServer
 from server.httpapi.http_server import HttpServers
-from server.v3rpc.cluster import ClusterService
 from server.v3rpc.interceptor import EtcdInterceptor
-from server.v3rpc.kv import KVService
-from server.v3rpc.lease import LeaseService
-from server.v3rpc.maintenance import MaintenanceService
-from server.v3rpc.watch import WatchService
+from server.v3rpc.registry import Services, add_to, services
 
 __all__ = ["Etcd", "grpc_server_options", "host_port"]
 
@@ -44,7 +42,7 @@ def host_port(url: str) -> tuple[str, int]:
     return host, u.port
 
 
-def grpc_server_options(cfg: Config) -> list[tuple[str, Any]]:
+def grpc_server_options(cfg: Config, reuse_port: bool = False) -> list[tuple[str, Any]]:
     """etcd's server settings: receive up to max-request-bytes + 512 KiB, send anything, and
     accept client keepalive pings as often as every --grpc-keepalive-min-time (5 s), with or
     without active calls, so Go clients (kube-apiserver pings every 30 s) are never cut off
@@ -59,7 +57,7 @@ def grpc_server_options(cfg: Config) -> list[tuple[str, Any]]:
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_time_ms", int(cfg.grpc_keepalive_interval_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout_s * 1000)),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
 
 
@@ -69,6 +67,9 @@ class Etcd:
         self.server = EtcdServer(cfg)
         self.http = HttpServers(cfg, self.server, interceptors=[EtcdInterceptor(self.server)])
         self._grpc: grpc.aio.Server | None = None
+        self._link: FrontendLink | None = None
+        self._frontends: Frontends | None = None
+        self._reserved: list[socket.socket] = []
         self.client_ports: list[int] = []
 
     async def start(self) -> None:
@@ -77,22 +78,31 @@ class Etcd:
         try:
             await self.server.wait_ready()
             await self.http.start()
-            g = grpc.aio.server(interceptors=[EtcdInterceptor(self.server)], options=grpc_server_options(cfg))
-            pb_grpc.add_KVServicer_to_server(KVService(self.server), g)
-            pb_grpc.add_LeaseServicer_to_server(LeaseService(self.server), g)
-            pb_grpc.add_WatchServicer_to_server(WatchService(self.server), g)
-            pb_grpc.add_ClusterServicer_to_server(ClusterService(self.server), g)
-            pb_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.server), g)
+            interceptors = [EtcdInterceptor(self.server)]
+            options = grpc_server_options(cfg, reuse_port=cfg.grpc_frontends > 0)
+            g = grpc.aio.server(interceptors=interceptors, options=options)
+            svcs = services(self.server)
+            add_to(g, svcs)
             tls = client_tls(cfg)
+            listen: list[tuple[str, bool]] = []
             for url in cfg.listen_client_urls:
                 host, port = host_port(url)
-                if url.startswith("https"):
+                secure = url.startswith("https")
+                if cfg.grpc_frontends > 0:
+                    # the front-ends serve the port; the member only holds it (bound, not listening)
+                    bound = self._reserve_port(host, port)
+                elif secure:
                     assert tls is not None
-                    self.client_ports.append(g.add_secure_port(f"{host}:{port}", tls.grpc_credentials()))
+                    bound = g.add_secure_port(f"{host}:{port}", tls.grpc_credentials())
                 else:
-                    self.client_ports.append(g.add_insecure_port(f"{host}:{port}"))
-            await g.start()
-            self._grpc = g
+                    bound = g.add_insecure_port(f"{host}:{port}")
+                self.client_ports.append(bound)
+                listen.append((f"{host}:{bound}", secure))
+            if cfg.grpc_frontends == 0:
+                await g.start()
+                self._grpc = g
+            if cfg.grpc_frontends > 0:
+                await self._start_frontends(svcs, interceptors, options, listen, tls)
         except BaseException:
             await self.http.stop()
             await self.server.stop()
@@ -101,8 +111,49 @@ class Etcd:
             "serving client traffic", extra={"urls": list(cfg.listen_client_urls), "ports": self.client_ports}
         )
 
+    def _reserve_port(self, host: str, port: int) -> int:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        self._reserved.append(sock)
+        return int(sock.getsockname()[1])
+
+    async def _start_frontends(
+        self,
+        svcs: Services,
+        interceptors: Sequence[grpc.aio.ServerInterceptor],
+        options: list[tuple[str, Any]],
+        listen: list[tuple[str, bool]],
+        tls: TLSInfo | None,
+    ) -> None:
+        self._link = FrontendLink(svcs, interceptors)
+        await self._link.start()
+        spec: dict[str, Any] = {"options": options, "listen": listen, "tls": None}
+        if tls is not None:
+            spec["tls"] = {
+                "cert": tls.cert_file,
+                "key": tls.key_file,
+                "ca": tls.trusted_ca_file,
+                "client_auth": tls.client_cert_auth,
+            }
+        self._frontends = Frontends(self.cfg.grpc_frontends, self._link.address, spec)
+        self._frontends.start()
+        try:
+            await self._link.wait_connections(self.cfg.grpc_frontends, 30.0)
+        except TimeoutError:
+            log.warning("gRPC front-ends did not all connect; serving without them meanwhile")
+
     async def stop(self) -> None:
+        if self._frontends is not None:
+            await self._frontends.stop()
+            self._frontends = None
+        if self._link is not None:
+            await self._link.stop()
+            self._link = None
         await self.http.stop()
+        for sock in self._reserved:
+            sock.close()
+        self._reserved.clear()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
             self._grpc = None
