@@ -87,9 +87,7 @@ class IntervalSet:
             if affine_cmp(cur[1], max_end) > 0:
                 max_end = cur[1]
         return (
-            min_begin is not None
-            and affine_cmp(max_end, ivl[1]) >= 0
-            and affine_cmp(min_begin, ivl[0]) <= 0
+            min_begin is not None and affine_cmp(max_end, ivl[1]) >= 0 and affine_cmp(min_begin, ivl[0]) <= 0
         )
 
 
@@ -99,9 +97,7 @@ class UnifiedRangePermissions:
     write: IntervalSet = field(default_factory=IntervalSet)
 
 
-def merged_perms(
-    user: authpb.User, get_role: Callable[[str], authpb.Role | None]
-) -> UnifiedRangePermissions:
+def merged_perms(user: authpb.User, get_role: Callable[[str], authpb.Role | None]) -> UnifiedRangePermissions:
     perms = UnifiedRangePermissions()
     for role_name in user.roles:
         role = get_role(role_name)

@@ -33,7 +33,9 @@ def token_index(token: str) -> int | None:
 
 
 class TokenSimple:
-    def __init__(self, ttl: float = SIMPLE_TOKEN_TTL_DEFAULT, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl: float = SIMPLE_TOKEN_TTL_DEFAULT, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl if ttl > 0 else SIMPLE_TOKEN_TTL_DEFAULT
         self._clock = clock
         self.enabled = False

@@ -393,7 +393,9 @@ class AuthStore:
         self._refresh_range_perm_cache()
         return pb.AuthRoleDeleteResponse()
 
-    def role_grant_permission(self, r: pb.AuthRoleGrantPermissionRequest) -> pb.AuthRoleGrantPermissionResponse:
+    def role_grant_permission(
+        self, r: pb.AuthRoleGrantPermissionRequest
+    ) -> pb.AuthRoleGrantPermissionResponse:
         if not r.HasField("perm"):
             raise PermissionNotGivenError()
         if not is_valid_permission_range(r.perm.key, r.perm.range_end):
@@ -409,7 +411,10 @@ class AuthStore:
         if idx < len(perms) and perms[idx].key == r.perm.key and perms[idx].range_end == r.perm.range_end:
             perms[idx].permType = r.perm.permType
         else:
-            merged = [*perms, authpb.Permission(key=r.perm.key, range_end=r.perm.range_end, permType=r.perm.permType)]
+            merged = [
+                *perms,
+                authpb.Permission(key=r.perm.key, range_end=r.perm.range_end, permType=r.perm.permType),
+            ]
             # Go's sort.Sort is not stable; permissions with equal keys keep insertion order here
             merged.sort(key=lambda p: p.key)
             del perms[:]

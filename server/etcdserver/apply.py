@@ -5,12 +5,14 @@ nothing here may read the clock, the network or member-local configuration other
 the entry carries. The applier is a decorator chain like etcd's uber applier:
 
     capped (NOSPACE alarm active: refuse puts)  or  corrupt (CORRUPT alarm: refuse KV)
-      -> quota (a put/txn that does not fit is applied, then answered with NoSpaceError)
-        -> backend applier (the real work)
+      -> auth (server/auth/apply_auth.py: the entry's user may do this, at its auth revision)
+        -> quota (a put/txn that does not fit is applied, then answered with NoSpaceError)
+          -> backend applier (the real work)
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,7 @@ from google.protobuf.message import Message
 
 from server.api.etcdserverpb import raft_internal_pb2 as rpb
 from server.api.etcdserverpb import rpc_pb2 as pb
+from server.auth.apply_auth import AUTH_OPS, AuthApplier
 from server.errors import EtcdError
 from server.etcdserver import txn
 from server.etcdserver.errors import CorruptError, NoSpaceError
@@ -45,16 +48,28 @@ class Applier:
 
     def __init__(self, server: EtcdServer) -> None:
         self._s = server
+        self._auth = AuthApplier(server.auth_store, lambda: server.lessor)
 
     def apply(self, r: rpb.InternalRaftRequest) -> ApplyResult:
         which = _which(r)
         handler = getattr(self, "_" + which, None)
+        if handler is None and which in AUTH_OPS:
+            handler = functools.partial(self._auth_op, which)
         if handler is None:
             return ApplyResult(err=ValueError(f"unknown internal raft request {which!r}"))
+        auth = self._auth
         try:
+            if auth.store.enabled:
+                auth.begin(r, which)  # the entry's user; admin entries need the root role
             return handler(getattr(r, which))  # type: ignore[no-any-return]
         except EtcdError as e:
             return ApplyResult(err=e)
+        finally:
+            auth.end()
+
+    def _auth_op(self, which: str, req: Message) -> ApplyResult:
+        # applied_index is still the previous entry's: etcd's consistent index (a token's index)
+        return ApplyResult(self._auth.apply(which, req, self._s.applied_index))
 
     # -- KV -----------------------------------------------------------------------------------
 
@@ -68,6 +83,7 @@ class Applier:
 
     def _put(self, p: pb.PutRequest) -> ApplyResult:
         self._gate(p)
+        self._auth.put(p)
         fits = self._s.quota.available(p)
         s = self._s
         txn.check_put(s.kv.read(), s.lessor, p)
@@ -80,6 +96,7 @@ class Applier:
 
     def _delete_range(self, dr: pb.DeleteRangeRequest) -> ApplyResult:
         self._gate(dr)
+        self._auth.delete_range(dr)
         tw = self._s.kv.write()
         try:
             return ApplyResult(txn.delete_range(tw, dr))
@@ -88,12 +105,14 @@ class Applier:
 
     def _txn(self, t: pb.TxnRequest) -> ApplyResult:
         self._gate(t)
+        self._auth.txn(t)
         fits = self._s.quota.available(t)
         resp = txn.txn(self._s.kv, self._s.lessor, t)
         return ApplyResult(resp, None if fits else NoSpaceError())
 
     def _range(self, r: pb.RangeRequest) -> ApplyResult:
         self._gate(r)
+        self._auth.range(r)
         return ApplyResult(txn.range_(self._s.kv.read(), r))
 
     def _compaction(self, c: pb.CompactionRequest) -> ApplyResult:
@@ -113,6 +132,7 @@ class Applier:
         return ApplyResult(resp)
 
     def _lease_revoke(self, lr: pb.LeaseRevokeRequest) -> ApplyResult:
+        self._auth.lease_revoke(lr)
         self._s.lessor.revoke(lr.ID)
         resp = pb.LeaseRevokeResponse()
         resp.header.revision = self._s.kv.rev()

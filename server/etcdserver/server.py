@@ -30,6 +30,8 @@ from google.protobuf.message import Message as PbMessage
 from server.api.etcdserverpb import raft_internal_pb2 as rpb
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.membershippb import membership_pb2 as mpb
+from server.auth.simple_token import TokenSimple
+from server.auth.store import AuthStore
 from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey, decode_uint64, encode_uint64
 from server.embed.config import Config
@@ -60,6 +62,7 @@ from server.etcdserver.quota import BackendQuota
 from server.etcdserver.raft_node import RaftCallbacks, RaftNode
 from server.etcdserver.stats import ServerStats
 from server.etcdserver.transport import PeerHandler, Transport, TransportError, peer_request
+from server.etcdserver.v3_auth import ServerAuth
 from server.lease.lessor import LeaseNotFoundError, Lessor, NotPrimaryError
 from server.mvcc.kvstore import Compaction
 from server.mvcc.watchable_store import WATCH_RESYNC_PERIOD, WatchableStore
@@ -98,6 +101,8 @@ class EtcdServer:
         self.kv: WatchableStore
         self.lessor: Lessor
         self.alarms: AlarmStore
+        self.auth_store: AuthStore
+        self.auth: ServerAuth
         self.cluster: RaftCluster
         self.quota: BackendQuota
         self.applier: Applier
@@ -149,6 +154,9 @@ class EtcdServer:
         self.kv.on_work = self._watch_work.set
         self.lessor.set_range_deleter(self.kv.write)
         self.alarms = AlarmStore(self.backend)
+        tokens = TokenSimple(cfg.auth_token_ttl, clock=self._clock)
+        self.auth_store = AuthStore(self.backend, tokens, cfg.bcrypt_cost)
+        self.auth = ServerAuth(self, self.auth_store)
         self.quota = BackendQuota(self.backend, cfg.quota_backend_bytes)
         self.applier = Applier(self)
         self._ids = Generator(self.member_id)
@@ -362,6 +370,8 @@ class EtcdServer:
             raise StoppedError()
         if self.committed_index > self.applied_index + MAX_GAP_BETWEEN_APPLY_AND_COMMIT:
             raise TooManyRequestsError()
+        if self.auth_store.enabled:
+            await self.auth.fill_header(r)  # the proposer's user and auth revision
         r.header.ID = self._ids.next()
         data = r.SerializeToString()
         if len(data) > self.cfg.max_request_bytes:
@@ -477,6 +487,7 @@ class EtcdServer:
         self.lessor.recover()
         resume = self.kv.restore()
         self.alarms.reload()
+        self.auth_store.recover()
         self.cluster.reload()
         for m in self.cluster.sorted_members():
             self.transport.add_peer(m.id, list(m.peer_urls))
@@ -633,7 +644,8 @@ class EtcdServer:
 
     async def _revoke_expired(self, lease_id: int) -> None:
         with contextlib.suppress(LeaseNotFoundError, StoppedError, TimeoutError_, ProposalDroppedError):
-            await self._request(rpb.InternalRaftRequest(lease_revoke=pb.LeaseRevokeRequest(ID=lease_id)))
+            revoke = pb.LeaseRevokeRequest(ID=lease_id)
+            await self._request(rpb.InternalRaftRequest(header=self.auth.root_header(), lease_revoke=revoke))
 
     # -- alarms ---------------------------------------------------------------------------------
 
@@ -661,6 +673,11 @@ class EtcdServer:
     async def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
         if not r.serializable:
             await self.linearizable_read()
+        if self.auth_store.enabled:
+            chk = self.auth_store.is_range_permitted
+            return await self.auth.serialized(
+                lambda ai: chk(ai, r.key, r.range_end), lambda: txn.range_(self.kv.read(), r)
+            )
         return txn.range_(self.kv.read(), r)
 
     async def put(self, r: pb.PutRequest) -> pb.PutResponse:
@@ -676,6 +693,10 @@ class EtcdServer:
         if txn.is_txn_readonly(r):
             if not all(op.request_range.serializable for op in (*r.success, *r.failure)):
                 await self.linearizable_read()
+            if self.auth_store.enabled:
+                return await self.auth.serialized(
+                    self.auth.txn_check(r), lambda: txn.txn(self.kv, self.lessor, r)
+                )
             return txn.txn(self.kv, self.lessor, r)
         await self._check_quota(r)
         resp: pb.TxnResponse = await self._request(rpb.InternalRaftRequest(txn=r))

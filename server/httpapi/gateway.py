@@ -12,11 +12,13 @@ Routes and wire format are etcd v3.6's (api/v3/etcdserverpb/gw/rpc.pb.gw.go): PO
 (another method gets 501 {"code":12, "message":"Method Not Allowed"}), unknown paths under /v3/
 get 404 {"code":5, "message":"Not Found"}, /v3beta/ is an alias of /v3/. Server streams
 (snapshot) and the keepalive stream answer with one {"result": ...} line per message; keepalive
-requests are the JSON values of the request body, read as they arrive.
+requests are the JSON values of the request body, read as they arrive. With auth enabled, the
+Authorization header carries the token (as metadata "authorization", which etcd reads with or
+without a "Bearer " prefix); /v3/auth/authenticate gives one.
 
 Not served: /v3/watch (a bidirectional stream the gateway would need a websocket or a long
 request body for; petcd answers 501 like grpc-gateway's in-process transport does for streams),
-and the Auth, Lock and Election routes, which petcd's gRPC server does not serve either (501,
+and the Lock and Election routes, which petcd's gRPC server does not serve either (501,
 "Method not found!" as grpcio answers unknown methods).
 """
 
@@ -37,6 +39,7 @@ from server.embed.config import Config
 from server.errors import EtcdError
 from server.etcdserver.server import EtcdServer
 from server.httpapi import jsonpb
+from server.v3rpc.auth import AuthService
 from server.v3rpc.cluster import ClusterService
 from server.v3rpc.errors import to_grpc_status
 from server.v3rpc.kv import KVService
@@ -52,6 +55,7 @@ Unary = Callable[[Any, Ctx], Awaitable[Message]]
 
 JSON = "application/json"
 METADATA_PREFIX = "Grpc-Metadata-"
+AUTHORIZATION = "Authorization"
 # the gRPC response header the gateway forwards on answers that came from the server
 GRPC_METADATA_HEADERS = {"Grpc-Metadata-Content-Type": "application/grpc"}
 
@@ -203,10 +207,8 @@ class Gateway:
             ),
             "/v3/maintenance/downgrade": _unary(pb.DowngradeRequest, M + "Downgrade", maint.Downgrade),
         }
+        routes.update(_auth_routes(AuthService(server)))
         unserved = [
-            *(f"auth/{op}" for op in ("enable", "disable", "status", "authenticate")),
-            *(f"auth/user/{op}" for op in ("add", "get", "list", "delete", "changepw", "grant", "revoke")),
-            *(f"auth/role/{op}" for op in ("add", "get", "list", "delete", "grant", "revoke")),
             "lock/lock",
             "lock/unlock",
             *(f"election/{op}" for op in ("campaign", "proclaim", "leader", "observe", "resign")),
@@ -264,6 +266,8 @@ class Gateway:
             for k, v in request.headers.items()
             if k.lower().startswith(METADATA_PREFIX.lower())
         )
+        if AUTHORIZATION in request.headers:  # grpc-gateway passes it on: etcd's token (auth)
+            metadata += (("authorization", request.headers[AUTHORIZATION]),)
         details = _CallDetails(route.method, metadata)
 
         async def resolve(i: int, d: grpc.HandlerCallDetails) -> Any:
@@ -358,6 +362,36 @@ class Gateway:
         except ConnectionError:
             log.debug("gateway stream %s: the client went away", request.path)
         return resp if resp is not None else web.Response(status=200)
+
+
+def _auth_routes(auth: AuthService) -> dict[str, _Route]:
+    """etcd's /v3/auth/... routes."""
+    A = "/etcdserverpb.Auth/"
+    table: list[tuple[str, type[Message], str, Unary]] = [
+        ("enable", pb.AuthEnableRequest, "AuthEnable", auth.AuthEnable),
+        ("disable", pb.AuthDisableRequest, "AuthDisable", auth.AuthDisable),
+        ("status", pb.AuthStatusRequest, "AuthStatus", auth.AuthStatus),
+        ("authenticate", pb.AuthenticateRequest, "Authenticate", auth.Authenticate),
+        ("user/add", pb.AuthUserAddRequest, "UserAdd", auth.UserAdd),
+        ("user/get", pb.AuthUserGetRequest, "UserGet", auth.UserGet),
+        ("user/list", pb.AuthUserListRequest, "UserList", auth.UserList),
+        ("user/delete", pb.AuthUserDeleteRequest, "UserDelete", auth.UserDelete),
+        ("user/changepw", pb.AuthUserChangePasswordRequest, "UserChangePassword", auth.UserChangePassword),
+        ("user/grant", pb.AuthUserGrantRoleRequest, "UserGrantRole", auth.UserGrantRole),
+        ("user/revoke", pb.AuthUserRevokeRoleRequest, "UserRevokeRole", auth.UserRevokeRole),
+        ("role/add", pb.AuthRoleAddRequest, "RoleAdd", auth.RoleAdd),
+        ("role/get", pb.AuthRoleGetRequest, "RoleGet", auth.RoleGet),
+        ("role/list", pb.AuthRoleListRequest, "RoleList", auth.RoleList),
+        ("role/delete", pb.AuthRoleDeleteRequest, "RoleDelete", auth.RoleDelete),
+        ("role/grant", pb.AuthRoleGrantPermissionRequest, "RoleGrantPermission", auth.RoleGrantPermission),
+        (
+            "role/revoke",
+            pb.AuthRoleRevokePermissionRequest,
+            "RoleRevokePermission",
+            auth.RoleRevokePermission,
+        ),
+    ]
+    return {f"/v3/auth/{path}": _unary(req, A + method, fn) for path, req, method, fn in table}
 
 
 def body_limit(cfg: Config) -> int:

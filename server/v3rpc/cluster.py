@@ -8,7 +8,7 @@ import grpc
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from server.etcdserver.membership import Member
+from server.etcdserver.membership import Member, validate_urls
 from server.etcdserver.server import EtcdServer
 from server.v3rpc.util import unary
 
@@ -38,29 +38,35 @@ class ClusterService(pb_grpc.ClusterServicer):
 
     @unary
     async def MemberList(self, request: pb.MemberListRequest, context: Ctx) -> pb.MemberListResponse:
+        await self._s.auth.require_auth_info()  # auth: any user; changes need the root role
         members = [member_to_pb(m) for m in self._s.cluster.sorted_members()]
         return pb.MemberListResponse(header=self._header(), members=members)
 
     @unary
     async def MemberAdd(self, request: pb.MemberAddRequest, context: Ctx) -> pb.MemberAddResponse:
+        validate_urls(list(request.peerURLs))  # etcd checks the URLs before the permission
+        await self._s.auth.check_admin()
         member = await self._s.member_add(list(request.peerURLs), request.isLearner)
         members = [member_to_pb(m) for m in self._s.cluster.sorted_members()]
         return pb.MemberAddResponse(header=self._header(), member=member_to_pb(member), members=members)
 
     @unary
     async def MemberRemove(self, request: pb.MemberRemoveRequest, context: Ctx) -> pb.MemberRemoveResponse:
+        await self._s.auth.check_admin()
         await self._s.member_remove(request.ID)
         members = [member_to_pb(m) for m in self._s.cluster.sorted_members()]
         return pb.MemberRemoveResponse(header=self._header(), members=members)
 
     @unary
     async def MemberUpdate(self, request: pb.MemberUpdateRequest, context: Ctx) -> pb.MemberUpdateResponse:
+        await self._s.auth.check_admin()
         await self._s.member_update(request.ID, list(request.peerURLs))
         members = [member_to_pb(m) for m in self._s.cluster.sorted_members()]
         return pb.MemberUpdateResponse(header=self._header(), members=members)
 
     @unary
     async def MemberPromote(self, request: pb.MemberPromoteRequest, context: Ctx) -> pb.MemberPromoteResponse:
+        await self._s.auth.check_admin()
         await self._s.member_promote(request.ID)
         members = [member_to_pb(m) for m in self._s.cluster.sorted_members()]
         return pb.MemberPromoteResponse(header=self._header(), members=members)

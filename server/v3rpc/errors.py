@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 
+from server.auth import errors as ae
 from server.backend.backend import BackendError
 from server.errors import EtcdError
 from server.etcdserver import errors as se
@@ -104,6 +105,30 @@ GRPC_ERRORS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
     ms.MemberNotLearnerError: (C.FAILED_PRECONDITION, "etcdserver: can only promote a learner member"),
     ms.TooManyLearnersError: (C.FAILED_PRECONDITION, "etcdserver: too many learner members in cluster"),
     ms.BadURLsError: (C.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid"),
+    # auth
+    ae.RootUserNotExistError: (C.FAILED_PRECONDITION, "etcdserver: root user does not exist"),
+    ae.RootRoleNotExistError: (C.FAILED_PRECONDITION, "etcdserver: root user does not have root role"),
+    ae.UserAlreadyExistError: (C.FAILED_PRECONDITION, "etcdserver: user name already exists"),
+    ae.UserEmptyError: (C.INVALID_ARGUMENT, "etcdserver: user name is empty"),
+    ae.UserNotFoundError: (C.FAILED_PRECONDITION, "etcdserver: user name not found"),
+    ae.RoleAlreadyExistError: (C.FAILED_PRECONDITION, "etcdserver: role name already exists"),
+    ae.RoleNotFoundError: (C.FAILED_PRECONDITION, "etcdserver: role name not found"),
+    ae.RoleEmptyError: (C.INVALID_ARGUMENT, "etcdserver: role name is empty"),
+    ae.AuthFailedError: (
+        C.INVALID_ARGUMENT,
+        "etcdserver: authentication failed, invalid user ID or password",
+    ),
+    ae.PermissionNotGivenError: (C.INVALID_ARGUMENT, "etcdserver: permission not given"),
+    ae.PermissionDeniedError: (C.PERMISSION_DENIED, "etcdserver: permission denied"),
+    ae.RoleNotGrantedError: (C.FAILED_PRECONDITION, "etcdserver: role is not granted to the user"),
+    ae.PermissionNotGrantedError: (
+        C.FAILED_PRECONDITION,
+        "etcdserver: permission is not granted to the role",
+    ),
+    ae.AuthNotEnabledError: (C.FAILED_PRECONDITION, "etcdserver: authentication is not enabled"),
+    ae.InvalidAuthTokenError: (C.UNAUTHENTICATED, "etcdserver: invalid auth token"),
+    ae.InvalidAuthMgmtError: (C.INVALID_ARGUMENT, "etcdserver: invalid auth management"),
+    ae.AuthOldRevisionError: (C.INVALID_ARGUMENT, "etcdserver: revision of auth store is old"),
     # storage failures are reported, never swallowed
     BackendError: (C.UNAVAILABLE, "etcdserver: backend failure"),
 }

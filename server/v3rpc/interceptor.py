@@ -5,6 +5,9 @@
   kube-apiserver sets on its watches) fails with "etcdserver: no leader" when the member has no
   leader; such a stream is also closed with that error once the member loses its leader, so
   the client moves to a member that has one.
+
+While auth is enabled it also takes the call's credentials (server/v3rpc/auth.py), which the
+server checks where etcd does.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from server.api.etcdserverpb import rpc_pb2 as pb
 from server.errors import EtcdError
 from server.etcdserver.errors import NoLeaderError
 from server.etcdserver.server import EtcdServer
+from server.v3rpc.auth import CredentialsInterceptor
 from server.v3rpc.errors import NotSupportedForLearnerError, to_grpc_status
 
 __all__ = ["EtcdInterceptor"]
@@ -39,6 +43,7 @@ class EtcdInterceptor(grpc.aio.ServerInterceptor):
         self._s = server
         # wrapped handlers, built once per (method handler, hasleader)
         self._wrapped: dict[tuple[int, bool], grpc.RpcMethodHandler[Any, Any]] = {}
+        self._credentials = CredentialsInterceptor(server)
 
     def _error(self, request: object, require_leader: bool) -> EtcdError | None:
         s = self._s
@@ -56,6 +61,8 @@ class EtcdInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
+        if self._s.auth_store.enabled:
+            handler = self._credentials.intercept(handler, details)  # auth: the call's credentials
         require_leader = any(
             k == REQUIRE_LEADER_KEY and v == "true" for k, v in (details.invocation_metadata or ())
         )

@@ -64,6 +64,7 @@ class KVService(pb_grpc.KVServicer):
 
     @unary
     async def Compact(self, request: pb.CompactionRequest, context: Ctx) -> pb.CompactionResponse:
+        await self._s.auth.check_admin()  # auth: root only
         resp = await self._s.compact(request)
         fill(self._s, resp.header)
         return resp

@@ -14,10 +14,11 @@ import grpc
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.backend.schema import Bucket, MetaKey
+from server.errors import EtcdError
 from server.etcdserver.errors import NotCapableError
 from server.etcdserver.server import EtcdServer
 from server.v3rpc.header import fill
-from server.v3rpc.util import unary
+from server.v3rpc.util import abort_with, unary
 from server.version import SERVER_VERSION, STORAGE_VERSION
 
 __all__ = ["MaintenanceService"]
@@ -44,6 +45,11 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
 
     @unary
     async def Alarm(self, request: pb.AlarmRequest, context: Ctx) -> pb.AlarmResponse:
+        # auth: listing needs any user, raising or clearing the root role
+        if request.action == pb.AlarmRequest.GET:
+            await self._s.auth.require_auth_info()
+        else:
+            await self._s.auth.check_admin()
         resp = await self._s.alarm(request)
         fill(self._s, resp.header)
         return resp
@@ -51,6 +57,7 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
     @unary
     async def Status(self, request: pb.StatusRequest, context: Ctx) -> pb.StatusResponse:
         s = self._s
+        await s.auth.require_auth_info()  # auth: any user
         resp = pb.StatusResponse(
             version=SERVER_VERSION,
             dbSize=s.backend.size(),
@@ -72,12 +79,14 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
 
     @unary
     async def Defragment(self, request: pb.DefragmentRequest, context: Ctx) -> pb.DefragmentResponse:
+        await self._s.auth.check_admin()  # auth: root only (as Hash, HashKV, Snapshot, MoveLeader, Downgrade)
         await self._s.defragment()
         return pb.DefragmentResponse()
 
     @unary
     async def Hash(self, request: pb.HashRequest, context: Ctx) -> pb.HashResponse:
         s = self._s
+        await s.auth.check_admin()
         s.backend.force_commit()
         resp = pb.HashResponse(hash=s.backend.hash(_ignore))
         fill(s, resp.header)
@@ -85,6 +94,7 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
 
     @unary
     async def HashKV(self, request: pb.HashKVRequest, context: Ctx) -> pb.HashKVResponse:
+        await self._s.auth.check_admin()
         h, rev = self._s.kv.hash_by_rev(request.revision)
         resp = pb.HashKVResponse(hash=h.hash, compact_revision=h.compact_revision, hash_revision=h.revision)
         resp.header.revision = rev
@@ -95,6 +105,10 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
         """A consistent copy of the backend in 32 KiB chunks, then its SHA-256 (etcd's format:
         restore checks the trailing digest)."""
         s = self._s
+        try:
+            await s.auth.check_admin()
+        except EtcdError as e:
+            await abort_with(context, e)
         fd, path = tempfile.mkstemp(prefix="snapshot-", dir=os.path.dirname(s.cfg.backend_path))
         try:
             with os.fdopen(fd, "w+b") as tmp:
@@ -119,9 +133,11 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
 
     @unary
     async def MoveLeader(self, request: pb.MoveLeaderRequest, context: Ctx) -> pb.MoveLeaderResponse:
+        await self._s.auth.check_admin()
         await self._s.move_leader(request.targetID)
         return pb.MoveLeaderResponse()
 
     @unary
     async def Downgrade(self, request: pb.DowngradeRequest, context: Ctx) -> pb.DowngradeResponse:
+        await self._s.auth.check_admin()
         raise NotCapableError()

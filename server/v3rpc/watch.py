@@ -99,13 +99,16 @@ class _ServerWatchStream:
         async for req in requests:
             which = req.WhichOneof("request_union")
             if which == "create_request":
-                self._create(req.create_request)
+                creq = req.create_request
+                # auth: a user that may read the watched range (else a canceled watch)
+                denied = await self._s.auth.watch_denied(creq) if self._s.auth_store.enabled else None
+                self._create(creq, denied)
             elif which == "cancel_request":
                 self._cancel(req.cancel_request.watch_id)
             elif which == "progress_request":
                 self._ws.request_progress_all()
 
-    def _create(self, creq: pb.WatchCreateRequest) -> None:
+    def _create(self, creq: pb.WatchCreateRequest, denied: str | None = None) -> None:
         key = creq.key or b"\x00"
         if creq.start_revision < 0:
             self._ch.put_control(
@@ -115,6 +118,17 @@ class _ServerWatchStream:
                     created=True,
                     canceled=True,
                     cancel_reason="etcdserver: mvcc: required revision has been compacted",
+                )
+            )
+            return
+        if denied is not None:
+            self._ch.put_control(
+                pb.WatchResponse(
+                    header=self.header(self._ws.rev()),
+                    watch_id=INVALID_WATCH_ID,
+                    created=True,
+                    canceled=True,
+                    cancel_reason=denied,
                 )
             )
             return

@@ -235,8 +235,10 @@ async def test_routing(client: Client) -> None:
     assert r.status == 404 and await r.text() == '{"code":5, "message":"Not Found"}'
     r = await client.post("/v3/watch", data="{}")
     assert r.status == 501
-    r = await client.post("/v3/auth/status", data="{}")
+    r = await client.post("/v3/lock/lock", data="{}")
     assert (r.status, json.loads(await r.text())["message"]) == (501, "Method not found!")
+    r = await client.post("/v3/auth/status", data="{}")
+    assert r.status == 200 and json.loads(await r.text())["authRevision"] == "1"
     r = await client.post("/v3beta/kv/range", data=json.dumps({"key": b64("a")}))
     assert r.status == 200
     r = await client.post("/v3", allow_redirects=False)
