@@ -312,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_serve(cfg))
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a member that cannot start says why in one line, then exits
+        log.error("cannot start", exc_info=True)
+        print(f"petcd: cannot start: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,9 @@ __all__ = ["RaftCallbacks", "RaftNode"]
 
 log = logging.getLogger(__name__)
 
+# seconds between attempts to persist while the disk is full
+DISK_FULL_RETRY = 1.0
+
 
 @dataclass
 class RaftCallbacks:
@@ -59,6 +63,8 @@ class RaftCallbacks:
     send: Callable[[tuple[Message, ...]], None]
     # after each Ready: the server may take a raft snapshot, commit its backend, ...
     after_apply: Callable[[], Awaitable[None]]
+    # the raft log cannot be persisted (True) or can again (False)
+    on_disk_full: Callable[[bool], None]
 
 
 class RaftNode:
@@ -87,6 +93,7 @@ class RaftNode:
         self.conf_state = ConfState()
         self.stopped = asyncio.Event()
         self.failure: BaseException | None = None
+        self.disk_full = False
 
     @staticmethod
     def config(
@@ -163,7 +170,6 @@ class RaftNode:
             self.stopped.set()
 
     async def _process(self, rd: Ready) -> None:
-        loop = asyncio.get_running_loop()
         if rd.soft_state is not None:
             self.lead = rd.soft_state.lead
             self.state = rd.soft_state.raft_state
@@ -172,9 +178,9 @@ class RaftNode:
             self.hard_state = rd.hard_state
         snap = rd.snapshot
         if not snap.is_empty():
-            await loop.run_in_executor(self._io, self._save_snapshot, snap)
+            await self._persist(self._save_snapshot, snap)
         if rd.entries or not rd.hard_state.is_empty():
-            await loop.run_in_executor(self._io, self.wal.save, rd.hard_state, rd.entries, rd.must_sync)
+            await self._persist(self.wal.save, rd.hard_state, rd.entries, rd.must_sync)
         if not snap.is_empty():
             self.storage.apply_snapshot(snap)
             self.conf_state = snap.metadata.conf_state
@@ -192,6 +198,27 @@ class RaftNode:
             self.cb.on_read_states(rd.read_states)
         self.node.advance(rd)
         await self.cb.after_apply()
+
+    async def _persist(self, fn: Callable[..., None], *args: object) -> None:
+        """Run a WAL/snapshot write on the WAL thread. A full disk does not stop the member:
+        the same write is retried until it succeeds (nothing of this Ready is sent, applied or
+        acknowledged meanwhile), and the server refuses new writes with NOSPACE."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(self._io, fn, *args)
+                if self.disk_full:
+                    self.disk_full = False
+                    self.cb.on_disk_full(False)
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                if not self.disk_full:
+                    log.error("disk full: cannot persist the raft log; retrying", extra={"error": str(e)})
+                    self.disk_full = True
+                    self.cb.on_disk_full(True)
+                await asyncio.sleep(DISK_FULL_RETRY)
 
     def _save_snapshot(self, snap: Snapshot) -> None:
         self.snapshotter.save_snap(snap)

@@ -32,10 +32,12 @@ from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.membershippb import membership_pb2 as mpb
 from server.auth.simple_token import TokenSimple
 from server.auth.store import AuthStore
+from server.backend.backend import BackendError
 from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey, decode_uint64, encode_uint64
 from server.embed.config import Config
 from server.embed.tls import peer_tls
+from server.errors import EtcdError
 from server.etcdserver import txn
 from server.etcdserver.alarm import AlarmStore
 from server.etcdserver.apply import Applier, ApplyResult
@@ -59,6 +61,7 @@ from server.etcdserver.errors import (
 from server.etcdserver.idutil import Generator
 from server.etcdserver.membership import Member, RaftCluster, compute_member_id, validate_urls
 from server.etcdserver.quota import BackendQuota
+from server.etcdserver.quota import cost as quota_cost
 from server.etcdserver.raft_node import RaftCallbacks, RaftNode
 from server.etcdserver.stats import ServerStats
 from server.etcdserver.transport import PeerHandler, Transport, TransportError, peer_request
@@ -131,6 +134,8 @@ class EtcdServer:
         self.ready = asyncio.Event()
         self._started = False
         self.stats = ServerStats()
+        self._backend_full = False
+        self._nospace_raising = False
         self._last_leader = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -231,6 +236,7 @@ class EtcdServer:
                 on_read_states=self._on_read_states,
                 send=lambda msgs: self.transport.send(msgs),
                 after_apply=self._after_apply,
+                on_disk_full=self._on_disk_full,
             ),
             tick_seconds=self.cfg.heartbeat_interval_ms / 1000,
         )
@@ -499,21 +505,63 @@ class EtcdServer:
         log.info("applied snapshot from the leader", extra={"index": index, "revision": self.kv.rev()})
 
     async def _after_apply(self) -> None:
-        if self.applied_index - self.snapshot_index > self.cfg.snapshot_count:
-            await asyncio.wrap_future(self.backend.commit())
+        if self.applied_index - self.snapshot_index > self.cfg.snapshot_count and not self.disk_full:
             index = self.applied_index
-            await self.raft.create_snapshot(index, b"", self.cfg.snapshot_catchup_entries)
+            try:
+                await self._commit_backend()
+                await self.raft.create_snapshot(index, b"", self.cfg.snapshot_catchup_entries)
+            except (BackendError, OSError) as e:
+                log.warning("cannot take a raft snapshot now; will retry", extra={"error": str(e)})
+                return
             self.snapshot_index = index
             log.info("saved snapshot", extra={"index": index})
+
+    async def _commit_backend(self) -> None:
+        """Commit the backend's pending writes; a full disk marks the member full (the writes
+        stay buffered and the commit is retried) instead of failing anything applied."""
+        try:
+            await asyncio.wrap_future(self.backend.commit())
+        except BackendError as e:
+            if not self._backend_full:
+                log.error("backend commit failed; retrying", extra={"error": str(e)})
+            self._backend_full = True
+            self._on_disk_full(True)
+            raise
+        if self._backend_full:
+            self._backend_full = False
+            self._on_disk_full(False)
 
     async def _backend_commit_loop(self) -> None:
         while True:
             await asyncio.sleep(BACKEND_COMMIT_INTERVAL)
-            if self.backend.pending():
-                await asyncio.wrap_future(self.backend.commit())
+            if self.backend.pending() or self._backend_full:
+                with contextlib.suppress(BackendError):
+                    await self._commit_backend()
+
+    @property
+    def disk_full(self) -> bool:
+        return self._backend_full or self.raft.disk_full
+
+    def _on_disk_full(self, full: bool) -> None:
+        """The disk filled up (or has room again). While full, writes are refused with NOSPACE;
+        the NOSPACE alarm is raised through the log as soon as the log can take it, and stays
+        until an operator disarms it (as with etcd's quota)."""
+        if full and not self._nospace_raising and not self.alarms.active(pb.NOSPACE):
+            self._nospace_raising = True
+            self._spawn(self._raise_nospace_until_done())
+
+    async def _raise_nospace_until_done(self) -> None:
+        try:
+            while not self.alarms.active(pb.NOSPACE) and not self.stopping:
+                with contextlib.suppress(EtcdError):
+                    await self._raise_nospace()
+                if not self.alarms.active(pb.NOSPACE):
+                    await asyncio.sleep(1.0)
+        finally:
+            self._nospace_raising = False
 
     async def _snapshot_db(self) -> bytes:
-        await asyncio.wrap_future(self.backend.commit())
+        await self._commit_backend()
         buf = io.BytesIO()
         await asyncio.to_thread(self.backend.snapshot_to, buf)
         return buf.getvalue()
@@ -605,12 +653,20 @@ class EtcdServer:
         while True:
             job, done = await self._compactions.get()
             for _ in job.steps():
-                await asyncio.wrap_future(self.backend.commit())
+                await self._commit_until_done()
                 await asyncio.sleep(sleep)
-            await asyncio.wrap_future(self.backend.commit())
+            await self._commit_until_done()
             self._compaction_done.pop(job.rev, None)
             if not done.done():
                 done.set_result(None)
+
+    async def _commit_until_done(self) -> None:
+        while True:
+            try:
+                await self._commit_backend()
+                return
+            except BackendError:
+                await asyncio.sleep(1.0)
 
     def kv_wake(self) -> None:
         """A watch stream drained its channel: victims may fit now."""
@@ -664,6 +720,8 @@ class EtcdServer:
         )
 
     async def _check_quota(self, req: PbMessage) -> None:
+        if self.disk_full and quota_cost(req) > 0:
+            raise NoSpaceError()
         if not self.quota.available(req):
             await self._raise_nospace()
             raise NoSpaceError()
@@ -800,7 +858,7 @@ class EtcdServer:
         return resp
 
     async def defragment(self) -> None:
-        await asyncio.wrap_future(self.backend.commit())
+        await self._commit_backend()
         self.backend.defrag()
 
     async def move_leader(self, target: int) -> None:

@@ -120,6 +120,22 @@ class Encoder:
         """Logical end of the segment: written bytes plus buffered bytes."""
         return self._offset
 
+    def checkpoint(self) -> tuple[int, int]:
+        """The encoder's state, to roll back a batch that failed to reach the disk."""
+        return self._crc, self._offset
+
+    def rollback(self, state: tuple[int, int]) -> None:
+        """Forget everything encoded since checkpoint(): the segment logically ends where it
+        ended then. Bytes already written beyond that are overwritten by the next records (and,
+        if none come, read back as a torn tail: they do not continue the CRC chain)."""
+        self._crc, offset = state
+        if self._flushed >= offset:
+            self._buf.clear()
+            self._flushed = offset
+        else:
+            del self._buf[offset - self._flushed :]
+        self._offset = offset
+
     def encode(self, rec_type: RecordType, data: bytes = b"") -> None:
         if rec_type is not RecordType.CRC:
             self._crc = crc32c.crc32c(data, self._crc)
@@ -130,13 +146,14 @@ class Encoder:
             self.flush()
 
     def flush(self) -> None:
-        """Hand every buffered byte to the kernel (no fsync)."""
-        view = memoryview(self._buf)
+        """Hand every buffered byte to the kernel (no fsync). On an error the bytes written so
+        far count as flushed and the rest stays buffered."""
+        buf = self._buf
         written = 0
         try:
-            while written < len(view):
-                written += os.pwrite(self._fd, view[written:], self._flushed + written)
+            while written < len(buf):
+                chunk = buf if written == 0 else bytes(buf[written:])
+                written += os.pwrite(self._fd, chunk, self._flushed + written)
         finally:
-            view.release()
             self._flushed += written
-            del self._buf[:written]
+            del buf[:written]

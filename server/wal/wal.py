@@ -207,6 +207,7 @@ class WAL:
         self._decoder: Decoder | None = None
         self._pipeline = FilePipeline(dirpath, segment_size, preallocate=preallocate) if write else None
         self._closed = False
+        self._cut_failing = False
 
     # --- construction ------------------------------------------------------------------------
 
@@ -416,17 +417,35 @@ class WAL:
             return
         if must_sync is None:
             must_sync = raft_must_sync(hard_state, self._state, len(entries))
-        for e in entries:
-            enc.encode(RecordType.ENTRY, raftcodec.marshal_entry(e))
-            self._enti = e.index
-        if not hard_state.is_empty():
-            enc.encode(RecordType.STATE, raftcodec.marshal_hard_state(hard_state))
-            self._state = hard_state
-        if enc.offset < self._segment_size:
-            if must_sync:
+        saved = (enc.checkpoint(), self._enti, self._state)
+        try:
+            for e in entries:
+                enc.encode(RecordType.ENTRY, raftcodec.marshal_entry(e))
+                self._enti = e.index
+            if not hard_state.is_empty():
+                enc.encode(RecordType.STATE, raftcodec.marshal_hard_state(hard_state))
+                self._state = hard_state
+            if must_sync or enc.offset >= self._segment_size:
                 self._sync()
-            return
-        self._cut()
+        except BaseException:
+            # nothing of this batch counts: the next save overwrites it from the same offset
+            # (bytes left beyond the new end do not continue the CRC chain: a torn tail)
+            enc.rollback(saved[0])
+            self._enti, self._state = saved[1], saved[2]
+            raise
+        if enc.offset >= self._segment_size:
+            try:
+                self._cut()
+            except OSError as e:
+                # the batch is durable in the current segment; the cut is retried on the next
+                # save (the segment grows past the size limit meanwhile)
+                if not self._cut_failing:
+                    log.warning("cannot start a new WAL segment (%s); will retry", e)
+                self._cut_failing = True
+            else:
+                if self._cut_failing:
+                    log.info("started a new WAL segment again")
+                self._cut_failing = False
 
     def save_snapshot(self, snap: WALSnapshot) -> None:
         """Append a snapshot marker and sync. A non-initial marker must carry its ConfState."""
