@@ -28,8 +28,6 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from server.api.raftpb import raft_pb2
 from server.raft.raftpb import (
-    ConfChange,
-    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
@@ -42,8 +40,6 @@ from server.raft.raftpb import (
 
 __all__ = [
     "RaftCodecError",
-    "conf_change_from_pb",
-    "conf_change_to_pb",
     "conf_state_from_pb",
     "conf_state_to_pb",
     "entry_from_pb",
@@ -51,7 +47,6 @@ __all__ = [
     "hard_state_from_pb",
     "hard_state_to_pb",
     "has_unknown_fields",
-    "marshal_conf_change",
     "marshal_conf_state",
     "marshal_entry",
     "marshal_hard_state",
@@ -63,7 +58,6 @@ __all__ = [
     "snapshot_metadata_from_pb",
     "snapshot_metadata_to_pb",
     "snapshot_to_pb",
-    "unmarshal_conf_change",
     "unmarshal_conf_state",
     "unmarshal_entry",
     "unmarshal_hard_state",
@@ -75,7 +69,6 @@ _P = TypeVar("_P", bound=PbMessage)
 
 _ENTRY_TYPES = frozenset(int(t) for t in EntryType)
 _MESSAGE_TYPES = frozenset(int(t) for t in MessageType)
-_CONF_CHANGE_TYPES = frozenset(int(t) for t in ConfChangeType)
 
 
 class RaftCodecError(ValueError):
@@ -228,33 +221,6 @@ def marshal_snapshot(s: Snapshot) -> bytes:
 
 def unmarshal_snapshot(data: bytes, *, strict: bool = False) -> Snapshot:
     return snapshot_from_pb(_parse(raft_pb2.Snapshot, data, "Snapshot", strict))
-
-
-# --- ConfChange ------------------------------------------------------------------------------
-
-
-def conf_change_to_pb(cc: ConfChange) -> raft_pb2.ConfChange:
-    pb = raft_pb2.ConfChange(id=cc.id, type=raft_pb2.ConfChangeType.ValueType(cc.type), node_id=cc.node_id)
-    if cc.context:
-        pb.context = cc.context
-    return pb
-
-
-def conf_change_from_pb(pb: raft_pb2.ConfChange) -> ConfChange:
-    if not pb.HasField("type"):
-        _check_enum_known(pb, raft_pb2.ConfChange.TYPE_FIELD_NUMBER, "conf change type")
-    t = int(pb.type)
-    if t not in _CONF_CHANGE_TYPES:
-        raise RaftCodecError(f"raftpb: unknown conf change type {t}")
-    return ConfChange(type=ConfChangeType(t), node_id=pb.node_id, context=pb.context, id=pb.id)
-
-
-def marshal_conf_change(cc: ConfChange) -> bytes:
-    return conf_change_to_pb(cc).SerializeToString()
-
-
-def unmarshal_conf_change(data: bytes) -> ConfChange:
-    return conf_change_from_pb(_parse(raft_pb2.ConfChange, data, "ConfChange"))
 
 
 # --- Message ---------------------------------------------------------------------------------

@@ -81,11 +81,6 @@ def test_message_round_trip(m: Message) -> None:
     assert raftcodec.unmarshal_message(raftcodec.marshal_message(m)) == m
 
 
-@given(conf_changes)
-def test_conf_change_round_trip(cc: ConfChange) -> None:
-    assert raftcodec.unmarshal_conf_change(raftcodec.marshal_conf_change(cc)) == cc
-
-
 def test_entry_bytes_match_etcd() -> None:
     # gogoproto output for raftpb.Entry{Index: 1, Data: "waldata1"} (from etcd's wal tests).
     want = b"\x08\x00\x10\x00\x18\x01\x22\x08waldata1"
@@ -138,8 +133,6 @@ def test_unknown_enum_values_are_rejected() -> None:
         raftcodec.unmarshal_entry(b"\x08\x07\x10\x00\x18\x03")
     with pytest.raises(RaftCodecError, match="message type"):
         raftcodec.unmarshal_message(b"\x08\x63")
-    with pytest.raises(RaftCodecError, match="conf change type"):
-        raftcodec.unmarshal_conf_change(b"\x10\x09")
     # In the .proto enum but not supported by this server's raft.
     with pytest.raises(RaftCodecError, match="message type"):
         raftcodec.unmarshal_message(raft_pb2.Message(type=raft_pb2.MsgStorageAppend).SerializeToString())

@@ -39,12 +39,14 @@ def test_failed_batch_rolls_back(waldir: str, monkeypatch: pytest.MonkeyPatch, f
                 w.save(HardState(term=1, vote=1, commit=2), ents(3, 40, data=b"x" * 300))
         w.save(HardState(term=1, vote=1, commit=2), ents(3, 40, data=b"x" * 300))
         w.save(HardState(term=1, vote=1, commit=41), ents(41, 41))
-    md, st, es = read_back(waldir)
+    _, st, es = read_back(waldir)
     assert st == HardState(term=1, vote=1, commit=41)
     assert es == ents(1, 2) + ents(3, 40, data=b"x" * 300) + ents(41, 41)
 
 
-def test_failed_batch_then_restart_keeps_earlier_records(waldir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_batch_then_restart_keeps_earlier_records(
+    waldir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with WAL.create(waldir, b"meta") as w:
         w.save(HardState(term=1, vote=1, commit=1), ents(1, 2))
         real = os.fdatasync
@@ -61,7 +63,7 @@ def test_failed_batch_then_restart_keeps_earlier_records(waldir: str, monkeypatc
         monkeypatch.undo()
     # the failed batch was never acknowledged: after a restart it may or may not be there,
     # but everything before it is, and the log is readable
-    w2, (_, st, es) = reopen(waldir)
+    w2, (_, _, es) = reopen(waldir)
     w2.close()
     assert es[:2] == ents(1, 2)
     assert es in (ents(1, 2), ents(1, 5))
