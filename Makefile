@@ -12,7 +12,7 @@ PROTOS := $(shell find server/api -name '*.proto')
 ETCD_PEERS := $(PEERS)/etcd $(PEERS)/etcdctl $(PEERS)/etcdutl $(PEERS)/benchmark $(PEERS)/etcd-dumpdesc
 KUBE_PEERS := $(PEERS)/kube-apiserver $(PEERS)/kubectl
 
-.PHONY: all venv run test test-fast lint proto peers debian-etcd bench cluster clean
+.PHONY: all venv run test test-fast test-e2e lint proto peers debian-etcd bench bench-kube cluster raft-cluster clean
 
 all: venv peers
 
@@ -67,10 +67,24 @@ test: venv peers
 test-fast: venv
 	$(BIN)/pytest -q tests/unit
 
+test-e2e: venv peers
+	$(BIN)/pytest -q tests/e2e
+
 bench: venv peers
 	$(BIN)/python -m bench.run
 
+bench-kube: venv peers
+	$(BIN)/python -m bench.kube_bench
+
+# --- Kubernetes on petcd ----------------------------------------------------------------------
+# make cluster                                    petcd + real kube-apiserver; Ctrl-C stops both
+# make cluster CLUSTER_FLAGS="--members 3 --tls"  (or --datastore etcd to compare)
+CLUSTER_FLAGS ?=
 cluster: venv peers
+	$(BIN)/python -m tests.harness.kube up $(CLUSTER_FLAGS)
+
+# a 3-member petcd cluster on free ports (no Kubernetes)
+raft-cluster: venv peers
 	$(BIN)/python -m tests.harness.cluster up
 
 clean:
