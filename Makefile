@@ -31,7 +31,11 @@ proto: venv
 	scripts/genproto.sh
 
 # --- real peers: etcd v3.6, etcdctl, etcdutl, etcd's benchmark tool, kube-apiserver, kubectl -------
-peers: $(ETCD_PEERS) $(KUBE_PEERS) debian-etcd
+PORCUPINE := $(PEERS)/porcupine-check
+peers: $(ETCD_PEERS) $(KUBE_PEERS) $(PORCUPINE) debian-etcd
+
+$(PORCUPINE): tools/peers/porcupine/go.mod tools/peers/porcupine/go.sum tools/peers/porcupine/main.go
+	mkdir -p $(PEERS) && cd tools/peers/porcupine && go build -o $(CURDIR)/$@ .
 
 $(PEERS)/etcd: tools/peers/etcd/go.mod
 	mkdir -p $(PEERS) && cd tools/peers/etcd && go build -o $(CURDIR)/$@ go.etcd.io/etcd/server/v3

@@ -45,7 +45,6 @@ from server.etcdserver.bootstrap import Bootstrapped, bootstrap, new_raw_node
 from server.etcdserver.compactor import Compactor, parse_retention
 from server.etcdserver.errors import (
     BadLeaderTransfereeError,
-    LeaderChangedError,
     LearnerNotReadyError,
     NoLeaderError,
     NoSpaceError,
@@ -57,6 +56,7 @@ from server.etcdserver.errors import (
     TimeoutError_,
     TimeoutLeaderTransferError,
     TooManyRequestsError,
+    UnhealthyError,
 )
 from server.etcdserver.idutil import Generator
 from server.etcdserver.membership import Member, RaftCluster, compute_member_id, validate_urls
@@ -94,6 +94,8 @@ BACKEND_COMMIT_INTERVAL = 0.1
 # proposals are refused while this many committed entries wait to be applied
 MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
 READ_INDEX_RETRY = 0.5
+# peers must have been connected this long before a membership change (etcd's HealthInterval)
+HEALTH_INTERVAL = 5.0
 
 
 class EtcdServer:
@@ -115,6 +117,7 @@ class EtcdServer:
         self.consistent_index = 0
         self.applied_index = 0
         self.snapshot_index = 0
+        self.applied_term = 0
         self._ids: Generator
         self._wait: dict[int, asyncio.Future[ApplyResult]] = {}
         self._read_waiters: list[asyncio.Future[None]] = []
@@ -166,6 +169,8 @@ class EtcdServer:
         self.applier = Applier(self)
         self._ids = Generator(self.member_id)
         self.consistent_index = self._stored_consistent_index()
+        raw_term = self.backend.read_tx().get(Bucket.META, MetaKey.TERM)
+        self.applied_term = decode_uint64(raw_term) if raw_term else 0
         self.applied_index = max(self.consistent_index, b.applied)
         self.snapshot_index = b.applied
         self.backend.force_commit()
@@ -182,6 +187,7 @@ class EtcdServer:
             ),
             report_unreachable=self._report_unreachable,
             report_snapshot=self._report_snapshot,
+            on_removed=self._removed_by_peer,
             snapshot_source=self._snapshot_db,
             ssl_ctx=self._peer_ssl,
             server_ssl_ctx=tls.server_context() if tls else None,
@@ -314,7 +320,8 @@ class EtcdServer:
 
     @property
     def term(self) -> int:
-        return self.raft.node.raft.term
+        """The term of the last applied entry, as etcd reports it in headers and Status."""
+        return self.applied_term
 
     @property
     def leader_id(self) -> int:
@@ -355,6 +362,11 @@ class EtcdServer:
         with contextlib.suppress(Exception):
             self.raft.step(m)
 
+    def _removed_by_peer(self) -> None:
+        if not self.removed.is_set():
+            log.warning("a peer says this member was removed from the cluster; stopping")
+            self.removed.set()
+
     def _report_unreachable(self, peer_id: int) -> None:
         with contextlib.suppress(Exception):
             self.raft.node.report_unreachable(peer_id)
@@ -382,6 +394,8 @@ class EtcdServer:
         data = r.SerializeToString()
         if len(data) > self.cfg.max_request_bytes:
             raise RequestTooLargeError()
+        deadline = asyncio.get_running_loop().time() + self.request_timeout
+        await self._wait_for_leader(deadline)
         fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
         self._wait[r.header.ID] = fut
         try:
@@ -393,7 +407,7 @@ class EtcdServer:
         self.stats.proposals_pending += 1
         self.raft.notify()
         try:
-            async with asyncio.timeout(self.request_timeout):
+            async with asyncio.timeout_at(deadline):
                 return await fut
         except TimeoutError:
             self.stats.proposals_failed += 1
@@ -401,6 +415,18 @@ class EtcdServer:
         finally:
             self.stats.proposals_pending -= 1
             self._wait.pop(r.header.ID, None)
+
+    async def _wait_for_leader(self, deadline: float) -> None:
+        """While the member knows no leader, proposals wait (etcd's raft node does not take them
+        then) until one is elected or the request times out."""
+        while self.leader_id == 0:
+            changed = self._leader_changed
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await changed.wait()
+            except TimeoutError:
+                self.stats.proposals_failed += 1
+                raise TimeoutError_() from None
 
     async def _request(self, r: rpb.InternalRaftRequest) -> Any:
         result = await self.propose(r)
@@ -420,6 +446,7 @@ class EtcdServer:
             if e.index > ci:
                 ci = e.index
             self.applied_index = max(self.applied_index, e.index)
+            self.applied_term = e.term
         if ci != self.consistent_index:
             self.consistent_index = ci
             self.backend.batch_tx().put(Bucket.META, MetaKey.CONSISTENT_INDEX, encode_uint64(ci))
@@ -498,7 +525,10 @@ class EtcdServer:
         for m in self.cluster.sorted_members():
             self.transport.add_peer(m.id, list(m.peer_urls))
         self.consistent_index = self._stored_consistent_index()
+        raw_term = self.backend.read_tx().get(Bucket.META, MetaKey.TERM)
+        self.applied_term = decode_uint64(raw_term) if raw_term else 0
         self.applied_index = max(self.consistent_index, index)
+        self.applied_term = max(self.applied_term, snap.metadata.term)
         self.snapshot_index = index
         if resume is not None:
             self._schedule_compaction(resume)
@@ -627,8 +657,6 @@ class EtcdServer:
                 waiter.cancel()
                 if fut in done:
                     return fut.result()
-                if waiter in done and self.leader_id == 0:
-                    raise LeaderChangedError()
             finally:
                 self._read_index_waits.pop(ctx, None)
             if asyncio.get_running_loop().time() > deadline:
@@ -880,6 +908,7 @@ class EtcdServer:
     # -- membership -----------------------------------------------------------------------------
 
     async def _conf_change(self, cc: ConfChange) -> None:
+        await self._wait_for_leader(asyncio.get_running_loop().time() + self.request_timeout)
         fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
         self._wait[cc.id] = fut
         try:
@@ -894,12 +923,47 @@ class EtcdServer:
         finally:
             self._wait.pop(cc.id, None)
 
-    def _started_voters(self) -> int:
-        return sum(
-            1
-            for m in self.cluster.members.values()
-            if not m.is_learner and (m.id == self.member_id or self.transport.is_active(m.id))
-        )
+    # -- strict reconfiguration checks (etcd's mayAddMember / mayRemoveMember) -------------------
+
+    def _connected_voters(self, since: float) -> int:
+        """Voting members connected to us both ways since before `since` (ourselves included)."""
+        n = 0
+        for m in self.cluster.members.values():
+            if m.is_learner:
+                continue
+            t = 0.0 if m.id == self.member_id else self.transport.active_since(m.id)
+            if t is not None and t <= since:
+                n += 1
+        return n
+
+    def _ready_to_change_voters(self, exclude: int = 0, adding: bool = False) -> bool:
+        """Enough started (published) voters for a quorum after the change."""
+        voters = [m for m in self.cluster.members.values() if not m.is_learner and m.id != exclude]
+        started = sum(1 for m in voters if m.name)
+        total = len(voters) + (1 if adding else 0)
+        if adding and started == 1 and total == 2:
+            return True  # adding a member to a 1-member cluster (restoring its data)
+        return started >= total // 2 + 1
+
+    def _may_add_member(self, is_learner: bool) -> None:
+        if not is_learner and not self._ready_to_change_voters(adding=True):
+            raise NotEnoughStartedMembersError()
+        voters = self.cluster.voter_ids()
+        if self._connected_voters(time.monotonic() - HEALTH_INTERVAL) < len(voters):
+            raise UnhealthyError()
+
+    def _may_remove_member(self, member_id: int) -> None:
+        m = self.cluster.member(member_id)
+        if m is None or m.is_learner:
+            return
+        if not self._ready_to_change_voters(exclude=member_id):
+            raise NotEnoughStartedMembersError()
+        if member_id != self.member_id and self.transport.active_since(member_id) is None:
+            return  # a member that is down is not part of the active quorum
+        voters = self.cluster.voter_ids()
+        active = self._connected_voters(time.monotonic() - HEALTH_INTERVAL)
+        if active - 1 < 1 + (len(voters) - 1) // 2:
+            raise UnhealthyError()
 
     async def member_add(self, peer_urls: list[str], is_learner: bool) -> Member:
         validate_urls(peer_urls)
@@ -908,25 +972,15 @@ class EtcdServer:
             peer_urls=tuple(peer_urls),
             is_learner=is_learner,
         )
+        self._may_add_member(is_learner)  # etcd checks the cluster's health first
         self.cluster.validate_add(member)
-        if not is_learner:
-            voters = len(self.cluster.voter_ids()) + 1
-            if self._started_voters() < voters // 2 + 1:
-                raise NotEnoughStartedMembersError()
         kind = ConfChangeType.ADD_LEARNER_NODE if is_learner else ConfChangeType.ADD_NODE
         await self._conf_change(ConfChange(kind, member.id, member.to_json(), self._ids.next()))
         return member
 
     async def member_remove(self, member_id: int) -> None:
+        self._may_remove_member(member_id)
         self.cluster.validate_remove(member_id)
-        m = self.cluster.member(member_id)
-        if m is not None and not m.is_learner:
-            voters = len(self.cluster.voter_ids()) - 1
-            started = self._started_voters() - (
-                1 if member_id == self.member_id or self.transport.is_active(member_id) else 0
-            )
-            if voters > 0 and started < voters // 2 + 1:
-                raise NotEnoughStartedMembersError()
         await self._conf_change(ConfChange(ConfChangeType.REMOVE_NODE, member_id, b"", self._ids.next()))
 
     async def member_update(self, member_id: int, peer_urls: list[str]) -> None:
@@ -942,6 +996,8 @@ class EtcdServer:
 
     async def member_promote(self, member_id: int) -> None:
         self.cluster.validate_promote(member_id)
+        if not self._ready_to_change_voters(adding=True):
+            raise NotEnoughStartedMembersError()
         if not self.is_leader:
             answer = await self._ask_leader({"op": "promote", "id": member_id})
             error = answer.get("error")

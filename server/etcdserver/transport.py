@@ -25,6 +25,7 @@ import json
 import logging
 import ssl
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,10 @@ RECONNECT_BACKOFF = 0.1
 
 
 class TransportError(Exception):
-    pass
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        # the peer's refusal (WRONG_CLUSTER, REMOVED), 0 for other failures
+        self.status = status
 
 
 def _hostport(url: str) -> tuple[str, int]:
@@ -96,7 +100,7 @@ async def _dial(
     status = (await asyncio.wait_for(reader.readexactly(1), DIAL_TIMEOUT))[0]
     if status != OK:
         writer.close()
-        raise TransportError(f"peer {url} refused the connection (status {status})")
+        raise TransportError(f"peer {url} refused the connection (status {status})", status)
     return reader, writer
 
 
@@ -129,6 +133,7 @@ class _Peer:
         self.queue: asyncio.Queue[Message] = asyncio.Queue(PEER_QUEUE_LEN)
         self.task: asyncio.Task[None] | None = None
         self.active = False
+        self.active_since = 0.0
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"peer-{self.id:x}")
@@ -152,6 +157,7 @@ class _Peer:
             try:
                 _, writer = await _dial(self.urls[0], KIND_RAFT, t.member_id, t.cluster_id(), t.ssl_ctx)
                 self.active = True
+                self.active_since = time.monotonic()
                 while True:
                     m = await self.queue.get()
                     batch = [m]
@@ -161,7 +167,14 @@ class _Peer:
                     await writer.drain()
             except asyncio.CancelledError:
                 raise
-            except (TimeoutError, OSError, TransportError, asyncio.IncompleteReadError):
+            except TransportError as e:
+                self.active = False
+                if e.status == REMOVED:
+                    t.on_removed()
+                    return
+                t.report_unreachable(self.id)
+                await asyncio.sleep(RECONNECT_BACKOFF)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
                 if self.active:
                     log.warning("lost connection to peer", extra={"peer": f"{self.id:x}"})
                 self.active = False
@@ -184,6 +197,7 @@ class Transport:
         *,
         report_unreachable: Callable[[int], None],
         report_snapshot: Callable[[int, bool], None],
+        on_removed: Callable[[], None] = lambda: None,
         snapshot_source: Callable[[], Awaitable[bytes]],
         ssl_ctx: ssl.SSLContext | None = None,
         server_ssl_ctx: ssl.SSLContext | None = None,
@@ -193,6 +207,8 @@ class Transport:
         self.handler = handler
         self.report_unreachable = report_unreachable
         self.report_snapshot = report_snapshot
+        # a peer told us we were removed from the cluster
+        self.on_removed = on_removed
         self.snapshot_source = snapshot_source
         self.ssl_ctx = ssl_ctx
         self.server_ssl_ctx = server_ssl_ctx
@@ -200,6 +216,8 @@ class Transport:
         self._servers: list[asyncio.Server] = []
         self._snap_tasks: set[asyncio.Task[None]] = set()
         self.ports: list[int] = []
+        # member ID -> open inbound raft streams (their writer) -> when each connected
+        self._inbound: dict[int, dict[asyncio.StreamWriter, float]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -242,10 +260,18 @@ class Transport:
         peer = self.peers.pop(peer_id, None)
         if peer is not None and peer.task is not None:
             peer.task.cancel()
+        # a removed member's streams are closed; when it dials again it is told it was removed
+        for writer in list(self._inbound.pop(peer_id, {})):
+            writer.close()
 
-    def is_active(self, peer_id: int) -> bool:
+    def active_since(self, peer_id: int) -> float | None:
+        """Since when (monotonic) the peer is connected both ways: our stream to it is up and
+        its stream to us is open (a dead process closes it). None when it is not."""
         peer = self.peers.get(peer_id)
-        return peer is not None and peer.active
+        inbound = self._inbound.get(peer_id)
+        if peer is None or not peer.active or not inbound:
+            return None
+        return max(min(inbound.values()), peer.active_since)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -309,8 +335,15 @@ class Transport:
             writer.write(bytes([OK]))
             await writer.drain()
             if kind == KIND_RAFT:
-                while True:
-                    h.on_message(unmarshal_message(await _read_frame(reader)))
+                self._inbound.setdefault(frm, {})[writer] = time.monotonic()
+                try:
+                    while True:
+                        h.on_message(unmarshal_message(await _read_frame(reader)))
+                finally:
+                    streams = self._inbound.get(frm, {})
+                    streams.pop(writer, None)
+                    if not streams:
+                        self._inbound.pop(frm, None)
             elif kind == KIND_SNAP:
                 m = unmarshal_message(await _read_frame(reader))
                 (size,) = _LEN8.unpack(await reader.readexactly(8))

@@ -51,7 +51,7 @@ _DB_NAME = re.compile(r"^([0-9a-f]{16})\.snap\.db$")
 _TMP_SUFFIX = ".tmp"
 _COPY_CHUNK = 1 << 20
 # Files the snapshot directory may legitimately hold besides snapshots.
-_KNOWN_FILES = frozenset({"db"})
+_KNOWN_FILES = frozenset({"db", "db-lock"})
 
 
 class Reader(Protocol):

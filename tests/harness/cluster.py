@@ -39,9 +39,6 @@ __all__ = ["FAST_ELECTIONS", "Cluster", "ClusterMember", "poll"]
 # short raft timings: elections in well under a second
 FAST_ELECTIONS = ("--heartbeat-interval=50", "--election-timeout=500")
 TOKEN = "petcd-test-cluster"
-# etcd's strict reconfiguration check wants every voter connected for HealthInterval (5 s)
-# before it accepts a membership change ("etcdserver: unhealthy cluster" otherwise)
-ETCD_HEALTH_INTERVAL = 5.0
 
 T = TypeVar("T")
 
@@ -85,6 +82,10 @@ class ClusterMember(Member):
     # called with the member after each spawn (the cluster registers the pid with its proxy)
     on_spawn: Callable[[ClusterMember], None] | None = None
     _channel: grpc.Channel | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{self.kind} member {self.name} {self.hex_id} {self.client_url} {state}>"
 
     @property
     def advertise_peer_url(self) -> str:
@@ -131,7 +132,7 @@ class ClusterMember(Member):
             self.member_id = int(self.status(timeout=5).header.member_id)
         return self
 
-    def start(self, timeout: float = 30.0) -> ClusterMember:  # type: ignore[override]
+    def start(self, timeout: float = 30.0) -> ClusterMember:
         return self.spawn().wait_ready(timeout)
 
     def kill(self) -> None:
@@ -218,12 +219,12 @@ class Cluster:
         self.kind = kind
         self.size = size
         self.dir = Path(tmp_path)
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.extra = tuple(extra_flags)
         self.proxied = proxied
         self.token = token
         self.net = PeerNetwork() if proxied else None
         self.members: list[ClusterMember] = []
-        self.last_spawn = 0.0
         for i in range(size):
             self.members.append(self._new_member(f"m{i}"))
         spec = ",".join(f"{m.name}={m.advertise_peer_url}" for m in self.members)
@@ -259,7 +260,6 @@ class Cluster:
         return self
 
     def _spawned(self, m: ClusterMember) -> None:
-        self.last_spawn = time.monotonic()
         if self.net is not None and m.proc is not None:
             self.net.register_pid(m.proc.pid, m.name)
 
@@ -380,20 +380,29 @@ class Cluster:
         """Until the members have the same applied index and the same HashKV at the current
         revision; returns (revision, hashes)."""
         group = list(among) if among is not None else self.running
+        deadline = time.monotonic() + timeout
 
         def same() -> tuple[int, dict[str, tuple[int, int]]] | None:
-            self.wait_applied(group, timeout=timeout)
+            self.wait_applied(group, timeout=max(0.5, deadline - time.monotonic()))
             rev = int(group[0].get("petcd-cluster-probe", serializable=True).header.revision)
             hashes = self.hashes(rev, group)
             return (rev, hashes) if len(set(hashes.values())) == 1 else None
 
         return poll(same, timeout, interval=0.2, what="equal hashkv on every member")
 
-    def settle_for_reconfig(self) -> None:
-        """For real etcd: wait until every member has been up for etcd's health interval, so
-        that a membership change meets the same (healthy) cluster as on petcd."""
-        if self.kind == "etcd":
-            time.sleep(max(0.0, self.last_spawn + ETCD_HEALTH_INTERVAL + 1.0 - time.monotonic()))
+    def settle_for_reconfig(self, timeout: float = 30.0) -> None:
+        """Wait until the strict reconfiguration check passes (every voter connected for 5 s,
+        in etcd and in petcd), so that a membership change meets a healthy cluster. The probe
+        adds a member with an existing peer URL: refused either way, with "unhealthy cluster"
+        until the check passes, "Peer URLs already exists" after."""
+        ctl = self.ctl()
+        probe = ("member", "add", "reconfig-probe", f"--peer-urls={self.running[0].advertise_peer_url}")
+        poll(
+            lambda: ctl(*probe).error_line == "Error: etcdserver: Peer URLs already exists",
+            timeout,
+            interval=0.25,
+            what="etcd accepting membership changes",
+        )
 
     # -- membership ---------------------------------------------------------------------------
 
@@ -407,7 +416,7 @@ class Cluster:
         if learner:
             args.append("--learner")
         out = self.ctl().ok(*args)
-        found = re.search(r"Member ([0-9a-f]+) added (?:as learner )?to cluster", out)
+        found = re.search(r"Member\s+([0-9a-f]+) added (?:as learner )?to cluster", out)
         spec = re.search(r'ETCD_INITIAL_CLUSTER="([^"]*)"', out)
         if not found or not spec:
             raise AssertionError(f"unexpected `member add` output:\n{out}")

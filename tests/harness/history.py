@@ -33,7 +33,16 @@ import grpc
 
 from tests.harness.paths import PEERS, ROOT
 
-__all__ = ["CheckResult", "History", "Op", "Workload", "checker_binary", "run_checker"]
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "CheckResult",
+    "History",
+    "Nemesis",
+    "Op",
+    "Workload",
+    "checker_binary",
+    "run_checker",
+]
 
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -266,17 +275,17 @@ class Workload:
                 try:
                     if kind == "get":
                         op.call = h.now()
-                        resp = kv.Range(pb.RangeRequest(key=bkey), timeout=self.op_timeout)
+                        rresp = kv.Range(pb.RangeRequest(key=bkey), timeout=self.op_timeout)
                         op.ret = h.now()
-                        op.rev = resp.header.revision
-                        self._set_read(op, resp.kvs)
+                        op.rev = rresp.header.revision
+                        self._set_read(op, rresp.kvs)
                         last_seen[key] = op.read_value if op.read_found else None
                     elif kind == "put":
                         op.value = value
                         op.call = h.now()
-                        resp = kv.Put(pb.PutRequest(key=bkey, value=value.encode()), timeout=self.op_timeout)
+                        presp = kv.Put(pb.PutRequest(key=bkey, value=value.encode()), timeout=self.op_timeout)
                         op.ret = h.now()
-                        op.rev = resp.header.revision
+                        op.rev = presp.header.revision
                         last_seen[key] = value
                     else:
                         op.value = value
@@ -300,19 +309,19 @@ class Workload:
                             failure=[pb.RequestOp(request_range=pb.RangeRequest(key=bkey))],
                         )
                         op.call = h.now()
-                        resp = kv.Txn(req, timeout=self.op_timeout)
+                        tresp = kv.Txn(req, timeout=self.op_timeout)
                         op.ret = h.now()
-                        op.rev = resp.header.revision
-                        op.succeeded = resp.succeeded
-                        if resp.succeeded:
+                        op.rev = tresp.header.revision
+                        op.succeeded = tresp.succeeded
+                        if tresp.succeeded:
                             last_seen[key] = value
                         else:
-                            self._set_read(op, resp.responses[0].response_range.kvs)
+                            self._set_read(op, tresp.responses[0].response_range.kvs)
                             last_seen[key] = op.read_value if op.read_found else None
                 except grpc.RpcError as e:
                     op.ret = None
                     op.status = "unknown" if kind != "get" else "failed"
-                    op.error = f"{e.code().name}: {e.details()}"  # type: ignore[attr-defined]
+                    op.error = f"{e.code().name}: {e.details()}"
                     if kind != "get":
                         generation += 1  # this client still has the write in flight
                     h.record(op)

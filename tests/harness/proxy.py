@@ -6,10 +6,14 @@ two members goes through one PeerNetwork:
 
     net = PeerNetwork(); net.start()
     net.add_route("m0", listen_port=Q0, target_port=P0)     # members dial Q0 to reach m0 (on P0)
-    net.register_id(member_id, "m0")                         # lets the proxy tell who is dialing
+    net.register_pid(proc.pid, "m0")                         # lets the proxy tell who is dialing
+    net.register_id(member_id, "m0")                         # (the fallback: see below)
     net.isolate("m0")      # drop everything in and out of m0 (a partition of m0 from the others)
     net.cut("m1", "m2")    # drop the m1 <-> m2 link only (both directions)
     net.heal()             # every link works again (or heal("m0"), heal("m1", "m2"))
+
+tests.harness.cluster.Cluster(..., proxied=True) does the routing and registering; its c.net is
+this object.
 
 A connection is attributed to its dialing member by the process that owns its other end
 (/proc/net/tcp gives the socket's inode, /proc/<pid>/fd the process; register_pid() names the
@@ -34,6 +38,7 @@ import os
 import re
 import struct
 import threading
+import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -81,6 +86,9 @@ class PeerNetwork:
         self._isolated: set[str] = set()
         self._cut: set[frozenset[str]] = set()
         self._conns: set[_Conn] = set()
+        self._accepted: set[asyncio.StreamWriter] = set()
+        # every transport the proxy made, so that none outlives stop() with its socket open
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self._lock = threading.Lock()
         self.dropped = 0  # connections reset or black-holed so far
 
@@ -112,8 +120,15 @@ class PeerNetwork:
         loop.call_soon_threadsafe(loop.stop)
         assert self._thread is not None
         self._thread.join(10)
-        loop.close()
+        if not self._thread.is_alive():
+            loop.run_until_complete(self._close_transports())
+            loop.close()
         self._loop = None
+
+    async def _close_transports(self) -> None:
+        for t in list(self._transports):
+            t.abort()  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)  # the sockets are closed in callbacks
 
     def __enter__(self) -> PeerNetwork:
         return self.start()
@@ -132,10 +147,14 @@ class PeerNetwork:
         for c in list(self._conns):
             c.close()
         self._conns.clear()
+        for w in list(self._accepted):  # connections still being identified
+            w.transport.abort()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in tasks:
+        _, pending = await asyncio.wait(tasks, timeout=2.0) if tasks else (set(), set())
+        for t in pending:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.sleep(0.05)  # aborted transports close their sockets in callbacks
 
     # -- routes and identities ----------------------------------------------------------------
 
@@ -150,7 +169,12 @@ class PeerNetwork:
 
     async def _listen(self, route: _Route) -> None:
         async def accept(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            await self._handle(route, r, w)
+            self._accepted.add(w)
+            self._transports.add(w.transport)
+            try:
+                await self._handle(route, r, w)
+            finally:
+                self._accepted.discard(w)
 
         route.server = await asyncio.start_server(accept, self.host, route.listen_port, reuse_address=True)
 
@@ -306,19 +330,19 @@ class PeerNetwork:
     async def _handle(
         self, route: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        head, src = b"", None
-        peer = writer.get_extra_info("peername")
-        if peer:
-            src = self._owner(peer[1], route.listen_port)
-        if src is None:
-            head, src = await self._identify(reader)
-        conn = _Conn(src, route.name, [writer])
-        with self._lock:
-            conn.blackholed = self._blocked(src, route.name)
-            self._conns.add(conn)
-            if conn.blackholed:
-                self.dropped += 1
+        conn = _Conn(None, route.name, [writer])
         try:
+            head = b""
+            peer = writer.get_extra_info("peername")
+            if peer:
+                conn.src = self._owner(peer[1], route.listen_port)
+            if conn.src is None:
+                head, conn.src = await self._identify(reader)
+            with self._lock:
+                conn.blackholed = self._blocked(conn.src, route.name)
+                self._conns.add(conn)
+                if conn.blackholed:
+                    self.dropped += 1
             if conn.blackholed:
                 while await reader.read(_BUF):
                     pass
@@ -330,6 +354,7 @@ class PeerNetwork:
             except (OSError, TimeoutError):
                 return  # the member is down: the dialer sees the connection close
             conn.writers.append(up_w)
+            self._transports.add(up_w.transport)
             with self._lock:
                 if conn not in self._conns:  # cut while we were dialing
                     return
