@@ -88,6 +88,21 @@ def _metadata(context: Any) -> list[tuple[str, str]]:
     return md
 
 
+def _unknown(method: str, services: set[str]) -> Any:
+    """grpc-go's answer to a method nobody serves (see server/v3rpc/registry.py)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    message = (
+        f"unknown method {name} for service {service}"
+        if service in services
+        else f"unknown service {service}"
+    )
+
+    async def unimplemented(_: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    return grpc.stream_stream_rpc_method_handler(unimplemented)
+
+
 class _Relay(grpc.GenericRpcHandler):
     def __init__(self, conn: _Link) -> None:
         self.conn = conn
@@ -100,7 +115,7 @@ class _Relay(grpc.GenericRpcHandler):
         method = details.method
         kind = self.kinds.get(method)
         if kind is None:
-            return None
+            return _unknown(method, {k.rsplit("/", 1)[0].lstrip("/") for k in self.kinds})
         conn = self.conn
         client_streaming, server_streaming = kind
 

@@ -48,7 +48,9 @@ def grpc_server_options(cfg: Config, reuse_port: bool = False) -> list[tuple[str
     without active calls, so Go clients (kube-apiserver pings every 30 s) are never cut off
     with GOAWAY too_many_pings."""
     return [
-        ("grpc.max_receive_message_length", cfg.max_recv_bytes),
+        # petcd enforces cfg.max_recv_bytes itself, with grpc-go's message (server/v3rpc/registry.py);
+        # grpcio's own limit only bounds memory
+        ("grpc.max_receive_message_length", max(4 * cfg.max_recv_bytes, 64 * 1024 * 1024)),
         ("grpc.max_send_message_length", -1),
         ("grpc.max_concurrent_streams", 2**31 - 1),
         ("grpc.keepalive_permit_without_calls", 1),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from server.errors import EtcdError
 
 __all__ = [
+    "ApplyFailedError",
     "BadLeaderTransfereeError",
     "CorruptError",
     "KeyNotFoundError",
@@ -92,3 +93,7 @@ class ProposalDroppedError(EtcdError):
 
 class TimeoutLeaderTransferError(EtcdError):
     """etcdserver: request timed out, leader transfer took too long"""
+
+
+class ApplyFailedError(EtcdError):
+    """An entry could not be applied (a bug); reported to its client as UNKNOWN."""

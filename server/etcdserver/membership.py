@@ -89,6 +89,8 @@ def parse_initial_cluster(spec: str) -> dict[str, list[str]]:
 
 
 def validate_urls(urls: list[str]) -> None:
+    if not urls:
+        raise BadURLsError("no URL given")
     for url in urls:
         u = urlsplit(url)
         if u.scheme not in ("http", "https", "unix", "unixs") or not u.netloc or u.path not in ("", "/"):

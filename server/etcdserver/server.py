@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as PbMessage
 
 from server.api.etcdserverpb import raft_internal_pb2 as rpb
@@ -38,12 +39,13 @@ from server.backend.schema import Bucket, MetaKey, decode_uint64, encode_uint64
 from server.embed.config import Config
 from server.embed.tls import peer_tls
 from server.errors import EtcdError
-from server.etcdserver import txn
+from server.etcdserver import txn, txn_codec
 from server.etcdserver.alarm import AlarmStore
 from server.etcdserver.apply import Applier, ApplyResult
 from server.etcdserver.bootstrap import Bootstrapped, bootstrap, new_raw_node
 from server.etcdserver.compactor import Compactor, parse_retention
 from server.etcdserver.errors import (
+    ApplyFailedError,
     BadLeaderTransfereeError,
     LearnerNotReadyError,
     NoLeaderError,
@@ -462,8 +464,18 @@ class EtcdServer:
             self._applied_waits = still
 
     def _apply_normal(self, e: Entry) -> None:
-        r = rpb.InternalRaftRequest.FromString(e.data)
-        result = self.applier.apply(r)
+        try:
+            r = txn_codec.parse(rpb.InternalRaftRequest, e.data)
+        except (DecodeError, txn_codec.TooDeepError):
+            log.error("entry %d cannot be decoded; skipped on every member", e.index)
+            return
+        try:
+            result = self.applier.apply(r)
+        except Exception as exc:
+            # a bug, met identically by every member on the same entry: answer it rather than
+            # stop (and stop again at every restart, replaying the entry)
+            log.exception("applying entry %d failed", e.index)
+            result = ApplyResult(err=ApplyFailedError(f"etcdserver: apply failed: {exc}"))
         if result.compaction is not None:
             self._schedule_compaction(result.compaction)
         fut = self._wait.get(r.header.ID or r.ID)
@@ -734,7 +746,7 @@ class EtcdServer:
     # -- alarms ---------------------------------------------------------------------------------
 
     def on_alarm_raised(self, m: pb.AlarmMember) -> None:
-        log.warning("alarm raised", extra={"alarm": pb.AlarmType.Name(m.alarm), "member": f"{m.memberID:x}"})
+        log.warning("alarm raised", extra={"alarm": int(m.alarm), "member": f"{m.memberID:x}"})
 
     async def _raise_nospace(self) -> None:
         if self.alarms.active(pb.NOSPACE):
@@ -785,7 +797,9 @@ class EtcdServer:
                 )
             return txn.txn(self.kv, self.lessor, r)
         await self._check_quota(r)
-        resp: pb.TxnResponse = await self._request(rpb.InternalRaftRequest(txn=r))
+        req = rpb.InternalRaftRequest()
+        req.txn.CopyFrom(r)  # not the constructor: it re-parses, and deep txns exceed upb's depth
+        resp: pb.TxnResponse = await self._request(req)
         return resp
 
     async def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:

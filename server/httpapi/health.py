@@ -26,6 +26,7 @@ from server.errors import EtcdError
 from server.etcdserver.server import EtcdServer
 from server.httpapi.gohttp import TEXT, go_http_error, go_json, method_not_allowed
 from server.v3rpc.errors import to_grpc_status
+from server.v3rpc.maintenance import alarm_name
 from server.version import SERVER_VERSION, STORAGE_VERSION
 
 __all__ = ["Health", "HealthStats"]
@@ -103,7 +104,7 @@ class Health:
     async def _health(self, excluded: set[str], serializable: bool) -> tuple[bool, str]:
         s = self._s
         for alarm in s.alarms.get():
-            name = pb.AlarmType.Name(alarm.alarm)
+            name = alarm_name(alarm.alarm)
             if name in excluded:
                 continue
             if alarm.alarm == pb.NOSPACE:
@@ -141,7 +142,7 @@ class Health:
     def _alarm_check(self, alarm: pb.AlarmType.ValueType) -> Check:
         async def check() -> str | None:
             if any(a.alarm == alarm for a in self._s.alarms.get()):
-                return f"alarm activated: {pb.AlarmType.Name(alarm)}"
+                return f"alarm activated: {alarm_name(alarm)}"
             return None
 
         return check

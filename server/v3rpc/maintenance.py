@@ -36,7 +36,15 @@ def _ignore(bucket: Bucket, key: bytes) -> bool:
 
 def alarm_string(m: pb.AlarmMember) -> str:
     """An alarm as etcd prints it in Status.errors (gogoproto's compact text form)."""
-    return f"memberID:{m.memberID} alarm:{pb.AlarmType.Name(m.alarm)} "
+    return f"memberID:{m.memberID} alarm:{alarm_name(m.alarm)} "
+
+
+def alarm_name(alarm: int) -> str:
+    """The alarm's name; Go prints an unknown enum value as its number."""
+    try:
+        return pb.AlarmType.Name(alarm)  # type: ignore[arg-type]
+    except ValueError:
+        return str(alarm)
 
 
 class MaintenanceService(pb_grpc.MaintenanceServicer):

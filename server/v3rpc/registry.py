@@ -1,13 +1,27 @@
 """Every gRPC method petcd serves, built once per member: the gRPC server, the front-end link
-and the JSON gateway all run the same handlers (and interceptors)."""
+and the JSON gateway all run the same handlers (and interceptors).
+
+Requests are decoded here rather than by grpcio, so that what cannot be decoded is answered as
+grpc-go (etcd's gRPC) answers it, byte for byte:
+
+    larger than the receive limit     RESOURCE_EXHAUSTED "grpc: received message larger than max (N vs. M)"
+    malformed (unary)                 INTERNAL "grpc: error unmarshalling request: ..."
+    malformed (stream message)        INTERNAL "grpc: failed to unmarshal the received message: ..."
+    unknown method / service          UNIMPLEMENTED "unknown method X for service S" / "unknown service S"
+
+and txns nested deeper than the C protobuf decoder goes are decoded by txn_codec.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from server.etcdserver import txn_codec
 from server.etcdserver.server import EtcdServer
 from server.v3rpc.auth import AuthService
 from server.v3rpc.cluster import ClusterService
@@ -16,10 +30,30 @@ from server.v3rpc.lease import LeaseService
 from server.v3rpc.maintenance import MaintenanceService
 from server.v3rpc.watch import WatchService
 
-__all__ = ["Services", "services"]
+__all__ = ["Services", "add_to", "services"]
 
 # service name -> method name -> handler
 Services = dict[str, dict[str, "grpc.RpcMethodHandler[Any, Any]"]]
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+C = grpc.StatusCode
+TOO_MANY_OPS = (C.INVALID_ARGUMENT, "etcdserver: too many operations in txn request")
+
+
+class _Undecodable:
+    """A request that could not be handed to the servicer, and the status to answer instead."""
+
+    __slots__ = ("code", "message")
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        self.message = message
+
+
+class _StreamAbort(Exception):
+    def __init__(self, bad: _Undecodable) -> None:
+        super().__init__(bad.message)
+        self.bad = bad
 
 
 class _Recorder:
@@ -35,6 +69,70 @@ class _Recorder:
         self.services[service] = dict(handlers)
 
 
+def _decoder(request_cls: Any, max_bytes: int, streaming: bool) -> Callable[[bytes], Any]:
+    prefix = (
+        "grpc: failed to unmarshal the received message: "
+        if streaming
+        else "grpc: error unmarshalling request: "
+    )
+
+    def decode(raw: bytes) -> Any:
+        if len(raw) > max_bytes:
+            return _Undecodable(
+                C.RESOURCE_EXHAUSTED, f"grpc: received message larger than max ({len(raw)} vs. {max_bytes})"
+            )
+        try:
+            return txn_codec.parse(request_cls, raw)
+        except txn_codec.TooDeepError:
+            return _Undecodable(*TOO_MANY_OPS)
+        except DecodeError as e:
+            return _Undecodable(C.INTERNAL, prefix + str(e))
+
+    return decode
+
+
+def _checked(handler: Any, request_cls: Any, max_bytes: int) -> Any:
+    opts = {
+        "request_deserializer": _decoder(request_cls, max_bytes, handler.request_streaming),
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary(request: Any, context: Ctx) -> Any:
+            if isinstance(request, _Undecodable):
+                await context.abort(request.code, request.message)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, **opts)
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            if isinstance(request, _Undecodable):
+                await context.abort(request.code, request.message)
+            async for resp in inner_us(request, context):
+                yield resp
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **opts)
+    inner_ss = handler.stream_stream
+
+    async def requests(it: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for req in it:
+            if isinstance(req, _Undecodable):
+                raise _StreamAbort(req)
+            yield req
+
+    async def stream(it: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+        try:
+            async for resp in inner_ss(requests(it), context):
+                yield resp
+        except _StreamAbort as e:
+            await context.abort(e.bad.code, e.bad.message)
+
+    return grpc.stream_stream_rpc_method_handler(stream, **opts)
+
+
 def services(server: EtcdServer) -> Services:
     rec: Any = _Recorder()
     pb_grpc.add_KVServicer_to_server(KVService(server), rec)
@@ -43,9 +141,44 @@ def services(server: EtcdServer) -> Services:
     pb_grpc.add_ClusterServicer_to_server(ClusterService(server), rec)
     pb_grpc.add_MaintenanceServicer_to_server(MaintenanceService(server), rec)
     pb_grpc.add_AuthServicer_to_server(AuthService(server), rec)
-    return rec.services  # type: ignore[no-any-return]
+    max_bytes = server.cfg.max_recv_bytes
+    out: Services = {}
+    for svc, handlers in rec.services.items():
+        out[svc] = {}
+        for name, h in handlers.items():
+            request_cls = _request_class(svc, name)
+            out[svc][name] = _checked(h, request_cls, max_bytes)
+    return out
+
+
+def _request_class(service: str, method: str) -> Any:
+    from server.api.etcdserverpb import rpc_pb2
+
+    m = rpc_pb2.DESCRIPTOR.services_by_name[service.split(".")[-1]].methods_by_name[method]
+    return getattr(rpc_pb2, m.input_type.name)
+
+
+class _Unknown(grpc.GenericRpcHandler):
+    """Whatever no service claims, answered as grpc-go does."""
+
+    def __init__(self, svcs: Services) -> None:
+        self._svcs = svcs
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        method: str = details.method
+        service, _, name = method.lstrip("/").rpartition("/")
+        if service in self._svcs:
+            message = f"unknown method {name} for service {service}"
+        else:
+            message = f"unknown service {service}"
+
+        async def unimplemented(_: Any, context: Ctx) -> Any:
+            await context.abort(C.UNIMPLEMENTED, message)
+
+        return grpc.stream_stream_rpc_method_handler(unimplemented)
 
 
 def add_to(grpc_server: grpc.aio.Server, svcs: Services) -> None:
     for name, handlers in svcs.items():
         grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    grpc_server.add_generic_rpc_handlers((_Unknown(svcs),))

@@ -180,14 +180,14 @@ class _ServerWatchStream:
         while True:
             if not self._ch:
                 if reader.done():
-                    reader.result()  # surface a receive error; a clean end of requests ends here
-                    return
+                    # a receive error ends the stream; a client that only half-closed its side
+                    # still gets its events until it cancels (as with etcd)
+                    reader.result()
                 self._ready.clear()
                 timeout = max(0.0, next_tick - loop.time())
                 waiter = asyncio.ensure_future(self._ready.wait())
-                done, _ = await asyncio.wait(
-                    {waiter, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
+                pending = {waiter} if reader.done() else {waiter, reader}
+                done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if waiter not in done:
                     waiter.cancel()
                 if loop.time() >= next_tick:
