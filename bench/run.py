@@ -5,8 +5,11 @@ grpc.aio server, in one run, on this machine. Not a test: nothing here asserts a
     python -m bench.run --suites kv,watch      # some suites
     python -m bench.run --quick                # shorter runs, for a smoke check
 
+Targets: null (bench/null_server.py), petcd (one process, as `petcd` with no flags), petcd-fe (petcd
+--grpc-frontends=2: gRPC served by two front-end processes, the core keeps Raft/MVCC), etcd v3.6.
+
 Suites:
-    perf     etcdctl check perf --load=s|m|l|xl (60 s each) on null, petcd, etcd
+    perf     etcdctl check perf --load=s|m|l|xl (60 s each) on null, petcd, petcd-fe, etcd
     kv       etcd's benchmark tool: put (100 clients, 10 conns) and range (linearizable, serializable)
     watch    benchmark watch-latency (1,000 watchers on one key), watch fan-out, RSS of 10,000 idle watchers
     lease    benchmark lease-keepalive
@@ -38,6 +41,8 @@ from tests.harness.paths import ROOT, peer, petcd_command
 from tests.harness.procs import free_port, wait_ready
 
 RESULTS = ROOT / "bench" / "results"
+FRONTENDS = 2  # petcd-fe: petcd with this many gRPC front-end processes (--grpc-frontends)
+SINGLE = ("null", "petcd", "petcd-fe", "etcd")
 
 
 @dataclass
@@ -68,7 +73,9 @@ def _start_member(kind: str, workdir: Path, extra: list[str] | None = None) -> T
     if kind == "null":
         cmd = [sys.executable, "-m", "bench.null_server", "--listen", f"127.0.0.1:{port}"]
     else:
-        exe = petcd_command() if kind == "petcd" else [peer("etcd")]
+        exe = petcd_command() if kind.startswith("petcd") else [peer("etcd")]
+        if kind == "petcd-fe":
+            exe = [*exe, f"--grpc-frontends={FRONTENDS}"]
         cmd = [
             *exe,
             f"--data-dir={data}",
@@ -149,7 +156,7 @@ def suite_perf(workdir: Path, quick: bool) -> dict[str, Any]:
     loads = ["m"] if quick else ["s", "m", "l", "xl"]
     out: dict[str, Any] = {}
     for load in loads:
-        for kind in ("null", "petcd", "etcd"):
+        for kind in SINGLE:
             with member(kind, workdir) as t:
                 text = _run([peer("etcdctl"), f"--endpoints={t.url}", "check", "perf", f"--load={load}"])
                 out[f"{load}/{kind}"] = parse_check_perf(text)
@@ -160,14 +167,20 @@ def suite_perf(workdir: Path, quick: bool) -> dict[str, Any]:
 def suite_kv(workdir: Path, quick: bool) -> dict[str, Any]:
     total = "5000" if quick else "20000"
     out: dict[str, Any] = {}
-    for kind in ("null", "petcd", "etcd"):
+    for kind in SINGLE:
         with member(kind, workdir) as t:
             common = ["--conns=10", "--clients=100"]
-            out[f"put/{kind}"] = benchmark(t, *common, "put", "--key-size=8", "--sequential-keys", f"--total={total}", "--val-size=256")
+            out[f"put/{kind}"] = benchmark(
+                t, *common, "put", "--key-size=8", "--sequential-keys", f"--total={total}", "--val-size=256"
+            )
             _run([peer("etcdctl"), f"--endpoints={t.url}", "put", "foo", "bar"])
             for mode in ("l", "s"):
-                out[f"range-{mode}/{kind}"] = benchmark(t, *common, "range", "foo", f"--consistency={mode}", f"--total={total}")
-            out[f"put-1client/{kind}"] = benchmark(t, "put", "--key-size=8", "--sequential-keys", "--total=1000", "--val-size=256")
+                out[f"range-{mode}/{kind}"] = benchmark(
+                    t, *common, "range", "foo", f"--consistency={mode}", f"--total={total}"
+                )
+            out[f"put-1client/{kind}"] = benchmark(
+                t, "put", "--key-size=8", "--sequential-keys", "--total=1000", "--val-size=256"
+            )
             print(kind, {k: v for k, v in out.items() if k.endswith(kind)}, flush=True)
     return out
 
@@ -214,7 +227,11 @@ def _idle_watchers_rss(t: Target, n: int) -> dict[str, float]:
     for c in calls:
         c.cancel()
     channel.close()
-    return {"rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1), "per_watcher_kb": round((after - before) * 1024 / n, 2)}
+    return {
+        "rss_before_mb": round(before, 1),
+        "rss_after_mb": round(after, 1),
+        "per_watcher_kb": round((after - before) * 1024 / n, 2),
+    }
 
 
 def suite_watch(workdir: Path, quick: bool) -> dict[str, Any]:
@@ -222,10 +239,22 @@ def suite_watch(workdir: Path, quick: bool) -> dict[str, Any]:
     for kind in ("petcd", "etcd"):
         with member(kind, workdir) as t:
             out[f"latency/{kind}"] = benchmark(
-                t, "watch-latency", "--streams=10", "--watchers-per-stream=100", "--put-total=500" if quick else "--put-total=2000", "--put-rate=100"
+                t,
+                "watch-latency",
+                "--streams=10",
+                "--watchers-per-stream=100",
+                "--put-total=500" if quick else "--put-total=2000",
+                "--put-rate=100",
             )
             out[f"fanout/{kind}"] = benchmark(
-                t, "--conns=10", "--clients=10", "watch", "--streams=10", "--watch-per-stream=100", "--put-total=2000", "--put-rate=500"
+                t,
+                "--conns=10",
+                "--clients=10",
+                "watch",
+                "--streams=10",
+                "--watch-per-stream=100",
+                "--put-total=2000",
+                "--put-rate=500",
             )
             out[f"idle10k/{kind}"] = _idle_watchers_rss(t, 2000 if quick else 10000)
             print(kind, {k: v for k, v in out.items() if k.endswith(kind)}, flush=True)
@@ -236,7 +265,13 @@ def suite_lease(workdir: Path, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in ("petcd", "etcd"):
         with member(kind, workdir) as t:
-            out[f"keepalive/{kind}"] = benchmark(t, "--conns=10", "--clients=100", "lease-keepalive", "--total=5000" if quick else "--total=20000")
+            out[f"keepalive/{kind}"] = benchmark(
+                t,
+                "--conns=10",
+                "--clients=100",
+                "lease-keepalive",
+                "--total=5000" if quick else "--total=20000",
+            )
             print(kind, out[f"keepalive/{kind}"], flush=True)
     return out
 
@@ -248,11 +283,25 @@ def suite_cluster(workdir: Path, quick: bool) -> dict[str, Any]:
         try:
             eps = ",".join(u.split("://")[1] for u in urls)
             out[f"put/{kind}"] = parse_benchmark(
-                _run([peer("benchmark"), f"--endpoints={eps}", "--target-leader", "--conns=10", "--clients=100", "put",
-                      "--key-size=8", "--sequential-keys", "--total=5000" if quick else "--total=20000", "--val-size=256"])
+                _run(
+                    [
+                        peer("benchmark"),
+                        f"--endpoints={eps}",
+                        "--target-leader",
+                        "--conns=10",
+                        "--clients=100",
+                        "put",
+                        "--key-size=8",
+                        "--sequential-keys",
+                        "--total=5000" if quick else "--total=20000",
+                        "--val-size=256",
+                    ]
+                )
             )
             if not quick:
-                out[f"perf-m/{kind}"] = parse_check_perf(_run([peer("etcdctl"), f"--endpoints={','.join(urls)}", "check", "perf", "--load=m"]))
+                out[f"perf-m/{kind}"] = parse_check_perf(
+                    _run([peer("etcdctl"), f"--endpoints={','.join(urls)}", "check", "perf", "--load=m"])
+                )
             out[f"failover/{kind}"] = _failover(procs, urls)
             print(kind, {k: v for k, v in out.items() if k.endswith(kind)}, flush=True)
         finally:
@@ -276,10 +325,19 @@ def _start_cluster(kind: str, workdir: Path) -> tuple[list[subprocess.Popen[byte
         log = open(workdir / f"{kind}-m{i}.log", "wb")  # noqa: SIM115
         procs.append(
             subprocess.Popen(
-                [*exe, f"--name=m{i}", f"--data-dir={data}", f"--listen-client-urls=http://127.0.0.1:{c}",
-                 f"--advertise-client-urls=http://127.0.0.1:{c}", f"--listen-peer-urls=http://127.0.0.1:{p}",
-                 f"--initial-advertise-peer-urls=http://127.0.0.1:{p}", f"--initial-cluster={initial}"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                [
+                    *exe,
+                    f"--name=m{i}",
+                    f"--data-dir={data}",
+                    f"--listen-client-urls=http://127.0.0.1:{c}",
+                    f"--advertise-client-urls=http://127.0.0.1:{c}",
+                    f"--listen-peer-urls=http://127.0.0.1:{p}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{p}",
+                    f"--initial-cluster={initial}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         )
         log.close()
@@ -291,24 +349,45 @@ def _start_cluster(kind: str, workdir: Path) -> tuple[list[subprocess.Popen[byte
 
 def _failover(procs: list[subprocess.Popen[bytes]], urls: list[str]) -> dict[str, float]:
     """Seconds from kill -9 of the leader until a write succeeds on a survivor."""
-    status = json.loads(_run([peer("etcdctl"), f"--endpoints={','.join(urls)}", "endpoint", "status", "-wjson"]))
+    status = json.loads(
+        _run([peer("etcdctl"), f"--endpoints={','.join(urls)}", "endpoint", "status", "-wjson"])
+    )
     leader = status[0]["Status"]["leader"]
     idx = next(i for i, s in enumerate(status) if s["Status"]["header"]["member_id"] == leader)
     survivors = [u for i, u in enumerate(urls) if i != idx]
     procs[idx].kill()
     start = time.monotonic()
     while time.monotonic() - start < 30:
-        r = subprocess.run([peer("etcdctl"), f"--endpoints={','.join(survivors)}", "--command-timeout=1s", "put", "failover", "x"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                peer("etcdctl"),
+                f"--endpoints={','.join(survivors)}",
+                "--command-timeout=1s",
+                "put",
+                "failover",
+                "x",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode == 0:
             return {"seconds": round(time.monotonic() - start, 3)}
     return {"seconds": float("nan")}
 
 
-SUITES = {"perf": suite_perf, "kv": suite_kv, "watch": suite_watch, "lease": suite_lease, "cluster": suite_cluster}
+SUITES = {
+    "perf": suite_perf,
+    "kv": suite_kv,
+    "watch": suite_watch,
+    "lease": suite_lease,
+    "cluster": suite_cluster,
+}
 
 
 # -- report ----------------------------------------------------------------------------------------
+
+
+_HEAD = ["null gRPC", "petcd", f"petcd, {FRONTENDS} front-ends", "etcd"]
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -333,47 +412,117 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     if perf:
         rows = []
         for load in ("s", "m", "l", "xl"):
-            got = {k: perf.get(f"{load}/{k}") for k in ("null", "petcd", "etcd")}
+            got = {k: perf.get(f"{load}/{k}") for k in SINGLE}
             if not any(got.values()):
                 continue
-            cell = {k: (f"{v.get('writes_per_s', '?')} ({'PASS' if v['pass'] else 'FAIL'})" if v else "-") for k, v in got.items()}
-            p, e, n = (got[k].get("writes_per_s") if got[k] else None for k in ("petcd", "etcd", "null"))
-            rows.append([load, cell["null"], cell["petcd"], cell["etcd"], _ratio(p, e), _ratio(p, n)])
-        rep.add("etcdctl check perf (writes/s, verdict)", ["load", "null gRPC", "petcd", "etcd", "petcd/etcd", "petcd/null"], rows)
+            cell = {
+                k: (f"{v.get('writes_per_s', '?')} ({'PASS' if v['pass'] else 'FAIL'})" if v else "-")
+                for k, v in got.items()
+            }
+            w = {k: (got[k] or {}).get("writes_per_s") for k in SINGLE}
+            rows.append(
+                [
+                    load,
+                    *(cell[k] for k in SINGLE),
+                    _ratio(w["petcd"], w["etcd"]),
+                    _ratio(w["petcd-fe"], w["etcd"]),
+                    _ratio(w["petcd"], w["null"]),
+                ]
+            )
+        rep.add(
+            "etcdctl check perf (writes/s, verdict)",
+            ["load", *_HEAD, "petcd/etcd", "petcd-fe/etcd", "petcd/null"],
+            rows,
+        )
     kv = results.get("kv", {})
     if kv:
         rows = []
         for w in ("put", "put-1client", "range-l", "range-s"):
-            v = {k: kv.get(f"{w}/{k}", {}) for k in ("null", "petcd", "etcd")}
-            rows.append([
-                w,
-                *(f"{v[k].get('rps', 0):.0f} / {v[k].get('avg_s', 0) * 1000:.1f} ms" if v[k] else "-" for k in ("null", "petcd", "etcd")),
-                _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
-                _ratio(v["petcd"].get("rps"), v["null"].get("rps")),
-            ])
-        rep.add("benchmark put / range (requests/s / average latency)", ["workload", "null gRPC", "petcd", "etcd", "petcd/etcd", "petcd/null"], rows)
+            v = {k: kv.get(f"{w}/{k}", {}) for k in SINGLE}
+            rows.append(
+                [
+                    w,
+                    *(
+                        f"{v[k].get('rps', 0):.0f} / {v[k].get('avg_s', 0) * 1000:.1f} ms" if v[k] else "-"
+                        for k in SINGLE
+                    ),
+                    _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
+                    _ratio(v["petcd-fe"].get("rps"), v["etcd"].get("rps")),
+                    _ratio(v["petcd"].get("rps"), v["null"].get("rps")),
+                ]
+            )
+        rep.add(
+            "benchmark put / range (requests/s / average latency)",
+            ["workload", *_HEAD, "petcd/etcd", "petcd-fe/etcd", "petcd/null"],
+            rows,
+        )
     watch = results.get("watch", {})
     if watch:
         rows = []
         for w in ("latency", "fanout"):
             v = {k: watch.get(f"{w}/{k}", {}) for k in ("petcd", "etcd")}
-            rows.append([w, *(f"{v[k].get('rps', 0):.0f} / {v[k].get('avg_s', 0) * 1000:.2f} ms" for k in ("petcd", "etcd")), _ratio(v["petcd"].get("rps"), v["etcd"].get("rps"))])
+            rows.append(
+                [
+                    w,
+                    *(
+                        f"{v[k].get('rps', 0):.0f} / {v[k].get('avg_s', 0) * 1000:.2f} ms"
+                        for k in ("petcd", "etcd")
+                    ),
+                    _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
+                ]
+            )
         idle = {k: watch.get(f"idle10k/{k}", {}) for k in ("petcd", "etcd")}
-        rows.append(["idle watchers RSS", *(f"{idle[k].get('rss_before_mb')} -> {idle[k].get('rss_after_mb')} MB ({idle[k].get('per_watcher_kb')} KB each)" for k in ("petcd", "etcd")), ""])
+        rows.append(
+            [
+                "idle watchers RSS",
+                *(
+                    f"{idle[k].get('rss_before_mb')} -> {idle[k].get('rss_after_mb')} MB ({idle[k].get('per_watcher_kb')} KB each)"
+                    for k in ("petcd", "etcd")
+                ),
+                "",
+            ]
+        )
         rep.add("watch (events/s / average latency)", ["workload", "petcd", "etcd", "petcd/etcd"], rows)
     lease = results.get("lease", {})
     if lease:
         v = {k: lease.get(f"keepalive/{k}", {}) for k in ("petcd", "etcd")}
-        rep.add("lease keep-alive", ["workload", "petcd", "etcd", "petcd/etcd"],
-                [["keepalive", *(f"{v[k].get('rps', 0):.0f}/s" for k in ("petcd", "etcd")), _ratio(v["petcd"].get("rps"), v["etcd"].get("rps"))]])
+        rep.add(
+            "lease keep-alive",
+            ["workload", "petcd", "etcd", "petcd/etcd"],
+            [
+                [
+                    "keepalive",
+                    *(f"{v[k].get('rps', 0):.0f}/s" for k in ("petcd", "etcd")),
+                    _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
+                ]
+            ],
+        )
     cl = results.get("cluster", {})
     if cl:
         rows = []
         v = {k: cl.get(f"put/{k}", {}) for k in ("petcd", "etcd")}
-        rows.append(["put (leader, 100 clients)", *(f"{v[k].get('rps', 0):.0f}/s / {v[k].get('avg_s', 0) * 1000:.1f} ms" for k in ("petcd", "etcd")), _ratio(v["petcd"].get("rps"), v["etcd"].get("rps"))])
+        rows.append(
+            [
+                "put (leader, 100 clients)",
+                *(
+                    f"{v[k].get('rps', 0):.0f}/s / {v[k].get('avg_s', 0) * 1000:.1f} ms"
+                    for k in ("petcd", "etcd")
+                ),
+                _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
+            ]
+        )
         pm = {k: cl.get(f"perf-m/{k}") for k in ("petcd", "etcd")}
         if all(pm.values()):
-            rows.append(["check perf m", *(f"{pm[k]['writes_per_s']} ({'PASS' if pm[k]['pass'] else 'FAIL'})" for k in ("petcd", "etcd")), ""])  # type: ignore[index]
+            rows.append(
+                [
+                    "check perf m",
+                    *(
+                        f"{pm[k]['writes_per_s']} ({'PASS' if pm[k]['pass'] else 'FAIL'})"
+                        for k in ("petcd", "etcd")
+                    ),
+                    "",
+                ]
+            )
         fo = {k: cl.get(f"failover/{k}", {}) for k in ("petcd", "etcd")}
         rows.append(["leader failover", *(f"{fo[k].get('seconds')} s" for k in ("petcd", "etcd")), ""])
         rep.add("3-member cluster", ["workload", "petcd", "etcd", "petcd/etcd"], rows)
@@ -390,7 +539,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as d:
             started = time.time()
             data = SUITES[name](Path(d), args.quick)
-            data["_meta"] = {"when": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - started), "quick": args.quick}
+            data["_meta"] = {
+                "when": time.strftime("%Y-%m-%d %H:%M"),
+                "seconds": round(time.time() - started),
+                "quick": args.quick,
+            }
             (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
     results = {f.stem: json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))}
     print(render(results))
@@ -398,4 +551,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

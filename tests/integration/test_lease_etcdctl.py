@@ -17,7 +17,6 @@ We test these aspects:
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
@@ -37,25 +36,11 @@ from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.normalize import Normalizer
 from tests.harness.paths import peer
-from tests.harness.procs import Member
+from tests.harness.procs import Member, running_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 T = TypeVar("T")
-
-
-@contextlib.contextmanager
-def running_pair(tmp_path: Path, *flags: str) -> Iterator[tuple[Member, Member]]:
-    """A fresh petcd and a fresh etcd with the same flags, started in parallel."""
-    members = [Member.petcd(tmp_path, *flags), Member.etcd(tmp_path, *flags)]
-    try:
-        with ThreadPoolExecutor(2) as ex:
-            for fut in [ex.submit(m.start) for m in members]:
-                fut.result()
-        yield members[0], members[1]
-    finally:
-        members[0].stop()
-        members[1].kill()  # a real etcd takes a second to stop gracefully after watch streams
 
 
 @pytest.fixture

@@ -10,39 +10,23 @@ of both: the same keys with the same values.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.paths import peer
-from tests.harness.procs import Member
+from tests.harness.procs import Member, running_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 BASE_KEYS = 1100  # more than make-mirror's page of 1000 keys
 BIG = "x" * (100 * 1024)
-
-
-@contextlib.contextmanager
-def running_pair(tmp_path: Path, *flags: str) -> Iterator[tuple[Member, Member]]:
-    """A fresh petcd and a fresh etcd with the same flags, started in parallel."""
-    members = [Member.petcd(tmp_path, *flags), Member.etcd(tmp_path, *flags)]
-    try:
-        with ThreadPoolExecutor(2) as ex:
-            for fut in [ex.submit(m.start) for m in members]:
-                fut.result()
-        yield members[0], members[1]
-    finally:
-        members[0].stop()
-        members[1].kill()  # a real etcd takes a second to stop gracefully after watch streams
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,7 +40,7 @@ import pytest
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.api.mvccpb import kv_pb2
-from tests.harness.procs import Member
+from tests.harness.procs import Member, running_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -58,20 +57,6 @@ T = TypeVar("T")
 
 
 # -- processes --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def running_pair(tmp_path: Path, *flags: str) -> Iterator[tuple[Member, Member]]:
-    """A fresh petcd and a fresh etcd with the same flags, started in parallel."""
-    members = [Member.petcd(tmp_path, *flags), Member.etcd(tmp_path, *flags)]
-    try:
-        with ThreadPoolExecutor(2) as ex:
-            for fut in [ex.submit(m.start) for m in members]:
-                fut.result()
-        yield members[0], members[1]
-    finally:
-        members[0].stop()
-        members[1].kill()  # a real etcd takes a second to stop gracefully after watch streams
 
 
 @pytest.fixture
