@@ -172,8 +172,11 @@ class _Unknown(grpc.GenericRpcHandler):
         else:
             message = f"unknown service {service}"
 
-        async def unimplemented(_: Any, context: Ctx) -> Any:
+        async def unimplemented(_: Any, context: Ctx) -> AsyncIterator[Any]:
+            # an async generator like every stream handler, so wrappers (require-leader) can
+            # iterate it; kube-apiserver probes KV/RangeStream this way and needs UNIMPLEMENTED
             await context.abort(C.UNIMPLEMENTED, message)
+            yield None  # pragma: no cover - abort raises
 
         return grpc.stream_stream_rpc_method_handler(unimplemented)
 

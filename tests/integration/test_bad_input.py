@@ -806,6 +806,20 @@ def test_unknown_method_like_etcd(pair: tuple[Server, Server], method: str) -> N
     assert p == e
 
 
+def test_range_stream_probe_like_kube_apiserver(pair: tuple[Server, Server]) -> None:
+    """kube-apiserver >= 1.37 calls KV/RangeStream (server streaming) under a require-leader
+    context and falls back to paginated ranges only on UNIMPLEMENTED."""
+    req = pb.RangeRequest(key=b"a", range_end=b"b").SerializeToString()
+
+    def probe(s: Server) -> Any:
+        call = s.channel.unary_stream("/etcdserverpb.KV/RangeStream")
+        return list(call(req, timeout=5, metadata=(("hasleader", "true"),)))
+
+    e, p = both(pair, probe)
+    assert p == e
+    assert e[:2] == ("error", "UNIMPLEMENTED")
+
+
 # -- at the end --------------------------------------------------------------------------------------
 
 
