@@ -8,6 +8,7 @@ import contextlib
 import heapq
 import logging
 import os
+import struct
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -38,6 +39,40 @@ class _Sealed:
         self.durable = False
 
 
+# An LMDB file starts with two meta pages; each is a 16-byte page header then MDB_meta:
+#   +0 magic u32 (0xBEEFC0DE)  +4 version u32  +8 address  +16 mapsize
+#   +24 dbs[0] (free list; its first u32 holds the page size)  +72 dbs[1] (main)
+#   +120 last_pg u64  +128 txnid u64
+# The meta with the larger txnid is current; the file must reach its last page. LMDB maps the
+# file and would touch pages past a short file's end: SIGBUS instead of an error.
+_META = struct.Struct("<II16xI92xQQ")
+_MAGIC = 0xBEEFC0DE
+
+
+def _check_length(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2 * 65536)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return
+    metas = []
+    if len(head) >= 16 + _META.size:
+        psize = _META.unpack_from(head, 16)[2]
+        for off in (0, psize):
+            if 0 < psize <= 65536 and off + 16 + _META.size <= len(head):
+                magic, _, _, last_pg, txnid = _META.unpack_from(head, off + 16)
+                if magic == _MAGIC:
+                    metas.append((txnid, (last_pg + 1) * psize))
+    if metas:
+        need = max(metas)[1]
+        if size < need:
+            raise BackendError(
+                f"cannot open backend database {path}: the file is {size} bytes but its last "
+                f"page ends at {need}: truncated"
+            )
+
+
 class _View:
     """A read view: the buffers newest first, then one LMDB read transaction begun after the
     buffers were captured."""
@@ -61,10 +96,19 @@ class _View:
             kv = overlay.get(bucket)
             if kv is not None and key in kv:
                 return kv[key]
-        value: bytes | None = self._lmdb_txn().get(key, db=self._backend._dbs[bucket])
+        try:
+            value: bytes | None = self._lmdb_txn().get(key, db=self._backend._dbs[bucket])
+        except lmdb.Error as e:
+            raise self._backend.damaged(e) from e
         return value
 
     def iterate(self, bucket: Bucket, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        try:
+            yield from self._iterate(bucket, start)
+        except lmdb.Error as e:
+            raise self._backend.damaged(e) from e
+
+    def _iterate(self, bucket: Bucket, start: bytes) -> Iterator[tuple[bytes, bytes]]:
         merged: dict[bytes, bytes | None] = {}
         for overlay in reversed(self._overlays):  # oldest first, so newer values win
             kv = overlay.get(bucket)
@@ -151,8 +195,12 @@ class LmdbBackend:
         self._size = self._size_in_use = 0
         self._open()
 
+    def damaged(self, e: lmdb.Error) -> BackendError:
+        return BackendError(f"backend database {self._path} is damaged: {e}")
+
     def _open(self) -> None:
         os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
+        _check_length(self._path)
         try:
             self._env = lmdb.open(
                 self._path,

@@ -896,7 +896,21 @@ class EtcdServer:
     # -- Maintenance ----------------------------------------------------------------------------
 
     async def alarm(self, r: pb.AlarmRequest) -> pb.AlarmResponse:
+        if r.action == pb.AlarmRequest.GET and self.raft.disk_full:
+            return self._alarms_while_wal_full(r.alarm)
         resp: pb.AlarmResponse = await self._request(rpb.InternalRaftRequest(alarm=r))
+        return resp
+
+    def _alarms_while_wal_full(self, alarm: int) -> pb.AlarmResponse:
+        """A list the log cannot answer: nothing reaches apply while the WAL cannot be written
+        (etcd itself stops on a failed WAL write). The applied alarms, plus this member's
+        NOSPACE that is waiting for room in the log (_raise_nospace_until_done)."""
+        resp = pb.AlarmResponse(
+            alarms=self.alarms.get(alarm), header=pb.ResponseHeader(revision=self.kv.rev())
+        )
+        mine = pb.AlarmMember(memberID=self.member_id, alarm=pb.NOSPACE)
+        if alarm in (pb.NONE, pb.NOSPACE) and mine not in resp.alarms:
+            resp.alarms.append(mine)
         return resp
 
     async def defragment(self) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.backend.backend import Backend
+from server.backend.backend import Backend, BackendError
 from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket
 
@@ -385,3 +385,26 @@ def test_get_empty_key_is_absent(be: LmdbBackend, committed: bool) -> None:
     assert be.read_tx().get(Bucket.KEY, b"") is None
     assert be.batch_tx().get(Bucket.KEY, b"") is None
     assert be.read_tx().range(Bucket.KEY, b"", None) == []
+
+
+def test_a_cut_short_file_is_an_error_naming_it(db_path: Path) -> None:
+    """LMDB would map past the end of a truncated file (SIGBUS); the open checks the length
+    against the newest meta page first."""
+    b = open_backend(db_path)
+    for i in range(5000):
+        b.batch_tx().put(Bucket.KEY, b"%08d" % i, b"v" * 200)
+    b.force_commit()
+    b.close()
+    full = db_path.stat().st_size
+    with open(db_path, "r+b") as f:
+        f.truncate(full // 2)
+    with pytest.raises(BackendError, match=rf"{db_path}.*truncated"):
+        open_backend(db_path)
+    with open(db_path, "r+b") as f:
+        f.truncate(full)  # the length back (the pages zeroed): past the check
+    with pytest.raises(BackendError, match=str(db_path)):
+        b = open_backend(db_path)
+        try:
+            dump(b, Bucket.KEY)
+        finally:
+            b.close()

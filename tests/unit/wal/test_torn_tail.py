@@ -5,6 +5,8 @@ Each test builds a small WAL, damages a copy of its bytes in one specific way an
 
 from __future__ import annotations
 
+import errno
+import importlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -356,3 +358,34 @@ def test_torn_tail_at_a_snapshot_open(waldir: str) -> None:
     with w:
         assert w.read_all().entries == []
     assert os.path.exists(tail + ".broken")
+
+
+@pytest.mark.parametrize("room", ["whole segment", "only the cut", "none"])
+def test_repair_on_a_full_disk(waldir: str, room: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backup shrinks to what fits (the segment, the bytes cut, or the log); the cut happens."""
+    repair_mod = importlib.import_module("server.wal.repair")  # the package re-exports repair()
+
+    lay = build(waldir)
+    start, end = lay.last()
+    put(waldir, lay.data[: end - 3])
+    real = repair_mod._write_file
+    fits = {"whole segment": 1 << 30, "only the cut": end - start, "none": 0}[room]
+
+    def write_file(path: str, data: bytes) -> None:
+        if len(data) > fits:
+            open(path, "wb").close()  # a partial file, as ENOSPC leaves it
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(repair_mod, "_write_file", write_file)
+    torn = repair(waldir)
+    assert torn is not None and torn.offset == start
+    assert os.path.getsize(os.path.join(waldir, SEG)) == start
+    broken = os.path.join(waldir, SEG + ".broken")
+    if room == "none":
+        assert not os.path.exists(broken)
+    else:
+        with open(broken, "rb") as f:
+            saved = f.read()
+        assert saved == (lay.data[: end - 3] if room == "whole segment" else lay.data[start : end - 3])
+    assert read_back(waldir).entries == ents(1, N - 1)
