@@ -131,17 +131,20 @@ def parse_benchmark(out: str) -> dict[str, float]:
 
 
 def parse_check_perf(out: str) -> dict[str, Any]:
-    res: dict[str, Any] = {"pass": "PASS:" in out and "FAIL:" not in out}
-    m = re.search(r"Throughput is (\d+) writes/s", out)
-    if m:
-        res["writes_per_s"] = int(m.group(1))
-    m = re.search(r"Slowest request took ([0-9.]+)s", out)
-    if m:
-        res["slowest_s"] = float(m.group(1))
-    m = re.search(r"Stddev is ([0-9.]+)s", out)
-    if m:
-        res["stddev_s"] = float(m.group(1))
-    res["lines"] = [ln for ln in out.splitlines() if ln.startswith(("PASS", "FAIL"))]
+    """etcdctl check perf's verdict lines (v3.6 check.go: the "too long"/"too high" lines carry
+    no FAIL: prefix, the final FAIL line does)."""
+    res: dict[str, Any] = {"pass": "PASS" in out and "FAIL" not in out}
+    for key, pat, conv in (
+        ("writes_per_s", r"Throughput (?:is|too low:) (\d+) writes/s", int),
+        ("slowest_s", r"Slowest request took (?:too long: )?([0-9.]+)s", float),
+        ("stddev_s", r"Stddev (?:is|too high:) ([0-9.]+)s", float),
+    ):
+        m = re.search(pat, out)
+        if m:
+            res[key] = conv(m.group(1))
+    res["lines"] = [
+        ln for ln in out.splitlines() if ln.startswith(("PASS", "FAIL", "Slowest request", "Stddev too high"))
+    ]
     return res
 
 
@@ -349,10 +352,24 @@ def _start_cluster(kind: str, workdir: Path) -> tuple[list[subprocess.Popen[byte
 
 def _failover(procs: list[subprocess.Popen[bytes]], urls: list[str]) -> dict[str, float]:
     """Seconds from kill -9 of the leader until a write succeeds on a survivor."""
-    status = json.loads(
-        _run([peer("etcdctl"), f"--endpoints={','.join(urls)}", "endpoint", "status", "-wjson"])
-    )
-    leader = status[0]["Status"]["leader"]
+    deadline = time.monotonic() + 30
+    while True:  # after a heavy load an election may be under way: wait for an agreed leader
+        out = subprocess.run(
+            [peer("etcdctl"), f"--endpoints={','.join(urls)}", "endpoint", "status", "-wjson"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        status = json.loads(out or "[]")
+        leaders = {s["Status"].get("leader", 0) for s in status}  # -wjson omits a zero leader
+        if len(status) < len(urls):
+            leaders.add(0)
+        if len(leaders) == 1 and 0 not in leaders:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no agreed leader: {status}")
+        time.sleep(0.5)
+    leader = leaders.pop()
     idx = next(i for i, s in enumerate(status) if s["Status"]["header"]["member_id"] == leader)
     survivors = [u for i, u in enumerate(urls) if i != idx]
     procs[idx].kill()
@@ -517,7 +534,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 [
                     "check perf m",
                     *(
-                        f"{pm[k]['writes_per_s']} ({'PASS' if pm[k]['pass'] else 'FAIL'})"
+                        f"{pm[k].get('writes_per_s', '?')} ({'PASS' if pm[k]['pass'] else 'FAIL'})"
                         for k in ("petcd", "etcd")
                     ),
                     "",
