@@ -13,9 +13,11 @@ and reported as ignored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -284,6 +286,15 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _raise_open_files_limit() -> None:
+    """Every client connection and watch stream holds a descriptor: lift the soft limit to the
+    hard one, as the Go runtime does for etcd (the usual soft 1024 would refuse connections)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["--version"], ["-version"]):
@@ -306,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Try 'petcd --help' for the list of flags.", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    _raise_open_files_limit()
     for name in ignored:
         log.warning("flag accepted but not implemented by petcd; ignored", extra={"flag": name})
     try:
