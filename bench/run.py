@@ -184,7 +184,7 @@ def suite_kv(workdir: Path, quick: bool) -> dict[str, Any]:
             out[f"put-1client/{kind}"] = benchmark(
                 t, "put", "--key-size=8", "--sequential-keys", "--total=1000", "--val-size=256"
             )
-            print(kind, {k: v for k, v in out.items() if k.endswith(kind)}, flush=True)
+            print(kind, {k: v for k, v in out.items() if k.endswith(f"/{kind}")}, flush=True)
     return out
 
 
@@ -260,7 +260,7 @@ def suite_watch(workdir: Path, quick: bool) -> dict[str, Any]:
                 "--put-rate=500",
             )
             out[f"idle10k/{kind}"] = _idle_watchers_rss(t, 2000 if quick else 10000)
-            print(kind, {k: v for k, v in out.items() if k.endswith(kind)}, flush=True)
+            print(kind, {k: v for k, v in out.items() if k.endswith(f"/{kind}")}, flush=True)
     return out
 
 
@@ -306,7 +306,7 @@ def suite_cluster(workdir: Path, quick: bool) -> dict[str, Any]:
                     _run([peer("etcdctl"), f"--endpoints={','.join(urls)}", "check", "perf", "--load=m"])
                 )
             out[f"failover/{kind}"] = _failover(procs, urls)
-            print(kind, {k: v for k, v in out.items() if k.endswith(kind)}, flush=True)
+            print(kind, {k: v for k, v in out.items() if k.endswith(f"/{kind}")}, flush=True)
         finally:
             for p in procs:
                 if p.poll() is None:
