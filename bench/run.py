@@ -88,7 +88,7 @@ def _start_member(kind: str, workdir: Path, extra: list[str] | None = None) -> T
         ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     log.close()
-    wait_ready(url, 30, proc)
+    wait_ready(url, 30, proc, workdir / f"{kind}.log")
     return Target(kind, url, proc, data)
 
 
@@ -345,8 +345,8 @@ def _start_cluster(kind: str, workdir: Path) -> tuple[list[subprocess.Popen[byte
         )
         log.close()
         urls.append(f"http://127.0.0.1:{c}")
-    for u, p in zip(urls, procs, strict=True):
-        wait_ready(u, 60, p)
+    for i, (u, p) in enumerate(zip(urls, procs, strict=True)):
+        wait_ready(u, 60, p, workdir / f"{kind}-m{i}.log")
     return procs, urls
 
 

@@ -127,7 +127,7 @@ class ClusterMember(Member):
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> ClusterMember:
-        wait_ready(self.client_url, timeout, self.proc)
+        wait_ready(self.client_url, timeout, self.proc, self.log_path)
         if not self.member_id:
             self.member_id = int(self.status(timeout=5).header.member_id)
         return self

@@ -49,7 +49,7 @@ from tests.harness.certs import PKI, issue_serving_cert, make_pki
 from tests.harness.cluster import FAST_ELECTIONS, Cluster, ClusterMember
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.paths import ROOT, peer
-from tests.harness.procs import Member, free_port
+from tests.harness.procs import Member, check_alive, free_port
 
 __all__ = ["ADMIN_TOKEN", "Datastore", "KubeAPIServer", "KubeClient", "KubeError"]
 
@@ -85,7 +85,11 @@ def _secure_channel(target: str, pki: PKI) -> grpc.Channel:
 
 
 def wait_ready_tls(
-    url: str, pki: PKI, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+    url: str,
+    pki: PKI,
+    timeout: float = 30.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
 ) -> None:
     """Wait until the TLS member at url answers Maintenance.Status over an mTLS channel."""
     from server.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -94,8 +98,7 @@ def wait_ready_tls(
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"member exited with {proc.returncode} before it was ready")
+        check_alive(proc, log_path)
         try:
             with _secure_channel(target, pki) as ch:
                 rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=1.0)
@@ -131,7 +134,7 @@ class TLSMember(Member):
                 env={**os.environ, **self.env},
                 preexec_fn=_die_with_parent,
             )
-        wait_ready_tls(self.client_url, self.pki, timeout, self.proc)
+        wait_ready_tls(self.client_url, self.pki, timeout, self.proc, self.log_path)
         return self
 
 
@@ -149,7 +152,7 @@ class TLSClusterMember(ClusterMember):
 
     def wait_ready(self, timeout: float = 30.0) -> TLSClusterMember:
         assert self.pki is not None
-        wait_ready_tls(self.client_url, self.pki, timeout, self.proc)
+        wait_ready_tls(self.client_url, self.pki, timeout, self.proc, self.log_path)
         if not self.member_id:
             self.member_id = int(self.status(timeout=5).header.member_id)
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,25 +27,70 @@ import grpc
 
 from tests.harness.paths import peer, petcd_command
 
-__all__ = ["Member", "free_port", "running", "running_pair", "wait_ready"]
+__all__ = ["Member", "check_alive", "free_port", "log_tail", "running", "running_pair", "wait_ready"]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports handed out by this process. They are drawn from below the kernel's ephemeral range: a
+# port from bind(("127.0.0.1", 0)) is released before the member binds it, and in that window
+# any outgoing connection (members dialling each other, test clients) may take it as its local
+# port, so the member exits with "address already in use".
+_handed_out: set[int] = set()
+_rng = random.Random(os.getpid() ^ time.time_ns())
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    high = _ephemeral_low()
+    low = max(1024, high - 20000)
+    for _ in range(1000):
+        port = _rng.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in [{low}, {high})")
 
 
-def wait_ready(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Wait until the member at url answers Maintenance.Status."""
+def log_tail(path: Path | None, lines: int = 15) -> str:
+    if path is None or not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def check_alive(proc: subprocess.Popen[bytes] | None, log_path: Path | None = None) -> None:
+    """Raise if proc has exited; the error carries the end of its log."""
+    if proc is not None and proc.poll() is not None:
+        tail = log_tail(log_path)
+        ends = f"; its log ends:\n{tail}" if tail else ""
+        raise RuntimeError(f"member exited with {proc.returncode} before it was ready{ends}")
+
+
+def wait_ready(
+    url: str,
+    timeout: float = 20.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Wait until the member at url answers Maintenance.Status. If proc exits first, the error
+    carries the end of its log (log_path)."""
     from server.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
     target = url.split("://", 1)[1]
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"member exited with {proc.returncode} before it was ready")
+        check_alive(proc, log_path)
         try:
             with grpc.insecure_channel(target) as ch:
                 rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=1.0)
@@ -102,7 +148,7 @@ class Member:
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
-        wait_ready(self.client_url, timeout, self.proc)
+        wait_ready(self.client_url, timeout, self.proc, self.log_path)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
