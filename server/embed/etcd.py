@@ -46,13 +46,18 @@ def grpc_server_options(cfg: Config, reuse_port: bool = False) -> list[tuple[str
     """etcd's server settings: receive up to max-request-bytes + 512 KiB, send anything, and
     accept client keepalive pings as often as every --grpc-keepalive-min-time (5 s), with or
     without active calls, so Go clients (kube-apiserver pings every 30 s) are never cut off
-    with GOAWAY too_many_pings."""
+    with GOAWAY too_many_pings. Calls the Python side has not taken yet wait in grpcio's queue
+    instead of being refused: past 1,000 queued calls grpcio cancels new ones at random (random
+    early detection), which grpc-go, and so etcd, never does; thousands of clients opening their
+    watch streams at once queue that deep."""
     return [
         # petcd enforces cfg.max_recv_bytes itself, with grpc-go's message (server/v3rpc/registry.py);
         # grpcio's own limit only bounds memory
         ("grpc.max_receive_message_length", max(4 * cfg.max_recv_bytes, 64 * 1024 * 1024)),
         ("grpc.max_send_message_length", -1),
         ("grpc.max_concurrent_streams", 2**31 - 1),
+        ("grpc.server.max_pending_requests", 2**31 - 1),
+        ("grpc.server.max_pending_requests_hard_limit", 2**31 - 1),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", int(cfg.grpc_keepalive_min_time_s * 1000)),
         ("grpc.http2.min_ping_interval_without_data_ms", int(cfg.grpc_keepalive_min_time_s * 1000)),
