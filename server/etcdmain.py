@@ -27,6 +27,7 @@ from typing import Any
 
 from server.durations import parse_duration
 from server.embed.config import Config, ConfigError
+from server.errors import EtcdError
 from server.version import API_VERSION, PETCD_VERSION, SERVER_VERSION
 
 __all__ = ["main", "parse_args", "parse_duration"]
@@ -325,7 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a member that cannot start says why in one line, then exits
-        log.error("cannot start", exc_info=True)
+        # a refusal (bad --auth-token, damaged files) needs no traceback; a bug does
+        refused = isinstance(e, EtcdError)
+        log.error("cannot start", exc_info=not refused, extra={"error": str(e)} if refused else None)
         print(f"petcd: cannot start: {e}", file=sys.stderr)
         return 1
 

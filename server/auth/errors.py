@@ -13,8 +13,12 @@ __all__ = [
     "AuthFailedError",
     "AuthNotEnabledError",
     "AuthOldRevisionError",
+    "InvalidAuthMethodError",
     "InvalidAuthMgmtError",
+    "InvalidAuthOptsError",
     "InvalidAuthTokenError",
+    "KeyMismatchError",
+    "MissingKeyError",
     "NoPasswordUserError",
     "PermissionDeniedError",
     "PermissionNotGivenError",
@@ -28,6 +32,7 @@ __all__ = [
     "UserAlreadyExistError",
     "UserEmptyError",
     "UserNotFoundError",
+    "VerifyOnlyError",
 ]
 
 
@@ -106,3 +111,32 @@ class InvalidAuthTokenError(AuthError):
 
 class InvalidAuthMgmtError(AuthError):
     pass
+
+
+# --auth-token problems: they stop the member at start (etcd: "failed to create token
+# provider"), except VerifyOnlyError, which an Authenticate meets (UNKNOWN with this text).
+
+
+class InvalidAuthOptsError(AuthError):
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("auth: invalid auth options" + (f": {detail}" if detail else ""))
+
+
+class InvalidAuthMethodError(AuthError):
+    def __init__(self) -> None:
+        super().__init__("auth: invalid auth signature method")
+
+
+class MissingKeyError(AuthError):
+    def __init__(self) -> None:
+        super().__init__("auth: missing key data")
+
+
+class KeyMismatchError(AuthError):
+    def __init__(self) -> None:
+        super().__init__("auth: public and private keys don't match")
+
+
+class VerifyOnlyError(AuthError):
+    def __init__(self) -> None:
+        super().__init__("auth: token signing attempted with verify-only key")

@@ -52,7 +52,10 @@ class TokenSimple:
         self.enabled = False
         self._tokens.clear()
 
-    def assign(self, username: str, prefix: str, index: int) -> str:
+    def index_of(self, token: str) -> int | None:
+        return token_index(token)
+
+    def assign(self, username: str, prefix: str, index: int, revision: int = 0) -> str:
         token = f"{prefix}.{index}"
         if self.enabled:
             self._tokens[token] = (username, self._clock() + self.ttl)
@@ -63,14 +66,15 @@ class TokenSimple:
         for token in [t for t, (_, deadline) in self._tokens.items() if now > deadline]:
             del self._tokens[token]
 
-    def info(self, token: str) -> str | None:
-        """The user a live token was assigned to (its TTL restarts), else None."""
+    def info(self, token: str, revision: int = 0) -> tuple[str, int] | None:
+        """The user a live token was assigned to (its TTL restarts) and the store's current
+        revision, else None."""
         self._expire()
         hit = self._tokens.get(token)
         if hit is None:
             return None
         self._tokens[token] = (hit[0], self._clock() + self.ttl)
-        return hit[0]
+        return hit[0], revision
 
     def invalidate_user(self, username: str) -> None:
         for token in [t for t, (name, _) in self._tokens.items() if name == username]:

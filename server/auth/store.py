@@ -53,6 +53,7 @@ from server.auth.range_perm_cache import (
     merged_perms,
 )
 from server.auth.simple_token import TokenSimple
+from server.auth.token_provider import TokenProvider
 from server.backend.backend import Backend
 from server.backend.schema import Bucket, decode_uint64, encode_uint64
 
@@ -108,7 +109,7 @@ class AuthStore:
     def __init__(
         self,
         backend: Backend,
-        tokens: TokenSimple | None = None,
+        tokens: TokenProvider | None = None,
         bcrypt_cost: int = BCRYPT_DEFAULT_COST,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -117,7 +118,7 @@ class AuthStore:
             log.warning("use default bcrypt cost instead of the invalid given cost %d", bcrypt_cost)
             bcrypt_cost = BCRYPT_DEFAULT_COST
         self.bcrypt_cost = bcrypt_cost
-        self.tokens = tokens if tokens is not None else TokenSimple(clock=clock)
+        self.tokens: TokenProvider = tokens if tokens is not None else TokenSimple(clock=clock)
         self._be = backend
         self.enabled = False
         self.revision = 0
@@ -236,11 +237,11 @@ class AuthStore:
             raise AuthFailedError()
         if user.HasField("options") and user.options.no_password:
             raise AuthFailedError()
-        return pb.AuthenticateResponse(token=self.tokens.assign(username, prefix, index))
+        return pb.AuthenticateResponse(token=self.tokens.assign(username, prefix, index, self.revision))
 
     def auth_info_from_token(self, token: str) -> AuthInfo | None:
-        name = self.tokens.info(token)
-        return None if name is None else AuthInfo(name, self.revision)
+        hit = self.tokens.info(token, self.revision)
+        return None if hit is None else AuthInfo(*hit)
 
     def auth_info_from_cn(self, common_name: str) -> AuthInfo:
         return AuthInfo(common_name, self.revision)

@@ -31,8 +31,8 @@ from google.protobuf.message import Message as PbMessage
 from server.api.etcdserverpb import raft_internal_pb2 as rpb
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.membershippb import membership_pb2 as mpb
-from server.auth.simple_token import TokenSimple
 from server.auth.store import AuthStore
+from server.auth.token_provider import new_token_provider
 from server.backend.backend import BackendError
 from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey, decode_uint64, encode_uint64
@@ -164,7 +164,7 @@ class EtcdServer:
         self.kv.on_work = self._watch_work.set
         self.lessor.set_range_deleter(self.kv.write)
         self.alarms = AlarmStore(self.backend)
-        tokens = TokenSimple(cfg.auth_token_ttl, clock=self._clock)
+        tokens = new_token_provider(cfg.auth_token, cfg.auth_token_ttl, clock=self._clock)
         self.auth_store = AuthStore(self.backend, tokens, cfg.bcrypt_cost)
         self.auth = ServerAuth(self, self.auth_store)
         self.quota = BackendQuota(self.backend, cfg.quota_backend_bytes)

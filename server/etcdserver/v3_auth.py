@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,7 +18,6 @@ from server.api.etcdserverpb import rpc_pb2 as pb
 from server.auth.apply_auth import check_txn
 from server.auth.context import credentials
 from server.auth.errors import AuthError, AuthOldRevisionError, InvalidAuthTokenError, UserEmptyError
-from server.auth.simple_token import token_index
 from server.auth.store import ROOT_USER, AuthInfo, AuthStore, hash_password
 
 if TYPE_CHECKING:
@@ -29,19 +27,12 @@ if TYPE_CHECKING:
 __all__ = ["ServerAuth"]
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 
 class ServerAuth:
     def __init__(self, server: EtcdServer, store: AuthStore) -> None:
         self._s = server
         self.store = store
-        token_type = server.cfg.auth_token.split(",", 1)[0]
-        if token_type != "simple":
-            log.warning(
-                "only simple auth tokens are implemented; using simple tokens",
-                extra={"auth-token": token_type},
-            )
 
     # -- who is calling -------------------------------------------------------------------------
 
@@ -54,7 +45,7 @@ class ServerAuth:
             return None
         creds = credentials()
         if creds.token is not None:
-            index = token_index(creds.token)
+            index = store.tokens.index_of(creds.token)
             if index is None or not await self._wait_applied(index):
                 raise InvalidAuthTokenError()
             ai = store.auth_info_from_token(creds.token)

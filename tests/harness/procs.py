@@ -68,6 +68,13 @@ def log_tail(path: Path | None, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+_AUTH_REFUSALS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
+
+
 def check_alive(proc: subprocess.Popen[bytes] | None, log_path: Path | None = None) -> None:
     """Raise if proc has exited; the error carries the end of its log."""
     if proc is not None and proc.poll() is not None:
@@ -82,8 +89,8 @@ def wait_ready(
     proc: subprocess.Popen[bytes] | None = None,
     log_path: Path | None = None,
 ) -> None:
-    """Wait until the member at url answers Maintenance.Status. If proc exits first, the error
-    carries the end of its log (log_path)."""
+    """Wait until the member at url answers Maintenance.Status (an auth refusal is an answer).
+    If proc exits first, the error carries the end of its log (log_path)."""
     from server.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
     target = url.split("://", 1)[1]
@@ -96,6 +103,8 @@ def wait_ready(
                 rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=1.0)
                 return
         except grpc.RpcError as e:
+            if e.code() in _AUTH_REFUSALS:  # auth is enabled: it serves, but not us
+                return
             last = e
             time.sleep(0.05)
     raise TimeoutError(f"{url} not ready after {timeout}s: {last}")

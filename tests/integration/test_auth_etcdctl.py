@@ -219,19 +219,24 @@ def _clean(text: str) -> str:
     return re.sub(r"took = [^\n]*", "took = T", text)
 
 
-@pytest.mark.parametrize("session", SESSIONS, ids=list(SESSIONS))
-def test_auth_session(pair: tuple[Member, Member], session: str) -> None:
-    p, e = pair
+def session_mismatches(p: Member, e: Member, cmds: list[Cmd]) -> list[str]:
+    """Run the same etcdctl commands against petcd and etcd; what differed."""
     ctl_p, ctl_e = Etcdctl(p.client_url), Etcdctl(e.client_url)
     norm_p = normalizer(p, ctl_p("endpoint", "status", "-wjson").json()[0]["Status"])
     norm_e = normalizer(e, ctl_e("endpoint", "status", "-wjson").json()[0]["Status"])
     mismatches = []
-    for cmd in [*SETUP, *SESSIONS[session]]:
+    for cmd in cmds:
         rp, re_ = ctl_p(*cmd.args, input=cmd.stdin), ctl_e(*cmd.args, input=cmd.stdin)
         got = (rp.rc, _clean(norm_p(rp.out)), _clean(norm_p(rp.error_line)))
         want = (re_.rc, _clean(norm_e(re_.out)), _clean(norm_e(re_.error_line)))
         if got != want:
             mismatches.append(f"etcdctl {' '.join(cmd.args)}\n  petcd: {got}\n  etcd:  {want}")
+    return mismatches
+
+
+@pytest.mark.parametrize("session", SESSIONS, ids=list(SESSIONS))
+def test_auth_session(pair: tuple[Member, Member], session: str) -> None:
+    mismatches = session_mismatches(*pair, [*SETUP, *SESSIONS[session]])
     assert not mismatches, "\n".join(mismatches)
 
 

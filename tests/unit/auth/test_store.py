@@ -305,16 +305,16 @@ def test_simple_token_ttl_restarts_on_use(clock: Clock) -> None:
     t.enable()
     t.assign("alice", "p", 2)
     clock.now += 9
-    assert t.info("p.2") == "alice"  # used: lives 10 s more
+    assert t.info("p.2") == ("alice", 0)  # used: lives 10 s more
     clock.now += 9
-    assert t.info("p.2") == "alice"
+    assert t.info("p.2") == ("alice", 0)
     clock.now += 10.5
     assert t.info("p.2") is None and len(t) == 0
     t.assign("bob", "q", 3)
     t.assign("bob", "r", 4)
     t.assign("carol", "s", 5)
     t.invalidate_user("bob")
-    assert (t.info("q.3"), t.info("s.5")) == (None, "carol")
+    assert (t.info("q.3"), t.info("s.5")) == (None, ("carol", 0))
     t.disable()
     assert t.info("s.5") is None
 
