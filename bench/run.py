@@ -148,8 +148,28 @@ def parse_check_perf(out: str) -> dict[str, Any]:
     return res
 
 
+_SECTION = re.compile(r"([A-Z][A-Za-z ]*?) summary:")
+
+
+def parse_sections(out: str) -> dict[str, dict[str, float]]:
+    """The benchmark tool's named summaries, each parsed: watch-latency prints "Put summary:" and
+    "Watch events summary:", watch prints "Watch creation summary:" and "Watch events received
+    summary:" (keys: the names in lower case). Output without names parses under ""."""
+    marks = list(_SECTION.finditer(out))
+    if not marks:
+        return {"": parse_benchmark(out)}
+    ends = [m.start() for m in marks[1:]] + [len(out)]
+    return {
+        m.group(1).lower(): parse_benchmark(out[m.end() : end]) for m, end in zip(marks, ends, strict=True)
+    }
+
+
 def benchmark(t: Target, *args: str) -> dict[str, float]:
     return parse_benchmark(_run([peer("benchmark"), f"--endpoints={t.endpoint}", *args]))
+
+
+def benchmark_sections(t: Target, *args: str) -> dict[str, dict[str, float]]:
+    return parse_sections(_run([peer("benchmark"), f"--endpoints={t.endpoint}", *args]))
 
 
 # -- suites ----------------------------------------------------------------------------------------
@@ -241,7 +261,7 @@ def suite_watch(workdir: Path, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in ("petcd", "etcd"):
         with member(kind, workdir) as t:
-            out[f"latency/{kind}"] = benchmark(
+            latency = benchmark_sections(
                 t,
                 "watch-latency",
                 "--streams=10",
@@ -249,7 +269,8 @@ def suite_watch(workdir: Path, quick: bool) -> dict[str, Any]:
                 "--put-total=500" if quick else "--put-total=2000",
                 "--put-rate=100",
             )
-            out[f"fanout/{kind}"] = benchmark(
+            out[f"latency/{kind}"] = latency.get("watch events", {})
+            fanout = benchmark_sections(
                 t,
                 "--conns=10",
                 "--clients=10",
@@ -259,6 +280,8 @@ def suite_watch(workdir: Path, quick: bool) -> dict[str, Any]:
                 "--put-total=2000",
                 "--put-rate=500",
             )
+            out[f"create/{kind}"] = fanout.get("watch creation", {})
+            out[f"fanout/{kind}"] = fanout.get("watch events received", {})
             out[f"idle10k/{kind}"] = _idle_watchers_rss(t, 2000 if quick else 10000)
             print(kind, {k: v for k, v in out.items() if k.endswith(f"/{kind}")}, flush=True)
     return out
@@ -476,13 +499,22 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     watch = results.get("watch", {})
     if watch:
         rows = []
-        for w in ("latency", "fanout"):
+        for w, label in (
+            ("latency", "put-to-event latency, 1,000 watchers of one key, 100 puts/s"),
+            ("create", "watch creation, 1,000 watchers on 10 streams"),
+            ("fanout", "fan-out: events delivered, 1,000 watchers of one key, 500 puts/s"),
+        ):
             v = {k: watch.get(f"{w}/{k}", {}) for k in ("petcd", "etcd")}
             rows.append(
                 [
-                    w,
+                    label,
                     *(
                         f"{v[k].get('rps', 0):.0f} / {v[k].get('avg_s', 0) * 1000:.2f} ms"
+                        + (
+                            f" (p99 {v[k]['p99_s'] * 1000:.1f} ms)"
+                            if w == "latency" and "p99_s" in v[k]
+                            else ""
+                        )
                         for k in ("petcd", "etcd")
                     ),
                     _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
@@ -499,7 +531,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 "",
             ]
         )
-        rep.add("watch (events/s / average latency)", ["workload", "petcd", "etcd", "petcd/etcd"], rows)
+        rep.add("watch (per second / average latency)", ["workload", "petcd", "etcd", "petcd/etcd"], rows)
     lease = results.get("lease", {})
     if lease:
         v = {k: lease.get(f"keepalive/{k}", {}) for k in ("petcd", "etcd")}
