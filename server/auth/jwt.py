@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -69,7 +68,7 @@ def _unb64(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
-def _is_number(v: object) -> bool:
+def _is_number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
@@ -104,8 +103,11 @@ def _keys(method: str, priv_pem: bytes, pub_pem: bytes) -> _Keys:
         if not priv_pem:
             raise MissingKeyError()
         return _Keys(method, priv_pem, priv_pem)
-    want: type = rsa.RSAPrivateKey if method[:2] in ("RS", "PS") else ec.EllipticCurvePrivateKey
-    want_pub: type = rsa.RSAPublicKey if method[:2] in ("RS", "PS") else ec.EllipticCurvePublicKey
+    want, want_pub = (
+        (rsa.RSAPrivateKey, rsa.RSAPublicKey)
+        if method[:2] in ("RS", "PS")
+        else (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)
+    )
     priv: Any
     pub: Any
     try:
@@ -208,7 +210,7 @@ class TokenJWT:
         if not (_is_number(exp) and _is_number(nbf) and nbf <= now < exp):
             return None
         username, rev = claims.get("username"), claims.get("revision")
-        if not isinstance(username, str) or not isinstance(rev, int | float) or isinstance(rev, bool):
+        if not isinstance(username, str) or not _is_number(rev):
             return None
         return username, int(rev)
 
@@ -220,7 +222,7 @@ class TokenJWT:
     def _sign(self, data: bytes) -> bytes:
         family, key = self._k.method[:2], self._k.private
         if family == "HS":
-            return hmac.new(key, data, getattr(hashlib, f"sha{self._k.method[2:]}")).digest()
+            return hmac.new(key, data, self._hash().name).digest()
         if family == "RS":
             return key.sign(data, padding.PKCS1v15(), self._hash())  # type: ignore[no-any-return]
         if family == "PS":

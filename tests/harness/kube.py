@@ -49,7 +49,7 @@ from tests.harness.certs import PKI, issue_serving_cert, make_pki
 from tests.harness.cluster import FAST_ELECTIONS, Cluster, ClusterMember
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.paths import ROOT, peer
-from tests.harness.procs import Member, check_alive, free_port
+from tests.harness.procs import Member, free_port, wait_ready
 
 __all__ = ["ADMIN_TOKEN", "Datastore", "KubeAPIServer", "KubeClient", "KubeError"]
 
@@ -92,21 +92,7 @@ def wait_ready_tls(
     log_path: Path | None = None,
 ) -> None:
     """Wait until the TLS member at url answers Maintenance.Status over an mTLS channel."""
-    from server.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-
-    target = url.split("://", 1)[1]
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        check_alive(proc, log_path)
-        try:
-            with _secure_channel(target, pki) as ch:
-                rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=1.0)
-                return
-        except grpc.RpcError as e:
-            last = e
-            time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
+    wait_ready(url, timeout, proc, log_path, connect=lambda target: _secure_channel(target, pki))
 
 
 @dataclass(eq=False)

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +88,10 @@ def wait_ready(
     timeout: float = 20.0,
     proc: subprocess.Popen[bytes] | None = None,
     log_path: Path | None = None,
+    connect: Callable[[str], grpc.Channel] = grpc.insecure_channel,
 ) -> None:
-    """Wait until the member at url answers Maintenance.Status (an auth refusal is an answer).
-    If proc exits first, the error carries the end of its log (log_path)."""
+    """Wait until the member at url answers Maintenance.Status over connect(host:port) (an auth
+    refusal is an answer). If proc exits first, the error carries the end of its log (log_path)."""
     from server.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
     target = url.split("://", 1)[1]
@@ -99,7 +100,7 @@ def wait_ready(
     while time.monotonic() < deadline:
         check_alive(proc, log_path)
         try:
-            with grpc.insecure_channel(target) as ch:
+            with connect(target) as ch:
                 rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=1.0)
                 return
         except grpc.RpcError as e:
