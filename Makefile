@@ -5,24 +5,37 @@ VENV := .venv
 BIN := $(VENV)/bin
 PEERS := .peers/bin
 export CGO_ENABLED := 0
-export GOFLAGS := -mod=mod
+# go.mod and go.sum are the Go lock: a build that would change them fails instead (`make go-lock` updates them)
+export GOFLAGS := -mod=readonly -trimpath
+export GOTOOLCHAIN := local
 
 PY_SOURCES := $(shell find server controllers -name '*.py' -not -name '*_pb2*.py' 2>/dev/null)
 PROTOS := $(shell find server/api -name '*.proto')
-ETCD_PEERS := $(PEERS)/etcd $(PEERS)/etcdctl $(PEERS)/etcdutl $(PEERS)/benchmark $(PEERS)/etcd-dumpdesc
-KUBE_PEERS := $(PEERS)/kube-apiserver $(PEERS)/kubectl
 
-.PHONY: all venv run test test-fast test-e2e lint proto peers debian-etcd bench bench-kube cluster raft-cluster clean
+.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers debian-etcd bench bench-kube cluster raft-cluster clean
 
 all: venv peers
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every Python package (with hashes), the generators and pip itself; `make lock`
+# re-resolves it on purpose. The venv is built from the lock only, then checked against it.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python scripts/check_lock.py
+	$(BIN)/python -m pip check -q
 	touch $@
+
+check-lock: venv
+	$(BIN)/python scripts/check_lock.py
+
+LOCKVENV := $(CURDIR)/.lockvenv
+lock:
+	test -x $(LOCKVENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCKVENV) && $(LOCKVENV)/bin/pip install -q pip-tools==7.7.0; }
+	$(LOCKVENV)/bin/pip-compile -q --extra dev --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --upgrade -o requirements.lock pyproject.toml lock.in
 
 run: venv
 	$(BIN)/petcd
@@ -30,39 +43,70 @@ run: venv
 proto: venv
 	scripts/genproto.sh
 
-# --- real peers: etcd v3.6, etcdctl, etcdutl, etcd's benchmark tool, kube-apiserver, kubectl -------
-PORCUPINE := $(PEERS)/porcupine-check
-peers: $(ETCD_PEERS) $(KUBE_PEERS) $(PORCUPINE) debian-etcd
+# --- real peers, built from the Go module proxy into .peers/bin (git-ignored) ------------------
+# Each tools/peers/<module> pins its versions in go.mod and go.sum (GOFLAGS=-mod=readonly above).
+# A binary is rebuilt when its module's stamp changes: the hash of go.mod, go.sum and the module's
+# own .go files (not their mtimes, so a fresh checkout or a git worktree reuses the same binaries).
+#   NAME:MODULE:PACKAGE
+GO_PEERS := \
+  etcd:etcd:go.etcd.io/etcd/server/v3 \
+  etcdctl:etcd:go.etcd.io/etcd/etcdctl/v3 \
+  etcdutl:etcd:go.etcd.io/etcd/etcdutl/v3 \
+  benchmark:etcd:go.etcd.io/etcd/v3/tools/benchmark \
+  etcd-dumpdesc:etcd:./cmd/dumpdesc \
+  bbolt:etcd:go.etcd.io/bbolt/cmd/bbolt \
+  kube-apiserver:kube:k8s.io/kubernetes/cmd/kube-apiserver \
+  kube-controller-manager:kube:k8s.io/kubernetes/cmd/kube-controller-manager \
+  kube-scheduler:kube:k8s.io/kubernetes/cmd/kube-scheduler \
+  kubectl:kube:k8s.io/kubernetes/cmd/kubectl \
+  kwok:kwok:sigs.k8s.io/kwok/cmd/kwok \
+  porcupine-check:porcupine:.
+peer-field = $(word $(2),$(subst :, ,$(1)))
+PEER_BINS := $(foreach p,$(GO_PEERS),$(PEERS)/$(call peer-field,$(p),1))
+# kwok's own stage files (node Ready and heartbeat, pod Ready/Complete/Delete), as kwokctl uses them
+KWOK_STAGES := $(PEERS)/../kwok/stages.yaml
 
-$(PORCUPINE): tools/peers/porcupine/go.mod tools/peers/porcupine/go.sum tools/peers/porcupine/main.go
-	mkdir -p $(PEERS) && cd tools/peers/porcupine && go build -o $(CURDIR)/$@ .
+peers: $(PEER_BINS) $(KWOK_STAGES) debian-etcd
 
-$(PEERS)/etcd: tools/peers/etcd/go.mod
-	mkdir -p $(PEERS) && cd tools/peers/etcd && go build -o $(CURDIR)/$@ go.etcd.io/etcd/server/v3
-$(PEERS)/etcdctl: tools/peers/etcd/go.mod
-	mkdir -p $(PEERS) && cd tools/peers/etcd && go build -o $(CURDIR)/$@ go.etcd.io/etcd/etcdctl/v3
-$(PEERS)/etcdutl: tools/peers/etcd/go.mod
-	mkdir -p $(PEERS) && cd tools/peers/etcd && go build -o $(CURDIR)/$@ go.etcd.io/etcd/etcdutl/v3
-$(PEERS)/benchmark: tools/peers/etcd/go.mod
-	mkdir -p $(PEERS) && cd tools/peers/etcd && go build -o $(CURDIR)/$@ go.etcd.io/etcd/v3/tools/benchmark
-$(PEERS)/etcd-dumpdesc: tools/peers/etcd/go.mod tools/peers/etcd/cmd/dumpdesc/main.go
-	mkdir -p $(PEERS) && cd tools/peers/etcd && go build -o $(CURDIR)/$@ ./cmd/dumpdesc
-$(PEERS)/kube-apiserver: tools/peers/kube/go.mod
-	mkdir -p $(PEERS) && cd tools/peers/kube && go build -o $(CURDIR)/$@ k8s.io/kubernetes/cmd/kube-apiserver
-$(PEERS)/kubectl: tools/peers/kube/go.mod
-	mkdir -p $(PEERS) && cd tools/peers/kube && go build -o $(CURDIR)/$@ k8s.io/kubernetes/cmd/kubectl
+define go-peer
+$(PEERS)/$(call peer-field,$(1),1): $(PEERS)/.$(call peer-field,$(1),2).stamp
+	cd tools/peers/$(call peer-field,$(1),2) && go build -o $(CURDIR)/$$@ $(call peer-field,$(1),3)
+endef
+$(foreach p,$(GO_PEERS),$(eval $(call go-peer,$(p))))
 
-# Debian's etcd 3.4 (etcd-server, etcd-client) as a second reference; installed when we may.
+$(PEERS)/.%.stamp: FORCE
+	@mkdir -p $(PEERS)
+	@s=$$(cd tools/peers/$* && cat go.mod go.sum $$(find . -name '*.go' | sort) | sha256sum); \
+	  [ "$$(cat $@ 2>/dev/null)" = "$$s" ] || echo "$$s" > $@
+
+$(KWOK_STAGES): $(PEERS)/.kwok.stamp
+	mkdir -p $(@D)
+	d=$$(cd tools/peers/kwok && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage; \
+	for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+	         pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do \
+	  echo "---"; cat "$$d/$$f.yaml"; done > $@.tmp && mv $@.tmp $@
+
+# `make go-lock` re-resolves the Go modules on purpose (the builds never change go.mod or go.sum)
+go-lock:
+	for m in tools/peers/*/; do (cd $$m && GOFLAGS=-mod=mod go mod tidy) || exit 1; done
+
+# Debian's etcd 3.4 (etcd-server, etcd-client) as a second reference; installed at this version
+# when we may (root).
+DEBIAN_ETCD := 3.4.23-4+b4
 debian-etcd:
-	@if [ ! -x /usr/bin/etcd ] || [ ! -x /usr/bin/etcdctl ]; then \
-	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server etcd-client >/dev/null; \
-	  else echo "note: Debian's etcd-server/etcd-client are not installed (need root); tests use etcd v3.6 from $(PEERS)"; fi; \
+	@if [ "$$(dpkg-query -W -f '$${Version}' etcd-server 2>/dev/null)" != "$(DEBIAN_ETCD)" ] || \
+	    [ "$$(dpkg-query -W -f '$${Version}' etcd-client 2>/dev/null)" != "$(DEBIAN_ETCD)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    etcd-server=$(DEBIAN_ETCD) etcd-client=$(DEBIAN_ETCD) >/dev/null; \
+	  else echo "note: Debian's etcd-server/etcd-client $(DEBIAN_ETCD) are not installed (need root); tests use etcd v3.6 from $(PEERS)"; fi; \
 	fi
+
+FORCE:
 
 # --- checks ------------------------------------------------------------------------------------
 lint: venv
-	$(BIN)/ruff check server controllers tests bench
-	$(BIN)/ruff format --check server controllers tests bench
+	$(BIN)/ruff check server controllers tests bench scripts
+	$(BIN)/ruff format --check server controllers tests bench scripts
 	$(BIN)/mypy
 
 test: venv peers

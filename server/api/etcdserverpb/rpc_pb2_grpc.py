@@ -5,7 +5,7 @@ import warnings
 
 from server.api.etcdserverpb import rpc_pb2 as server_dot_api_dot_etcdserverpb_dot_rpc__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
