@@ -18,8 +18,9 @@ all: venv peers
 
 venv: $(VENV)/.installed
 
-# requirements.lock pins every Python package (with hashes), the generators and pip itself; `make lock`
-# re-resolves it on purpose. The venv is built from the lock only, then checked against it.
+# requirements.lock pins every Python package (with hashes), the generators and pip itself. `make lock`
+# adds what pyproject.toml gained; `make lock UPGRADE=1` moves every pin to the newest, on purpose.
+# The venv is built from the lock alone, then checked against it.
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements.lock
@@ -35,7 +36,7 @@ LOCKVENV := $(CURDIR)/.lockvenv
 lock:
 	test -x $(LOCKVENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCKVENV) && $(LOCKVENV)/bin/pip install -q pip-tools==7.7.0; }
 	$(LOCKVENV)/bin/pip-compile -q --extra dev --generate-hashes --allow-unsafe --strip-extras \
-	  --no-emit-index-url --no-emit-find-links --upgrade -o requirements.lock pyproject.toml lock.in
+	  --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) -o requirements.lock pyproject.toml lock.in
 
 run: venv
 	$(BIN)/petcd
