@@ -12,7 +12,7 @@ export GOTOOLCHAIN := local
 PY_SOURCES := $(shell find server controllers -name '*.py' -not -name '*_pb2*.py' 2>/dev/null)
 PROTOS := $(shell find server/api -name '*.proto')
 
-.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers debian-etcd bench bench-kube cluster raft-cluster clean
+.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers bench-peers debian-etcd bench bench-kube cluster raft-cluster clean
 
 all: venv peers
 
@@ -87,6 +87,13 @@ $(KWOK_STAGES): $(PEERS)/.kwok.stamp
 	         pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do \
 	  echo "---"; cat "$$d/$$f.yaml"; done > $@.tmp && mv $@.tmp $@
 
+# kine (k3s-io/kine) for bench/ only: cgo SQLite (mattn/go-sqlite3, as k3s builds it) with the sqlite
+# tags of kine's own scripts/build
+KINE_TAGS := sqlite_unlock_notify,sqlite_vtable,sqlite_stat4,sqlite_preupdate_hook,sqlite_math_functions,sqlite_dbstat,sqlite_column_metadata
+$(PEERS)/kine: $(PEERS)/.kine.stamp
+	cd tools/peers/kine && CGO_ENABLED=1 go build -tags $(KINE_TAGS) -o $(CURDIR)/$@ github.com/k3s-io/kine
+bench-peers: peers $(PEERS)/kine
+
 # `make go-lock` re-resolves the Go modules on purpose (the builds never change go.mod or go.sum)
 go-lock:
 	for m in tools/peers/*/; do (cd $$m && GOFLAGS=-mod=mod go mod tidy) || exit 1; done
@@ -119,10 +126,10 @@ test-fast: venv
 test-e2e: venv peers
 	$(BIN)/pytest -q tests/e2e
 
-bench: venv peers
+bench: venv bench-peers
 	$(BIN)/python -m bench.run
 
-bench-kube: venv peers
+bench-kube: venv bench-peers
 	$(BIN)/python -m bench.kube_bench
 
 # --- Kubernetes on petcd ----------------------------------------------------------------------
