@@ -245,11 +245,11 @@ class LmdbBackend:
         """A view of the committed database alone (no write buffers), the same for as long as it
         is open: what a snapshot copies. Open, use and leave it on one thread."""
         view = _View(self, overlays=[])
+        txn = view._lmdb_txn()  # begun now: the view is of this moment
         try:
             yield view
         finally:
-            if view._txn is not None:
-                view._txn.abort()
+            txn.abort()
 
     def pending(self) -> int:
         return self._pending
