@@ -59,7 +59,9 @@ class Client:
         return [("token", self.token)] if self.token else []
 
     def login(self, name: str, password: str) -> str:
-        return str(self.auth.Authenticate(pb.AuthenticateRequest(name=name, password=password), timeout=30).token)
+        return str(
+            self.auth.Authenticate(pb.AuthenticateRequest(name=name, password=password), timeout=30).token
+        )
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         r = self.kv.Put(pb.PutRequest(key=key, value=value, lease=lease), metadata=self.md, timeout=30)
@@ -111,7 +113,10 @@ def write_history(c: Client) -> History:
     for key in (b"\x00\x01\xff", b"\xff\xfe", b"k\x00x", "ключ".encode()):
         c.put(key, key * 3)
     for start in range(0, 300, 100):  # 300 keys in three revisions: the key bucket spans many pages
-        ops = [pb.RequestOp(request_put=pb.PutRequest(key=b"many/%04d" % i, value=b"m" * 200)) for i in range(start, start + 100)]
+        ops = [
+            pb.RequestOp(request_put=pb.PutRequest(key=b"many/%04d" % i, value=b"m" * 200))
+            for i in range(start, start + 100)
+        ]
         c.kv.Txn(pb.TxnRequest(success=ops), timeout=30)
     c.put(b"big", bytes(range(256)) * (BIG // 256))
     compacted = c.put(b"gen", b"g3-b")
@@ -139,7 +144,9 @@ def write_history(c: Client) -> History:
 
 
 def snapshot_status(tool: list[str], path: Path) -> dict[str, object]:
-    out = subprocess.run([*tool, "snapshot", "status", str(path), "-w", "json"], capture_output=True, timeout=120)
+    out = subprocess.run(
+        [*tool, "snapshot", "status", str(path), "-w", "json"], capture_output=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     doc: dict[str, object] = json.loads(out.stdout)
     return doc
@@ -163,7 +170,9 @@ def kvs(resp: pb.RangeResponse) -> list[tuple[bytes, int, int, int, int, bytes]]
 def wait_gone(c: Client, key: bytes, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while c.range(key).kvs:
-        assert time.monotonic() < deadline, f"{key!r} is still there after {timeout}s: its lease did not expire"
+        assert time.monotonic() < deadline, (
+            f"{key!r} is still there after {timeout}s: its lease did not expire"
+        )
         time.sleep(0.5)
 
 
@@ -185,7 +194,9 @@ def compare(src: Client, dst: Client, h: History, rev: int) -> None:
     want, got = src.hash_kv(rev), dst.hash_kv(rev)
     assert (got.hash, got.compact_revision) == (want.hash, want.compact_revision)
     # leases: the long one with its keys, the short one expires and deletes its key
-    ttl = dst.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=h.long_lease, keys=True), metadata=dst.md, timeout=30)
+    ttl = dst.lease.LeaseTimeToLive(
+        pb.LeaseTimeToLiveRequest(ID=h.long_lease, keys=True), metadata=dst.md, timeout=30
+    )
     assert (ttl.grantedTTL, sorted(ttl.keys)) == (3600, [b"l/1", b"l/2"])
     assert 0 < ttl.TTL <= 3600
     wait_gone(dst, b"s/1", 6 * SHORT_TTL)
@@ -229,7 +240,9 @@ def test_snapshot_moves_everything(source: Member, target: str, tmp_path: Path) 
         # the file is etcd's: db || sha256(db), a bbolt file bbolt finds sound
         raw = snap.read_bytes()
         assert len(raw) % 512 == 32 and hashlib.sha256(raw[:-32]).digest() == raw[-32:]
-        assert subprocess.run([peer("bbolt"), "check", str(snap)], capture_output=True).stdout.strip() == b"OK"
+        assert (
+            subprocess.run([peer("bbolt"), "check", str(snap)], capture_output=True).stdout.strip() == b"OK"
+        )
         with BboltReader.open(snap) as db:
             assert db.size == len(raw) - 32
         etcdutl_status = snapshot_status([peer("etcdutl")], snap)
@@ -237,7 +250,9 @@ def test_snapshot_moves_everything(source: Member, target: str, tmp_path: Path) 
         assert etcdutl_status["version"] == "3.6.0"
         old = debian_etcd()
         if old is not None:  # etcdctl 3.4 still had `snapshot status` (python-etcd3's test uses it)
-            r = subprocess.run([old[1], "snapshot", "status", str(snap)], capture_output=True, env={"ETCDCTL_API": "3"})
+            r = subprocess.run(
+                [old[1], "snapshot", "status", str(snap)], capture_output=True, env={"ETCDCTL_API": "3"}
+            )
             assert r.returncode == 0, r.stderr
         rev = int(str(etcdutl_status["revision"]))
         dst_member = Member(target, tmp_path / "target")
@@ -276,7 +291,16 @@ def test_bump_revision_as_etcdutl(source: Member, tmp_path: Path) -> None:
                 with pytest.raises(grpc.RpcError) as err:
                     cl.range(*ALL, rev=head.header.revision - 1)
                 h = cl.hash_kv(0)
-                answers.append((head.header.revision, kvs(head), err.value.code(), h.hash, h.compact_revision, cl.put(b"n", b"1")))
+                answers.append(
+                    (
+                        head.header.revision,
+                        kvs(head),
+                        err.value.code(),
+                        h.hash,
+                        h.compact_revision,
+                        cl.put(b"n", b"1"),
+                    )
+                )
             finally:
                 cl.close()
     assert answers[1] == answers[0]
