@@ -76,7 +76,7 @@ class _Checker:
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self.latest = Revision(0, 0)
+        self._last_revision = b""
 
     def __call__(self, bucket: Bucket, key: bytes, value: bytes) -> None:
         try:
@@ -92,15 +92,19 @@ class _Checker:
             ) from e
 
     def _revision(self, key: bytes, value: bytes) -> None:
-        if (
-            len(key) not in (REV_BYTES_LEN, MARKED_REV_BYTES_LEN)
-            or key[8:9] != b"_"
-            or (len(key) == MARKED_REV_BYTES_LEN and key[REV_BYTES_LEN:] != TOMBSTONE_MARK)
+        n = len(key)
+        if not (
+            (n == REV_BYTES_LEN or (n == MARKED_REV_BYTES_LEN and key[REV_BYTES_LEN:] == TOMBSTONE_MARK))
+            and key[8:9] == b"_"
         ):
             raise SnapshotError(f"{self._path}: bucket key: {key!r} is not a revision")
         if value:  # empty: a revision marker etcdutl's --bump-revision leaves
             KeyValue.FromString(value)
-        self.latest = max(self.latest, bytes_to_rev(key))
+        self._last_revision = key  # keys come in order: the last is the newest
+
+    @property
+    def latest(self) -> Revision:
+        return bytes_to_rev(self._last_revision) if self._last_revision else Revision(0, 0)
 
 
 def restore(
@@ -115,7 +119,7 @@ def restore(
     if (bump_revision == 0) == mark_compacted:
         raise RestoreError("--mark-compacted required if --revision-bump > 0")
     cfg.validate()
-    data_dir = cfg.data_dir
+    data_dir = os.path.normpath(cfg.data_dir)
     if os.path.exists(data_dir) and (not os.path.isdir(data_dir) or os.listdir(data_dir)):
         raise RestoreError(f"data-dir {data_dir!r} not empty or could not be read")
     snap = SnapshotFile.open(snapshot_path, skip_hash_check=skip_hash_check)

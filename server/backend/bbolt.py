@@ -50,7 +50,7 @@ __all__ = [
 MAGIC = 0xED0CDAED
 VERSION = 2
 PGID_NO_FREELIST = 0xFFFF_FFFF_FFFF_FFFF
-BRANCH_PAGE, LEAF_PAGE, META_PAGE, FREELIST_PAGE = 0x01, 0x02, 0x04, 0x10
+BRANCH_PAGE, LEAF_PAGE, META_PAGE = 0x01, 0x02, 0x04  # and 0x10: a freelist page
 BUCKET_LEAF_FLAG = 0x01
 MAX_KEY_SIZE = 32768
 MAX_VALUE_SIZE = (1 << 31) - 2
@@ -63,7 +63,6 @@ _PAGE_HEADER = struct.Struct("<QHHI")
 _META = struct.Struct("<IIIIQQQQQ")  # everything before the checksum (56 bytes)
 _U64 = struct.Struct("<Q")
 _BUCKET_HEADER = struct.Struct("<QQ")
-_LEAF_ELEM = struct.Struct("<IIII")
 _BRANCH_ELEM = struct.Struct("<IIQ")
 _HEADER_SIZE = _PAGE_HEADER.size
 _ELEM_SIZE = 16
@@ -115,11 +114,11 @@ class BucketHandle:
     ancestors: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
 
 
-def _parse_meta(buf: bytes, offset: int) -> _Meta | str:
-    """The meta in the page at offset, or why it is not valid."""
-    if len(buf) < offset + _CHECKSUM_OFFSET + 8:
+def _parse_meta(page: bytes) -> _Meta | str:
+    """The meta in a meta page, or why it is not valid."""
+    if len(page) < _CHECKSUM_OFFSET + 8:
         return "too short"
-    raw = buf[offset + _META_OFFSET : offset + _CHECKSUM_OFFSET]
+    raw = page[_META_OFFSET:_CHECKSUM_OFFSET]
     magic, version, page_size, _flags, root, seq, freelist, hwm, txid = _META.unpack(raw)
     if magic != MAGIC:
         if magic == int.from_bytes(MAGIC.to_bytes(4, "little"), "big"):
@@ -127,7 +126,7 @@ def _parse_meta(buf: bytes, offset: int) -> _Meta | str:
         return "no bbolt magic"
     if version != VERSION:
         return f"bbolt format version {version}, not {VERSION}"
-    (checksum,) = _U64.unpack_from(buf, offset + _CHECKSUM_OFFSET)
+    (checksum,) = _U64.unpack_from(page, _CHECKSUM_OFFSET)
     if checksum != fnv1a64(raw):
         return "meta page checksum mismatch"
     return _Meta(page_size, root, seq, freelist, hwm, txid)
@@ -142,7 +141,7 @@ class BboltReader:
                 ...
     """
 
-    def __init__(self, fd: int, name: str, meta: _Meta, size: int) -> None:
+    def __init__(self, fd: int, name: str, meta: _Meta) -> None:
         self._fd = fd
         self.name = name
         self.page_size = meta.page_size
@@ -150,7 +149,6 @@ class BboltReader:
         # pages in use (the high-water mark): the database is size = hwm * page_size bytes
         self.hwm = meta.hwm
         self.size = meta.hwm * meta.page_size
-        self.file_size = size
         self.root = BucketHandle(meta.root, meta.sequence)
 
     @classmethod
@@ -158,18 +156,18 @@ class BboltReader:
         name = os.fspath(path)
         fd = os.open(name, os.O_RDONLY)
         try:
-            return cls(fd, name, *cls._read_meta(fd, name))
+            return cls(fd, name, cls._read_meta(fd, name))
         except BaseException:
             os.close(fd)
             raise
 
     @staticmethod
-    def _read_meta(fd: int, name: str) -> tuple[_Meta, int]:
+    def _read_meta(fd: int, name: str) -> _Meta:
         size = os.fstat(fd).st_size
         if size == 0:
             raise BboltError(f"{name}: empty file, not a bbolt database")
         head = os.pread(fd, DEFAULT_PAGE_SIZE, 0)
-        first = _parse_meta(head, 0)
+        first = _parse_meta(head)
         metas: list[_Meta] = []
         if isinstance(first, _Meta):
             page_size = first.page_size
@@ -181,7 +179,7 @@ class BboltReader:
                 pos = 1024 << shift
                 if pos >= size - 1024:
                     break
-                second = _parse_meta(os.pread(fd, DEFAULT_PAGE_SIZE, pos), 0)
+                second = _parse_meta(os.pread(fd, DEFAULT_PAGE_SIZE, pos))
                 if isinstance(second, _Meta) and second.page_size == pos:
                     page_size = pos
                     break
@@ -189,7 +187,7 @@ class BboltReader:
                 raise BboltError(f"{name}: not a bbolt database: {first}")
         if page_size & (page_size - 1) or not MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE:
             raise BboltError(f"{name}: not a bbolt database: page size {page_size}")
-        second = _parse_meta(os.pread(fd, DEFAULT_PAGE_SIZE, page_size), 0)
+        second = _parse_meta(os.pread(fd, DEFAULT_PAGE_SIZE, page_size))
         if isinstance(second, _Meta):
             metas.append(second)
         if not metas:
@@ -205,7 +203,7 @@ class BboltReader:
             raise BboltError(
                 f"{name}: truncated: the file has {size} bytes, its meta page needs {meta.hwm * page_size}"
             )
-        return meta, size
+        return meta
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -250,39 +248,65 @@ class BboltReader:
 
     def items(self, bucket: BucketHandle | None = None) -> Iterator[tuple[bytes, bytes | BucketHandle]]:
         """Every entry of bucket (None: the top-level buckets) in key order."""
-        b = self.root if bucket is None else bucket
-        walk = _Walk()
-        if b.inline is None:
-            yield from self._walk(b.root, None, None, set(b.ancestors), walk)
-            return
-        page = b.inline
-        count = int(_PAGE_HEADER.unpack_from(page)[2])
-        if _HEADER_SIZE + count * _ELEM_SIZE > len(page):
-            raise self._error("inline bucket", f"{count} elements do not fit in it")
-        yield from self._leaf(page, "inline bucket", count, None, None, b.ancestors, walk)
+        prev: bytes | None = None
+        for buf, where, count, lo, hi, path in self._leaves(self.root if bucket is None else bucket):
+            fields = struct.unpack_from(f"<{4 * count}I", buf, _HEADER_SIZE)
+            end = len(buf)
+            for i in range(count):
+                flags, pos, ksize, vsize = fields[4 * i : 4 * i + 4]
+                start = _HEADER_SIZE + i * _ELEM_SIZE + pos
+                if pos < _ELEM_SIZE or start + ksize + vsize > end:
+                    raise self._error(where, f"element {i} points outside the page")
+                key = buf[start : start + ksize]
+                if prev is not None and key <= prev:
+                    raise self._error(where, f"element {i}: key {key!r} is out of order after {prev!r}")
+                if i == 0 and lo is not None and key < lo:
+                    raise self._error(where, f"key {key!r} sorts before its parent's {lo!r}")
+                if hi is not None and key >= hi:
+                    raise self._error(
+                        where, f"element {i}: key {key!r} is not below its parent's next key {hi!r}"
+                    )
+                prev = key
+                value = buf[start + ksize : start + ksize + vsize]
+                if flags & BUCKET_LEAF_FLAG:
+                    yield key, self._bucket_handle(where, key, value, frozenset(path))
+                else:
+                    yield key, value
 
-    def _walk(
-        self, pgid: int, lo: bytes | None, hi: bytes | None, path: set[int], walk: _Walk
-    ) -> Iterator[tuple[bytes, bytes | BucketHandle]]:
-        """The entries under page pgid, whose keys must lie in [lo, hi)."""
-        if pgid in path:
-            raise self._error(f"page {pgid}", "reached twice on one path: the file has a loop")
-        buf, flags, count = self._page(pgid)
-        path.add(pgid)
-        if flags == LEAF_PAGE:
-            yield from self._leaf(buf, f"page {pgid}", count, lo, hi, frozenset(path), walk)
-        else:
-            if count == 0:
-                raise self._error(f"page {pgid}", "a branch page without elements")
+    def _leaves(
+        self, b: BucketHandle
+    ) -> Iterator[tuple[bytes, str, int, bytes | None, bytes | None, tuple[int, ...]]]:
+        """The bucket's leaf nodes in key order: (node, where, count, lo, hi, path), the node's
+        keys bounded by [lo, hi) from its parents, path the pages from the file's root to it."""
+        if b.inline is not None:
+            count = int(_PAGE_HEADER.unpack_from(b.inline)[2])
+            if _HEADER_SIZE + count * _ELEM_SIZE > len(b.inline):
+                raise self._error("inline bucket", f"{count} elements do not fit in it")
+            yield b.inline, "inline bucket", count, None, None, tuple(b.ancestors)
+            return
+        base = tuple(b.ancestors)
+        path: list[int] = []  # the pages above the one being visited, below the bucket's root
+        stack: list[tuple[int, bytes | None, bytes | None, int]] = [(b.root, None, None, 0)]
+        while stack:
+            pgid, lo, hi, depth = stack.pop()
+            del path[depth:]
+            if pgid in path or pgid in base:
+                raise self._error(f"page {pgid}", "reached twice on one path: the file has a loop")
+            buf, flags, count = self._page(pgid)
+            path.append(pgid)
+            if flags == LEAF_PAGE:
+                yield buf, f"page {pgid}", count, lo, hi, (*base, *path)
+                continue
             keys, children = self._branch(pgid, buf, count, lo, hi)
-            for i, child in enumerate(children):
-                yield from self._walk(child, keys[i], keys[i + 1] if i + 1 < count else hi, path, walk)
-        path.discard(pgid)
+            for i in range(count - 1, -1, -1):
+                stack.append((children[i], keys[i], keys[i + 1] if i + 1 < count else hi, depth + 1))
 
     def _branch(
         self, pgid: int, buf: bytes, count: int, lo: bytes | None, hi: bytes | None
     ) -> tuple[list[bytes], list[int]]:
         where = f"page {pgid}"
+        if count == 0:
+            raise self._error(where, "a branch page without elements")
         keys: list[bytes] = []
         children: list[int] = []
         for i in range(count):
@@ -292,42 +316,16 @@ class BboltReader:
             if pos < _ELEM_SIZE or start + ksize > len(buf):
                 raise self._error(where, f"element {i} points outside the page")
             key = buf[start : start + ksize]
-            self._check_order(where, i, key, keys[-1] if keys else lo, hi, strict=i > 0)
+            prev = keys[-1] if keys else lo
+            if prev is not None and (key < prev or (i > 0 and key == prev)):
+                raise self._error(where, f"element {i}: key {key!r} is out of order after {prev!r}")
+            if hi is not None and key >= hi:
+                raise self._error(
+                    where, f"element {i}: key {key!r} is not below its parent's next key {hi!r}"
+                )
             keys.append(key)
             children.append(child)
         return keys, children
-
-    def _leaf(
-        self,
-        buf: bytes,
-        where: str,
-        count: int,
-        lo: bytes | None,
-        hi: bytes | None,
-        path: frozenset[int],
-        walk: _Walk,
-    ) -> Iterator[tuple[bytes, bytes | BucketHandle]]:
-        fields = struct.unpack_from(f"<{4 * count}I", buf, _HEADER_SIZE)
-        for i in range(count):
-            flags, pos, ksize, vsize = fields[4 * i : 4 * i + 4]
-            start = _HEADER_SIZE + i * _ELEM_SIZE + pos
-            if pos < _ELEM_SIZE or start + ksize + vsize > len(buf):
-                raise self._error(where, f"element {i} points outside the page")
-            key = buf[start : start + ksize]
-            if i == 0:
-                self._check_order(where, i, key, lo, None, strict=False)
-            self._check_order(where, i, key, walk.prev, hi, strict=True)
-            walk.prev = key
-            value = buf[start + ksize : start + ksize + vsize]
-            yield key, self._bucket_handle(where, key, value, path) if flags & BUCKET_LEAF_FLAG else value
-
-    def _check_order(
-        self, where: str, i: int, key: bytes, prev: bytes | None, hi: bytes | None, *, strict: bool
-    ) -> None:
-        if prev is not None and (key < prev or (strict and key == prev)):
-            raise self._error(where, f"element {i}: key {key!r} is out of order after {prev!r}")
-        if hi is not None and key >= hi:
-            raise self._error(where, f"element {i}: key {key!r} is not below its parent's next key {hi!r}")
 
     def _bucket_handle(self, where: str, key: bytes, value: bytes, path: frozenset[int]) -> BucketHandle:
         if len(value) < _BUCKET_HEADER.size:
@@ -339,15 +337,6 @@ class BboltReader:
         if len(page) < _HEADER_SIZE or _PAGE_HEADER.unpack_from(page)[1] != LEAF_PAGE:
             raise self._error(where, f"inline bucket {key!r} does not hold a leaf page")
         return BucketHandle(0, seq, page, path)
-
-
-class _Walk:
-    """One bucket's walk: the last key yielded (keys must strictly increase across pages)."""
-
-    __slots__ = ("prev",)
-
-    def __init__(self) -> None:
-        self.prev: bytes | None = None
 
 
 # -- writer ---------------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ Check = Callable[[Bucket, bytes, bytes], None]
 
 
 def import_buckets(
-    snap: SnapshotFile, backend: Backend, check: Check | None = None, *, batch_bytes: int = 64 << 20
+    snap: SnapshotFile, backend: Backend, check: Check | None = None, *, batch_bytes: int = 16 << 20
 ) -> list[bytes]:
     """Copy the snapshot's etcd buckets into backend, committing every batch_bytes so memory
     stays bounded; check (if given) may refuse a pair with SnapshotError. Returns the names of
