@@ -35,7 +35,7 @@ from server.api.leasepb.lease_pb2 import Lease
 from server.api.mvccpb.kv_pb2 import KeyValue
 from server.backend.backend import BackendError
 from server.backend.bbolt import BboltError, BboltReader
-from server.backend.lmdb_backend import LmdbBackend
+from server.backend.lmdb_backend import LmdbBackend, fsync_path
 from server.backend.schema import Bucket, MetaKey
 from server.backend.snapshot import SnapshotError, SnapshotFile, import_buckets, read_buckets
 from server.embed.config import Config, ConfigError
@@ -141,7 +141,7 @@ def restore(
         if os.path.isdir(data_dir):
             os.rmdir(data_dir)  # empty (checked above)
         os.rename(tmp, data_dir)
-        _fsync_dir(parent)
+        fsync_path(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -172,14 +172,6 @@ def _bump(backend: LmdbBackend, latest: Revision, amount: int) -> None:
     tx.put(Bucket.META, MetaKey.SCHEDULED_COMPACT_REV, rev)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # -- status -------------------------------------------------------------------------------------
 
 
@@ -205,6 +197,8 @@ def status(snapshot_path: str) -> Status:
             for key, value in pairs:
                 h = crc32c.crc32c(value, crc32c.crc32c(key, h))
                 if name == Bucket.KEY.bucket_name:
+                    if len(key) < REV_BYTES_LEN:
+                        raise SnapshotError(f"{snapshot_path}: bucket key: {key!r} is not a revision")
                     revision = bytes_to_rev(key).main
                     try:
                         kv_key = KeyValue.FromString(value).key

@@ -20,7 +20,7 @@ import lmdb
 from server.backend.backend import BackendError, ReadTx
 from server.backend.schema import Bucket
 
-__all__ = ["MAX_KEY_SIZE", "LmdbBackend", "check_length", "is_lmdb"]
+__all__ = ["MAX_KEY_SIZE", "LmdbBackend", "check_length", "fsync_path", "is_lmdb"]
 
 log = logging.getLogger(__name__)
 
@@ -341,14 +341,14 @@ class LmdbBackend:
             os.unlink(tmp)
         try:
             self._env.copy(tmp, compact=True)
-            _fsync_path(tmp)
+            fsync_path(tmp)
         except lmdb.Error as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise BackendError(f"defrag failed: {e}") from e
         self._env.close()
         os.replace(tmp, self._path)
-        _fsync_path(os.path.dirname(self._path) or ".")
+        fsync_path(os.path.dirname(self._path) or ".")
         self._open()
 
     def replace_with(self, db_path: str) -> None:
@@ -362,7 +362,7 @@ class LmdbBackend:
         self._pending = 0
         self._env.close()
         os.replace(db_path, self._path)
-        _fsync_path(os.path.dirname(self._path) or ".")
+        fsync_path(os.path.dirname(self._path) or ".")
         self._open()
 
     def snapshot_to(self, out: IO[bytes]) -> None:
@@ -389,7 +389,7 @@ class LmdbBackend:
         self._env.close()
 
 
-def _fsync_path(path: str) -> None:
+def fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -158,11 +158,18 @@ def read_buckets(snap: SnapshotFile) -> Generator[tuple[bytes, Pairs], None, Non
             names = [name for name, _ in txn.cursor()]
             for name in names:
                 db = env.open_db(name, txn=txn, create=False)
-                yield name, txn.cursor(db=db).iternext(keys=True, values=True)
+                yield name, _lmdb_pairs(snap.path, txn.cursor(db=db))
     except lmdb.Error as e:
         raise SnapshotError(f"{snap.path}: damaged LMDB database: {e}") from e
     finally:
         env.close()
+
+
+def _lmdb_pairs(path: str, cursor: Any) -> Pairs:
+    try:
+        yield from cursor.iternext(keys=True, values=True)
+    except lmdb.Error as e:
+        raise SnapshotError(f"{path}: damaged LMDB database: {e}") from e
 
 
 def _flat(path: str, name: bytes, items: Iterator[tuple[bytes, bytes | object]]) -> Pairs:
