@@ -478,9 +478,10 @@ class BucketWriter:
 
     def put(self, key: bytes, value: bytes) -> None:
         self._check_key(key)
-        if len(value) > MAX_VALUE_SIZE:
-            raise BboltError(f"value of {len(value)} bytes exceeds bbolt's {MAX_VALUE_SIZE}")
-        self._add(0, key, value, 0)
+        n = len(value)
+        if n > MAX_VALUE_SIZE:
+            raise BboltError(f"value of {n} bytes exceeds bbolt's {MAX_VALUE_SIZE}")
+        self._add(0, key, value, 0, _ELEM_SIZE + len(key) + n)
 
     def bucket(self, name: bytes) -> BucketWriter:
         self._check_key(name)
@@ -494,7 +495,8 @@ class BucketWriter:
             raise BboltError("not an open sub-bucket")
         root, inline = self.finish()
         parent._child = None
-        parent._add(0, self._name, _BUCKET_HEADER.pack(root, 0) + inline, BUCKET_LEAF_FLAG)
+        value = _BUCKET_HEADER.pack(root, 0) + inline
+        parent._add(0, self._name, value, BUCKET_LEAF_FLAG, _ELEM_SIZE + len(self._name) + len(value))
 
     def finish(self) -> tuple[int, bytes]:
         """Write what is left; returns the root pgid, or 0 and the page of an inline bucket."""
@@ -535,12 +537,12 @@ class BucketWriter:
             raise BboltError(f"key {key!r} is not after {self._last!r}")
         self._last = key
 
-    def _add(self, level: int, key: bytes, value: bytes | int, flags: int) -> None:
+    def _add(self, level: int, key: bytes, value: bytes | int, flags: int, size: int) -> None:
+        """Add an element of size bytes (element, key, value) to the node of level."""
         node = self._levels[level]
-        size = _ELEM_SIZE + len(key) + (len(value) if isinstance(value, bytes) else 0)
+        count = len(node.elems)
         # bbolt keeps at least two elements per node; the u16 count caps a page
-        full = len(node.elems) >= 2 and node.size + size > self._w._threshold
-        if full or len(node.elems) == _MAX_COUNT - 1:
+        if (count >= 2 and node.size + size > self._w._threshold) or count == _MAX_COUNT - 1:
             pgid = self._w._write_node(node, leaf=level == 0)
             self._levels[level] = _Node()
             self._push(level + 1, node.elems[0][0], pgid)
@@ -551,4 +553,4 @@ class BucketWriter:
     def _push(self, level: int, key: bytes, pgid: int) -> None:
         if level == len(self._levels):
             self._levels.append(_Node())
-        self._add(level, key, pgid, 0)
+        self._add(level, key, pgid, 0, _ELEM_SIZE + len(key))
