@@ -12,7 +12,7 @@ export GOTOOLCHAIN := local
 PY_SOURCES := $(shell find server controllers -name '*.py' -not -name '*_pb2*.py' 2>/dev/null)
 PROTOS := $(shell find server/api -name '*.proto')
 
-.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers bench-peers debian-etcd bench bench-kube cluster raft-cluster clean
+.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers bench-peers debian-etcd bench bench-kube bench-snapshot cluster raft-cluster clean
 
 all: venv peers
 
@@ -131,6 +131,9 @@ bench: venv bench-peers
 
 bench-kube: venv bench-peers
 	$(BIN)/python -m bench.kube_bench
+
+bench-snapshot: venv peers
+	$(BIN)/python -m bench.snapshot_bench
 
 # --- Kubernetes on petcd ----------------------------------------------------------------------
 # make cluster                                    petcd + real kube-apiserver; Ctrl-C stops both

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -13,7 +14,9 @@ import grpc
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from server.backend.backend import Backend
 from server.backend.schema import Bucket, MetaKey
+from server.backend.snapshot import write_etcd_db
 from server.errors import EtcdError
 from server.etcdserver.errors import NotCapableError
 from server.etcdserver.server import EtcdServer
@@ -23,8 +26,11 @@ from server.version import SERVER_VERSION, STORAGE_VERSION
 
 __all__ = ["MaintenanceService"]
 
+log = logging.getLogger(__name__)
+
 Ctx = grpc.aio.ServicerContext[Any, Any]
 SNAPSHOT_SEND_BUFFER_SIZE = 32 * 1024
+_SNAPSHOT_READ_SIZE = 1 << 20
 
 # meta keys that differ between members holding the same data
 _HASH_IGNORES = {MetaKey.CONSISTENT_INDEX.value, MetaKey.TERM.value}
@@ -32,6 +38,21 @@ _HASH_IGNORES = {MetaKey.CONSISTENT_INDEX.value, MetaKey.TERM.value}
 
 def _ignore(bucket: Bucket, key: bytes) -> bool:
     return bucket is Bucket.META and key in _HASH_IGNORES
+
+
+def _write_snapshot_db(backend: Backend, fd: int) -> int:
+    with backend.read_committed() as view, os.fdopen(os.dup(fd), "wb") as out:
+        total = write_etcd_db(view, out, STORAGE_VERSION)
+        out.flush()
+        return total
+
+
+def _read_block(fd: int, offset: int, size: int, digest: hashlib._Hash) -> bytes:
+    block = os.pread(fd, min(size, _SNAPSHOT_READ_SIZE), offset)
+    if not block:
+        raise EtcdError(f"snapshot file ended {size} bytes early")
+    digest.update(block)
+    return block
 
 
 def alarm_string(m: pb.AlarmMember) -> str:
@@ -110,34 +131,37 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
         return resp
 
     async def Snapshot(self, request: pb.SnapshotRequest, context: Ctx) -> AsyncIterator[pb.SnapshotResponse]:
-        """A consistent copy of the backend in 32 KiB chunks, then its SHA-256 (etcd's format:
-        restore checks the trailing digest)."""
+        """The committed backend as etcd's bbolt database in 32 KiB chunks, then its SHA-256, as
+        etcd sends it (restore checks the trailing digest). The database is written on a thread
+        into a file next to the backend, then sent from it; the event loop only sends."""
         s = self._s
         try:
             await s.auth.check_admin()
         except EtcdError as e:
             await abort_with(context, e)
-        fd, path = tempfile.mkstemp(prefix="snapshot-", dir=os.path.dirname(s.cfg.backend_path))
+        await asyncio.wrap_future(s.backend.commit())  # the copy is of committed data
+        fd, path = tempfile.mkstemp(
+            prefix="snapshot-", suffix=".tmp", dir=os.path.dirname(s.cfg.backend_path)
+        )
         try:
-            with os.fdopen(fd, "w+b") as tmp:
-                await asyncio.wrap_future(s.backend.commit())  # the copy is of committed data
-                await asyncio.to_thread(s.backend.snapshot_to, tmp)
-                total = tmp.tell()
-                tmp.seek(0)
-                digest = hashlib.sha256()
-                sent = 0
-                while sent < total:
-                    chunk = tmp.read(SNAPSHOT_SEND_BUFFER_SIZE)
-                    if not chunk:
-                        break
+            total = await asyncio.to_thread(_write_snapshot_db, s.backend, fd)
+            log.info("sending database snapshot to client", extra={"total-bytes": total})
+            digest = hashlib.sha256()
+            sent = 0
+            while sent < total:
+                block = await asyncio.to_thread(_read_block, fd, sent, total - sent, digest)
+                for i in range(0, len(block), SNAPSHOT_SEND_BUFFER_SIZE):
+                    chunk = block[i : i + SNAPSHOT_SEND_BUFFER_SIZE]
                     sent += len(chunk)
-                    digest.update(chunk)
                     yield pb.SnapshotResponse(
                         remaining_bytes=total - sent, blob=chunk, version=STORAGE_VERSION
                     )
             yield pb.SnapshotResponse(remaining_bytes=0, blob=digest.digest(), version=STORAGE_VERSION)
+            log.info("sent database snapshot to client", extra={"total-bytes": total})
         finally:
+            # a thread still writing or reading keeps the unlinked file until it is done
             os.unlink(path)
+            os.close(fd)
 
     @unary
     async def MoveLeader(self, request: pb.MoveLeaderRequest, context: Ctx) -> pb.MoveLeaderResponse:

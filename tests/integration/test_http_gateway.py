@@ -408,7 +408,7 @@ def test_health_version_and_routing_match_etcd(pair: tuple[Side, Side]) -> None:
 
 
 def test_streams_match_etcd_in_shape(pair: tuple[Side, Side]) -> None:
-    """Snapshots differ in content (bbolt vs LMDB) but not in framing."""
+    """Snapshots differ in content (member and cluster IDs, etcd's own meta keys) but not in framing."""
     for side in pair:
         a = side.post("/v3/maintenance/snapshot", "{}")
         assert a.status == 200
