@@ -41,7 +41,7 @@ from server.embed.tls import peer_tls
 from server.errors import EtcdError
 from server.etcdserver import txn, txn_codec
 from server.etcdserver.alarm import AlarmStore
-from server.etcdserver.apply import Applier, ApplyResult
+from server.etcdserver.apply import Applier, ApplierOptions, ApplyResult
 from server.etcdserver.bootstrap import Bootstrapped, bootstrap, new_raw_node
 from server.etcdserver.compactor import Compactor, parse_retention
 from server.etcdserver.errors import (
@@ -68,6 +68,7 @@ from server.etcdserver.raft_node import RaftCallbacks, RaftNode
 from server.etcdserver.stats import ServerStats
 from server.etcdserver.transport import PeerHandler, Transport, TransportError, peer_request
 from server.etcdserver.v3_auth import ServerAuth
+from server.etcdserver.wait import Wait, WaitTime
 from server.lease.lessor import LeaseNotFoundError, Lessor, NotPrimaryError
 from server.mvcc.kvstore import Compaction
 from server.mvcc.watchable_store import WATCH_RESYNC_PERIOD, WatchableStore
@@ -121,11 +122,13 @@ class EtcdServer:
         self.snapshot_index = 0
         self.applied_term = 0
         self._ids: Generator
-        self._wait: dict[int, asyncio.Future[ApplyResult]] = {}
+        # proposals waiting for their entry to be applied (by ID)
+        self._wait: Wait[ApplyResult] = Wait()
+        # whoever waits for the applied index: linearizable reads, tokens, the first campaign
+        self.applied = WaitTime()
         self._read_waiters: list[asyncio.Future[None]] = []
         self._read_wake = asyncio.Event()
         self._read_index_waits: dict[bytes, asyncio.Future[int]] = {}
-        self._applied_waits: list[tuple[int, asyncio.Future[None]]] = []
         self._leader_changed = asyncio.Event()
         self._watch_work = asyncio.Event()
         self._compactions: asyncio.Queue[tuple[Compaction, asyncio.Future[None]]] = asyncio.Queue()
@@ -166,14 +169,34 @@ class EtcdServer:
         self.alarms = AlarmStore(self.backend)
         tokens = new_token_provider(cfg.auth_token, cfg.auth_token_ttl, clock=self._clock)
         self.auth_store = AuthStore(self.backend, tokens, cfg.bcrypt_cost)
-        self.auth = ServerAuth(self, self.auth_store)
+        self.auth = ServerAuth(
+            self.auth_store,
+            leases=self.lessor,
+            request=self._request,
+            linearizable_read=self.linearizable_read,
+            applied=self.applied,
+            request_timeout=self.request_timeout,
+            client_cert_auth=cfg.client_cert_auth,
+        )
         self.quota = BackendQuota(self.backend, cfg.quota_backend_bytes)
-        self.applier = Applier(self)
+        self.applier = Applier(
+            ApplierOptions(
+                kv=self.kv,
+                lessor=self.lessor,
+                alarms=self.alarms,
+                auth=self.auth_store,
+                quota=self.quota,
+                cluster=self.cluster,
+                consistent_index=lambda: self.applied_index,
+                on_alarm_raised=self.on_alarm_raised,
+            )
+        )
         self._ids = Generator(self.member_id)
         self.consistent_index = self._stored_consistent_index()
         raw_term = self.backend.read_tx().get(Bucket.META, MetaKey.TERM)
         self.applied_term = decode_uint64(raw_term) if raw_term else 0
         self.applied_index = max(self.consistent_index, b.applied)
+        self.applied.trigger(self.applied_index)
         self.snapshot_index = b.applied
         self.backend.force_commit()
         self.raft = self._new_raft_node(b)
@@ -221,8 +244,7 @@ class EtcdServer:
 
     async def _campaign_once_applied(self, index: int) -> None:
         # raft refuses to campaign while committed conf changes wait to be applied
-        while self.applied_index < index:
-            await asyncio.sleep(0.001)
+        await self.applied.wait(index)
         self.raft.node.campaign()
         self.raft.notify()
 
@@ -304,13 +326,10 @@ class EtcdServer:
                 await task
         await self.transport.stop()
         await self.raft.stop()
-        for fut in self._wait.values():
-            if not fut.done():
-                fut.set_exception(StoppedError())
+        self._wait.fail_all(StoppedError())
         for waiter in self._read_waiters:
             if not waiter.done():
                 waiter.set_exception(StoppedError())
-        self._wait.clear()
         self.backend.close()
 
     def _spawn(self, coro: Any) -> None:
@@ -398,12 +417,11 @@ class EtcdServer:
             raise RequestTooLargeError()
         deadline = asyncio.get_running_loop().time() + self.request_timeout
         await self._wait_for_leader(deadline)
-        fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
-        self._wait[r.header.ID] = fut
+        fut = self._wait.register(r.header.ID)
         try:
             self.raft.node.propose(data)
         except RaftProposalDropped:
-            self._wait.pop(r.header.ID, None)
+            self._wait.cancel(r.header.ID)
             self.stats.proposals_failed += 1
             raise ProposalDroppedError() from None
         self.stats.proposals_pending += 1
@@ -416,7 +434,15 @@ class EtcdServer:
             raise TimeoutError_() from None
         finally:
             self.stats.proposals_pending -= 1
-            self._wait.pop(r.header.ID, None)
+            self._wait.cancel(r.header.ID)
+
+    async def _leader_change(self, deadline: float, retry: float | None = None) -> None:
+        """Until raft's leader or role changes, the deadline passes, or retry seconds did."""
+        changed = self._leader_changed
+        until = deadline if retry is None else min(deadline, asyncio.get_running_loop().time() + retry)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(until):
+                await changed.wait()
 
     async def _wait_for_leader(self, deadline: float) -> None:
         """While the member knows no leader, proposals wait (etcd's raft node does not take them
@@ -453,15 +479,7 @@ class EtcdServer:
             self.consistent_index = ci
             self.backend.batch_tx().put(Bucket.META, MetaKey.CONSISTENT_INDEX, encode_uint64(ci))
             self.backend.batch_tx().put(Bucket.META, MetaKey.TERM, encode_uint64(self.term))
-        if self._applied_waits:
-            still = []
-            for index, fut in self._applied_waits:
-                if index <= self.applied_index:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    still.append((index, fut))
-            self._applied_waits = still
+        self.applied.trigger(self.applied_index)
 
     def _apply_normal(self, e: Entry) -> None:
         try:
@@ -469,8 +487,9 @@ class EtcdServer:
         except (DecodeError, txn_codec.TooDeepError):
             log.error("entry %d cannot be decoded; skipped on every member", e.index)
             return
+        wait_id = r.header.ID or r.ID
         try:
-            result = self.applier.apply(r)
+            result = self.applier.apply(r, need_result=self._wait.is_registered(wait_id))
         except Exception as exc:
             # a bug, met identically by every member on the same entry: answer it rather than
             # stop (and stop again at every restart, replaying the entry)
@@ -478,14 +497,13 @@ class EtcdServer:
             result = ApplyResult(err=ApplyFailedError(f"etcdserver: apply failed: {exc}"))
         if result.compaction is not None:
             self._schedule_compaction(result.compaction)
-        fut = self._wait.get(r.header.ID or r.ID)
-        if fut is None:
-            return
         if isinstance(result.err, NoSpaceError) and not self.alarms.active(pb.NOSPACE):
             # as etcd: answer once the NOSPACE alarm it implies is raised
-            self._spawn(self._raise_nospace_then(fut, result))
-        elif not fut.done():
-            fut.set_result(result)
+            fut = self._wait.take(wait_id)
+            if fut is not None:
+                self._spawn(self._raise_nospace_then(fut, result))
+        else:
+            self._wait.trigger(wait_id, result)
 
     async def _raise_nospace_then(self, fut: asyncio.Future[ApplyResult], result: ApplyResult) -> None:
         with contextlib.suppress(Exception):
@@ -518,9 +536,7 @@ class EtcdServer:
             else:
                 self.transport.add_peer(member.id, list(member.peer_urls))
         self.raft.conf_state = self.raft.node.apply_conf_change(cc)
-        fut = self._wait.get(cc.id)
-        if fut is not None and not fut.done():
-            fut.set_result(ApplyResult())
+        self._wait.trigger(cc.id, ApplyResult())
 
     async def _apply_snapshot(self, snap: Snapshot) -> None:
         """Install the database that came with a snapshot from the leader."""
@@ -542,6 +558,7 @@ class EtcdServer:
         self.applied_index = max(self.consistent_index, index)
         self.applied_term = max(self.applied_term, snap.metadata.term)
         self.snapshot_index = index
+        self.applied.trigger(self.applied_index)
         if resume is not None:
             self._schedule_compaction(resume)
         log.info("applied snapshot from the leader", extra={"index": index, "revision": self.kv.rev()})
@@ -631,7 +648,6 @@ class EtcdServer:
             raise TimeoutError_() from None
 
     async def _read_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._read_wake.wait()
             self._read_wake.clear()
@@ -640,10 +656,7 @@ class EtcdServer:
                 continue
             try:
                 index = await self._read_index()
-                if index > self.applied_index:
-                    done: asyncio.Future[None] = loop.create_future()
-                    self._applied_waits.append((index, done))
-                    await done
+                await self.applied.wait(index)
                 for w in waiters:
                     if not w.done():
                         w.set_result(None)
@@ -760,9 +773,13 @@ class EtcdServer:
         )
 
     async def _check_quota(self, req: PbMessage) -> None:
-        if self.disk_full and quota_cost(req) > 0:
+        """etcd's v3rpc quota check: refuse a request that costs space while there is none."""
+        c = quota_cost(req)
+        if c == 0:
+            return
+        if self.disk_full:
             raise NoSpaceError()
-        if not self.quota.available(req):
+        if not self.quota.fits(c):
             await self._raise_nospace()
             raise NoSpaceError()
 
@@ -861,7 +878,8 @@ class EtcdServer:
                 return await self._on_peer_request(request)
             if asyncio.get_running_loop().time() > deadline:
                 raise NoLeaderError()
-            await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000)
+            # a new leader, or (an unreachable leader) a heartbeat later
+            await self._leader_change(deadline, retry=self.cfg.heartbeat_interval_ms / 1000)
 
     async def _on_peer_request(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
@@ -931,14 +949,13 @@ class EtcdServer:
         while self.leader_id != target:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutLeaderTransferError()
-            await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000)
+            await self._leader_change(deadline)
 
     # -- membership -----------------------------------------------------------------------------
 
     async def _conf_change(self, cc: ConfChange) -> None:
         await self._wait_for_leader(asyncio.get_running_loop().time() + self.request_timeout)
-        fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
-        self._wait[cc.id] = fut
+        fut = self._wait.register(cc.id)
         try:
             try:
                 self.raft.node.propose_conf_change(cc)
@@ -949,7 +966,7 @@ class EtcdServer:
         except TimeoutError:
             raise TimeoutError_() from None
         finally:
-            self._wait.pop(cc.id, None)
+            self._wait.cancel(cc.id)
 
     # -- strict reconfiguration checks (etcd's mayAddMember / mayRemoveMember) -------------------
 
