@@ -25,8 +25,7 @@ from server.embed.frontends import FrontendLink, Frontends
 from server.embed.tls import TLSInfo, client_tls
 from server.etcdserver.server import EtcdServer
 from server.httpapi.http_server import HttpServers
-from server.v3rpc.interceptor import EtcdInterceptor
-from server.v3rpc.registry import Services, add_to, services
+from server.v3rpc.registry import Services, add_to, interceptor, services
 
 __all__ = ["Etcd", "grpc_server_options", "host_port"]
 
@@ -72,7 +71,8 @@ class Etcd:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.server = EtcdServer(cfg)
-        self.http = HttpServers(cfg, self.server, interceptors=[EtcdInterceptor(self.server)])
+        # built once the server has started: the services hold the parts it starts with
+        self.http: HttpServers | None = None
         self._grpc: grpc.aio.Server | None = None
         self._link: FrontendLink | None = None
         self._frontends: Frontends | None = None
@@ -84,8 +84,9 @@ class Etcd:
         await self.server.start()
         try:
             await self.server.wait_ready()
+            self.http = HttpServers(cfg, self.server, interceptors=[interceptor(self.server)])
             await self.http.start()
-            interceptors = [EtcdInterceptor(self.server)]
+            interceptors = [interceptor(self.server)]
             options = grpc_server_options(cfg, reuse_port=cfg.grpc_frontends > 0)
             g = grpc.aio.server(interceptors=interceptors, options=options)
             svcs = services(self.server)
@@ -111,7 +112,8 @@ class Etcd:
             if cfg.grpc_frontends > 0:
                 await self._start_frontends(svcs, interceptors, options, listen, tls)
         except BaseException:
-            await self.http.stop()
+            if self.http is not None:
+                await self.http.stop()
             await self.server.stop()
             raise
         log.info(
@@ -157,7 +159,8 @@ class Etcd:
         if self._link is not None:
             await self._link.stop()
             self._link = None
-        await self.http.stop()
+        if self.http is not None:
+            await self.http.stop()
         for sock in self._reserved:
             sock.close()
         self._reserved.clear()

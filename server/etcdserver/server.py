@@ -31,6 +31,7 @@ from google.protobuf.message import Message as PbMessage
 from server.api.etcdserverpb import raft_internal_pb2 as rpb
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.membershippb import membership_pb2 as mpb
+from server.auth.errors import AuthOldRevisionError
 from server.auth.store import AuthStore
 from server.auth.token_provider import new_token_provider
 from server.backend.backend import BackendError
@@ -343,6 +344,10 @@ class EtcdServer:
     def term(self) -> int:
         """The term of the last applied entry, as etcd reports it in headers and Status."""
         return self.applied_term
+
+    @property
+    def cluster_id(self) -> int:
+        return self.cluster.cluster_id
 
     @property
     def leader_id(self) -> int:
@@ -843,7 +848,10 @@ class EtcdServer:
         return resp
 
     async def lease_renew(self, lease_id: int) -> int:
-        """Keep-alive: on the leader, or forwarded to it (only the leader tracks expiry)."""
+        """Keep-alive: on the leader, or forwarded to it (only the leader tracks expiry).
+        Auth: a user that may write every key of the lease."""
+        if self.auth.enabled:
+            await self.auth.check_lease_renew(self.lessor.lookup(lease_id))
         if self.is_leader:
             return self.lessor.renew(lease_id)
         answer = await self._ask_leader({"op": "lease_renew", "id": lease_id})
@@ -851,7 +859,21 @@ class EtcdServer:
             raise LeaseNotFoundError()
         return int(answer["ttl"])
 
-    async def lease_time_to_live(self, lease_id: int, keys: bool) -> tuple[int, int, list[bytes]] | None:
+    async def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+        """From the leader's lessor (TTL -1: no such lease). Auth: any user; with keys, one that
+        may read every key of the lease."""
+        auth = self.auth
+        await auth.require_auth_info()
+        auth_rev = await auth.check_lease_time_to_live(self.lessor.lookup(r.ID)) if r.keys else 0
+        found = await self._lease_time_to_live(r.ID, r.keys)
+        if r.keys and auth.enabled and auth_rev != self.auth_store.revision:
+            raise AuthOldRevisionError()
+        if found is None:
+            return pb.LeaseTimeToLiveResponse(ID=r.ID, TTL=-1)
+        ttl, granted, keys = found
+        return pb.LeaseTimeToLiveResponse(ID=r.ID, TTL=ttl, grantedTTL=granted, keys=keys)
+
+    async def _lease_time_to_live(self, lease_id: int, keys: bool) -> tuple[int, int, list[bytes]] | None:
         """(remaining TTL, granted TTL, keys) from the leader's lessor; None if unknown."""
         if self.is_leader:
             lease = self.lessor.lookup(lease_id)
@@ -862,6 +884,12 @@ class EtcdServer:
         if answer.get("error") == "not_found":
             return None
         return int(answer["ttl"]), int(answer["granted"]), [base64.b64decode(k) for k in answer["keys"]]
+
+    async def lease_leases(self) -> pb.LeaseLeasesResponse:
+        """Auth: a user that may read every leased key."""
+        leases = self.lessor.leases()
+        await self.auth.check_lease_leases(leases)
+        return pb.LeaseLeasesResponse(leases=[pb.LeaseStatus(ID=le.id) for le in leases])
 
     async def _ask_leader(self, request: dict[str, Any]) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + self.request_timeout
@@ -1009,6 +1037,9 @@ class EtcdServer:
         active = self._connected_voters(time.monotonic() - HEALTH_INTERVAL)
         if active - 1 < 1 + (len(voters) - 1) // 2:
             raise UnhealthyError()
+
+    def members(self) -> list[Member]:
+        return self.cluster.sorted_members()
 
     async def member_add(self, peer_urls: list[str], is_learner: bool) -> Member:
         validate_urls(peer_urls)

@@ -102,9 +102,13 @@ async def test_https(tmp_path: Path) -> None:
 
 async def test_http_servers_construct_without_starting(tmp_path: Path) -> None:
     e = Etcd(member_config(tmp_path, listen_client_http_urls=("http://127.0.0.1:0",)))
-    servers = HttpServers(e.cfg, e.server)
-    assert servers.client_http_ports == []
-    await servers.stop()  # stopping what never started is a no-op
+    await e.server.start()
+    try:
+        servers = HttpServers(e.cfg, e.server)
+        assert servers.client_http_ports == []
+        await servers.stop()  # stopping what never started is a no-op
+    finally:
+        await e.server.stop()
 
 
 async def test_stop_ends_open_streams(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -112,6 +116,7 @@ async def test_stop_ends_open_streams(tmp_path: Path, caplog: pytest.LogCaptureF
     cfg = member_config(tmp_path, listen_client_http_urls=("http://127.0.0.1:0",))
     e = Etcd(cfg)
     await e.start()
+    assert e.http is not None
     (port,) = e.http.client_http_ports
     await e.server.lease_grant(pb.LeaseGrantRequest(ID=5, TTL=30))
     forever = asyncio.Event()
