@@ -109,6 +109,7 @@ lint: venv
 	$(BIN)/ruff check server controllers tests bench scripts
 	$(BIN)/ruff format --check server controllers tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: venv peers
 	$(BIN)/pytest -q
@@ -137,4 +138,4 @@ raft-cluster: venv peers
 	$(BIN)/python -m tests.harness.cluster up
 
 clean:
-	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache build *.egg-info

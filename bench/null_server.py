@@ -15,7 +15,7 @@ import grpc
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from server.embed.config import Config
+from server.config import Config
 from server.embed.etcd import grpc_server_options
 
 Ctx = grpc.aio.ServicerContext[Any, Any]

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey
-from server.embed.config import Config, ConfigError
-from server.etcdserver.membership import Member, RaftCluster
+from server.config import Config, ConfigError
+from server.etcdserver.membership import Member, RaftCluster, initial_cluster_id, initial_members
 
 __all__ = ["RestoreError", "restore", "snapshot_restore"]
 
@@ -67,9 +67,9 @@ def restore(snapshot_path: str, cfg: Config, *, skip_hash_check: bool = False) -
                 tx.delete(bucket, key)
         for key in (MetaKey.CONSISTENT_INDEX, MetaKey.TERM, MetaKey.CONF_STATE, b"memberID"):
             tx.delete(Bucket.META, key)
-        members = cfg.initial_members()
+        members = initial_members(cfg)
         local_id = members[cfg.name][0]
-        cluster = RaftCluster(backend, local_id=local_id, cluster_id=cfg.initial_cluster_id())
+        cluster = RaftCluster(backend, local_id=local_id, cluster_id=initial_cluster_id(cfg))
         cluster.save_identity()
         for _, (mid, urls) in sorted(members.items()):
             cluster.add_member(Member(id=mid, peer_urls=urls))
@@ -103,6 +103,6 @@ def snapshot_restore(argv: Sequence[str]) -> int:
             shutil.rmtree(cfg.data_dir, ignore_errors=True)
         return 1
     print(
-        f"restored snapshot {args.file} into {cfg.data_dir} (member {cfg.name}, cluster {cfg.initial_cluster_id():x})"
+        f"restored snapshot {args.file} into {cfg.data_dir} (member {cfg.name}, cluster {initial_cluster_id(cfg):x})"
     )
     return 0

@@ -16,29 +16,20 @@ import socket
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 
-from server.embed.config import Config
+from server.config import Config
 from server.embed.frontends import FrontendLink, Frontends
-from server.embed.tls import TLSInfo, client_tls
 from server.etcdserver.server import EtcdServer
 from server.httpapi.http_server import HttpServers
+from server.tls import TLSInfo, client_tls
+from server.urls import host_port
 from server.v3rpc.registry import Services, add_to, interceptor, services
 
-__all__ = ["Etcd", "grpc_server_options", "host_port"]
+__all__ = ["Etcd", "grpc_server_options"]
 
 log = logging.getLogger(__name__)
-
-
-def host_port(url: str) -> tuple[str, int]:
-    """'http://localhost:2379' -> ('127.0.0.1', 2379): listeners bind IPv4 loopback for localhost."""
-    u = urlsplit(url)
-    if u.hostname is None or u.port is None:
-        raise ValueError(f"listen URL needs a host and a port: {url!r}")
-    host = "127.0.0.1" if u.hostname == "localhost" else u.hostname
-    return host, u.port
 
 
 def grpc_server_options(cfg: Config, reuse_port: bool = False) -> list[tuple[str, Any]]:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey, decode_uint64
-from server.embed.config import Config
+from server.config import Config
 from server.errors import EtcdError
-from server.etcdserver.membership import Member, RaftCluster
+from server.etcdserver.membership import Member, RaftCluster, initial_cluster_id, initial_members
 from server.etcdserver.transport import TransportError, peer_request
 from server.raft import Peer, RawNode, Snapshot
 from server.raft.storage import MemoryStorage
@@ -124,9 +124,9 @@ def _restart(cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter) -> Boo
 
 
 def _new_cluster(cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter) -> Bootstrapped:
-    members = cfg.initial_members()
+    members = initial_members(cfg)
     member_id = members[cfg.name][0]
-    cluster_id = cfg.initial_cluster_id()
+    cluster_id = initial_cluster_id(cfg)
     restored = RaftCluster.load(backend, local_id=member_id, max_learners=cfg.max_learners)
     if restored is not None and restored.cluster_id != cluster_id:
         raise BootstrapError(
@@ -146,7 +146,7 @@ def _new_cluster(cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter) ->
 async def _join(
     cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter, peer_ssl: ssl.SSLContext | None
 ) -> Bootstrapped:
-    members = cfg.initial_members()
+    members = initial_members(cfg)
     mine = set(cfg.initial_advertise_peer_urls)
     answer: dict[str, object] | None = None
     errors: list[str] = []

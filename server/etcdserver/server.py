@@ -37,14 +37,13 @@ from server.auth.token_provider import new_token_provider
 from server.backend.backend import BackendError
 from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey, decode_uint64, encode_uint64
-from server.embed.config import Config
-from server.embed.tls import peer_tls
+from server.config import Config, parse_retention
 from server.errors import EtcdError
 from server.etcdserver import txn, txn_codec
 from server.etcdserver.alarm import AlarmStore
 from server.etcdserver.apply import Applier, ApplierOptions, ApplyResult
 from server.etcdserver.bootstrap import Bootstrapped, bootstrap, new_raw_node
-from server.etcdserver.compactor import Compactor, parse_retention
+from server.etcdserver.compactor import Compactor
 from server.etcdserver.errors import (
     ApplyFailedError,
     BadLeaderTransfereeError,
@@ -62,7 +61,7 @@ from server.etcdserver.errors import (
     UnhealthyError,
 )
 from server.etcdserver.idutil import Generator
-from server.etcdserver.membership import Member, RaftCluster, compute_member_id, validate_urls
+from server.etcdserver.membership import Member, RaftCluster, compute_member_id
 from server.etcdserver.quota import BackendQuota
 from server.etcdserver.quota import cost as quota_cost
 from server.etcdserver.raft_node import RaftCallbacks, RaftNode
@@ -85,6 +84,8 @@ from server.raft import (
     StateType,
 )
 from server.raft import ProposalDroppedError as RaftProposalDropped
+from server.tls import peer_tls
+from server.urls import validate_urls
 from server.version import CLUSTER_VERSION
 
 __all__ = ["EtcdServer"]

@@ -29,10 +29,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
+from server.api.raftpb.raftcodec import marshal_message, unmarshal_message
 from server.raft.raftpb import Message, MessageType
-from server.wal.raftcodec import marshal_message, unmarshal_message
+from server.urls import host_port
 
 __all__ = ["PeerHandler", "Transport", "TransportError", "peer_request"]
 
@@ -59,10 +59,10 @@ class TransportError(Exception):
 
 
 def _hostport(url: str) -> tuple[str, int]:
-    u = urlsplit(url)
-    if u.hostname is None or u.port is None:
-        raise TransportError(f"peer URL needs host and port: {url!r}")
-    return ("127.0.0.1" if u.hostname == "localhost" else u.hostname), u.port
+    try:
+        return host_port(url)
+    except ValueError as e:
+        raise TransportError(f"peer URL needs host and port: {url!r}") from e
 
 
 @dataclass

@@ -35,7 +35,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from server.api.etcdserverpb import rpc_pb2 as pb
-from server.embed.config import Config
+from server.config import Config
 from server.errors import EtcdError
 from server.etcdserver.server import EtcdServer
 from server.httpapi import jsonpb

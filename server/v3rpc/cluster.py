@@ -9,7 +9,8 @@ import grpc
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.etcdserver.api import Admission, Membership
-from server.etcdserver.membership import Member, validate_urls
+from server.etcdserver.membership import Member
+from server.urls import validate_urls
 from server.v3rpc.header import Header
 from server.v3rpc.util import unary
 

@@ -15,6 +15,7 @@ from server.etcdserver import errors as se
 from server.etcdserver import membership as ms
 from server.lease import lessor as le
 from server.mvcc import kv as mvcc
+from server.urls import BadURLsError
 
 __all__ = ["GRPC_ERRORS", "to_grpc_status"]
 
@@ -104,7 +105,7 @@ GRPC_ERRORS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
     ms.PeerURLExistsError: (C.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists"),
     ms.MemberNotLearnerError: (C.FAILED_PRECONDITION, "etcdserver: can only promote a learner member"),
     ms.TooManyLearnersError: (C.FAILED_PRECONDITION, "etcdserver: too many learner members in cluster"),
-    ms.BadURLsError: (C.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid"),
+    BadURLsError: (C.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid"),
     # auth
     ae.RootUserNotExistError: (C.FAILED_PRECONDITION, "etcdserver: root user does not exist"),
     ae.RootRoleNotExistError: (C.FAILED_PRECONDITION, "etcdserver: root user does not have root role"),

@@ -15,7 +15,7 @@ from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey
-from server.embed.config import Config
+from server.config import Config
 from server.errors import EtcdError
 from server.etcdserver.alarm import AlarmStore
 from server.etcdserver.api import Admission, RaftStatus
