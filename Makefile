@@ -109,6 +109,7 @@ lint: venv
 	$(BIN)/ruff check server controllers tests bench scripts
 	$(BIN)/ruff format --check server controllers tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/mypy tests bench
 	$(BIN)/lint-imports
 
 test: venv peers

@@ -47,7 +47,7 @@ class NullMaintenance(pb_grpc.MaintenanceServicer):
 async def serve(listen: str) -> None:
     server = grpc.aio.server(options=grpc_server_options(Config()))
     pb_grpc.add_KVServicer_to_server(NullKV(), server)
-    pb_grpc.add_MaintenanceServicer_to_server(NullMaintenance(), server)
+    pb_grpc.add_MaintenanceServicer_to_server(NullMaintenance(), server)  # type: ignore[abstract]
     server.add_insecure_port(listen)
     await server.start()
     await server.wait_for_termination()

@@ -314,8 +314,8 @@ def _grpc_probe(m: Member) -> list[object]:
         )
         call("put ignore_value", kv.Put, pb.PutRequest(key=b"b", ignore_value=True), tok)
         # leases: a user may keep alive / revoke / look into a lease only if it may use its keys
-        lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=100), metadata=[("token", root)]).ID
-        kv.Put(pb.PutRequest(key=b"a", value=b"leased", lease=lid), metadata=[("token", root)])
+        lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=100), metadata=(("token", root),)).ID
+        kv.Put(pb.PutRequest(key=b"a", value=b"leased", lease=lid), metadata=(("token", root),))
         call("ttl keys alice", lease.LeaseTimeToLive, pb.LeaseTimeToLiveRequest(ID=lid, keys=True), tok)
         call("ttl alice", lease.LeaseTimeToLive, pb.LeaseTimeToLiveRequest(ID=lid), tok)
         call("leases alice", lease.LeaseLeases, pb.LeaseLeasesRequest(), tok)
@@ -340,7 +340,7 @@ def _grpc_probe(m: Member) -> list[object]:
                 pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"b")),
                 pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"p/", range_end=b"p0")),
             ]
-            md = [("token", token)] if token else []
+            md = (("token", token),) if token else ()
             stream = watch.Watch(iter(reqs), metadata=md, timeout=5)
             try:
                 for _ in reqs:
@@ -464,24 +464,26 @@ def test_tokens_and_permissions_across_members(tmp_path: Path) -> None:
         # a token minted through one member works on every member
         for m in (m0, m1, m2):
             assert (
-                stub(m).Range(pb.RangeRequest(key=b"a"), metadata=[("token", tok)], timeout=10).kvs[0].value
+                stub(m).Range(pb.RangeRequest(key=b"a"), metadata=(("token", tok),), timeout=10).kvs[0].value
                 == b"1"
             )
         # a permission revoked through one member is refused by the others
         Etcdctl(m1.client_url).ok(ROOT, "role", "revoke-permission", "r1", "a")
         for m in (m0, m2):
             with pytest.raises(grpc.RpcError) as err:
-                stub(m).Range(pb.RangeRequest(key=b"a"), metadata=[("token", tok)], timeout=10)
+                stub(m).Range(pb.RangeRequest(key=b"a"), metadata=(("token", tok),), timeout=10)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         # the leader revokes expired leases as root, with auth enabled
         lease = pb_grpc.LeaseStub(grpc.insecure_channel(m2.client_url.split("://", 1)[1]))
-        lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=2), metadata=[("token", root)], timeout=10).ID
+        lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=2), metadata=(("token", root),), timeout=10).ID
         stub(m2).Put(
-            pb.PutRequest(key=b"p/leased", value=b"v", lease=lid), metadata=[("token", root)], timeout=10
+            pb.PutRequest(key=b"p/leased", value=b"v", lease=lid), metadata=(("token", root),), timeout=10
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            kvs = stub(m1).Range(pb.RangeRequest(key=b"p/leased"), metadata=[("token", root)], timeout=10).kvs
+            kvs = (
+                stub(m1).Range(pb.RangeRequest(key=b"p/leased"), metadata=(("token", root),), timeout=10).kvs
+            )
             if not kvs:
                 break
             time.sleep(0.5)

@@ -193,7 +193,7 @@ def normalize(msg: Message) -> str:
     """The response as text, with only the revision of its header."""
     m = type(msg)()
     m.CopyFrom(msg)
-    if m.DESCRIPTOR.fields_by_name.get("header") is not None and m.HasField("header"):  # type: ignore[attr-defined]
+    if m.DESCRIPTOR.fields_by_name.get("header") is not None and m.HasField("header"):
         rev = m.header.revision  # type: ignore[attr-defined]
         m.header.Clear()  # type: ignore[attr-defined]
         m.header.revision = rev  # type: ignore[attr-defined]
@@ -327,7 +327,7 @@ def test_ranges_over_50k_keys(pair: tuple[Server, Server]) -> None:
     assert pair[0].fingerprint()[0] == pair[1].fingerprint()[0]
     first_rev = pair[1].fingerprint()[0] - BIG // 128
     R = pb.RangeRequest
-    big = {"key": b"big/", "range_end": b"big0"}
+    big: dict[str, Any] = {"key": b"big/", "range_end": b"big0"}
     requests = {
         "all": R(**big),
         "limit 10": R(**big, limit=10),
@@ -720,7 +720,7 @@ def test_alarm_of_unknown_type(fresh_etcd: Server, fresh_petcd: Server) -> None:
         time.sleep(0.5)
         assert s.alive(), f"{s.kind} died on an alarm of type 99:\n{s.member.log()[-3000:]}"
         g = outcome(lambda s=s, get=get: s.mt.Alarm(get, timeout=10), alarms)  # type: ignore[misc]
-        st = outcome(lambda s=s: s.mt.Status(pb.StatusRequest(), timeout=5), lambda r: "status")
+        st = outcome(lambda s=s: s.mt.Status(pb.StatusRequest(), timeout=5), lambda r: "status")  # type: ignore[misc]
         deact = pb.AlarmRequest(action=pb.AlarmRequest.DEACTIVATE, memberID=mid, alarm=99)  # type: ignore[arg-type]
         d = outcome(lambda s=s, deact=deact: s.mt.Alarm(deact, timeout=10), alarms)  # type: ignore[misc]
         outs[s.kind] = (a, g, st, d)
@@ -785,9 +785,9 @@ def test_malformed_protobuf_gets_etcds_error(pair: tuple[Server, Server]) -> Non
 
 
 def test_malformed_watch_request_gets_etcds_error(pair: tuple[Server, Server]) -> None:
-    outs = []
+    outs: list[tuple[str, ...]] = []
     for s in pair:
-        call = s.channel.stream_stream("/etcdserverpb.Watch/Watch")
+        call: Any = s.channel.stream_stream("/etcdserverpb.Watch/Watch")
         try:
             list(call(iter([b"\xff\xff\xff"]), timeout=5))
             outs.append(("ok",))
@@ -812,7 +812,7 @@ def test_range_stream_probe_like_kube_apiserver(pair: tuple[Server, Server]) -> 
     req = pb.RangeRequest(key=b"a", range_end=b"b").SerializeToString()
 
     def probe(s: Server) -> Any:
-        call = s.channel.unary_stream("/etcdserverpb.KV/RangeStream")
+        call: Any = s.channel.unary_stream("/etcdserverpb.KV/RangeStream")
         return list(call(req, timeout=5, metadata=(("hasleader", "true"),)))
 
     e, p = both(pair, probe)

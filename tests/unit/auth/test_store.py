@@ -57,7 +57,7 @@ def add_user(s: AuthStore, name: str, pw: str = "pw", *roles: str) -> None:
         s.user_grant_role(pb.AuthUserGrantRoleRequest(user=name, role=r))
 
 
-def grant(s: AuthStore, role: str, t: int, key: bytes, end: bytes = b"") -> None:
+def grant(s: AuthStore, role: str, t: authpb.Permission.Type.ValueType, key: bytes, end: bytes = b"") -> None:
     s.role_grant_permission(
         pb.AuthRoleGrantPermissionRequest(
             name=role, perm=authpb.Permission(permType=t, key=key, range_end=end)
@@ -253,7 +253,7 @@ def test_txn_checks_every_key_nested(store: AuthStore) -> None:
             pb.RequestOp(request_txn=txn(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"a"))]))
         ],
     )
-    check_txn(store, ai, NoLeases(), ok)  # type: ignore[arg-type]
+    check_txn(store, ai, NoLeases(), ok)
     for bad in (
         txn(compare=[pb.Compare(key=b"b")]),
         txn(success=[pb.RequestOp(request_put=pb.PutRequest(key=b"b", prev_kv=True))]),
@@ -265,7 +265,7 @@ def test_txn_checks_every_key_nested(store: AuthStore) -> None:
         ),
     ):
         with pytest.raises(ae.PermissionDeniedError):
-            check_txn(store, ai, NoLeases(), bad)  # type: ignore[arg-type]
+            check_txn(store, ai, NoLeases(), bad)
 
 
 def test_authenticate_and_passwords(store: AuthStore) -> None:

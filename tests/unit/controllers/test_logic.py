@@ -280,7 +280,7 @@ def test_controller_outcomes(outcome: Any, result: str, requeued: bool) -> None:
     def reconcile(key: str) -> Result | None:
         if isinstance(outcome, Exception):
             raise outcome
-        return outcome  # type: ignore[no-any-return]
+        return outcome
 
     m = Metrics("t")
     kube: Any = NoKube()

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from server.api.authpb import auth_pb2 as authpb
 from server.api.etcdserverpb import raft_internal_pb2 as rpb
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.auth import errors as ae
@@ -192,7 +193,7 @@ def test_kv_entries_are_checked_against_the_entrys_user(sm: StateMachine) -> Non
     sm.ok(
         "root",
         auth_role_grant_permission=pb.AuthRoleGrantPermissionRequest(
-            name="r", perm={"permType": "READWRITE", "key": b"a/", "range_end": b"a0"}
+            name="r", perm=authpb.Permission(permType=authpb.Permission.READWRITE, key=b"a/", range_end=b"a0")
         ),
     )
     sm.ok("alice", put=put(b"a/1"))
