@@ -28,13 +28,31 @@ def _b(key: Key) -> bytes:
     return key.encode() if isinstance(key, str) else key
 
 
+class _Token(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Every call carries the token, as clientv3 sends it."""
+
+    def __init__(self, token: str) -> None:
+        self._md = ("token", token)
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self._md])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
 class Client:
+    """token: sent with every call, the raw stubs' included."""
+
     def __init__(
         self, endpoint: str, *, token: str | None = None, options: Sequence[tuple[str, Any]] = ()
     ) -> None:
         self.endpoint = endpoint
-        self.channel = grpc.insecure_channel(endpoint, options=list(options))
-        self.metadata: tuple[tuple[str, str], ...] = (("token", token),) if token else ()
+        self._raw = grpc.insecure_channel(endpoint, options=list(options))
+        self.channel = grpc.intercept_channel(self._raw, _Token(token)) if token else self._raw
         ch = self.channel
         self.kv = pb_grpc.KVStub(ch)
         self.lease = pb_grpc.LeaseStub(ch)
@@ -44,7 +62,7 @@ class Client:
         self.auth = pb_grpc.AuthStub(ch)
 
     def close(self) -> None:
-        self.channel.close()
+        self._raw.close()
 
     def __enter__(self) -> Client:
         return self
@@ -53,7 +71,7 @@ class Client:
         self.close()
 
     def _kw(self) -> dict[str, Any]:
-        return {"timeout": TIMEOUT, "metadata": self.metadata}
+        return {"timeout": TIMEOUT}
 
     # -- KV ---------------------------------------------------------------------------------------
 

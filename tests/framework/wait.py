@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 
 def wait_until(
-    fn: Callable[[], T | None], timeout: float = 20.0, what: str = "condition", interval: float = 0.05
+    fn: Callable[[], T | None], timeout: float = 20.0, *, what: str = "condition", interval: float = 0.05
 ) -> T:
     """Call fn until it returns something truthy (and return that), or fail after timeout.
     Exceptions from fn count as "not yet"; the last one is reported on timeout."""

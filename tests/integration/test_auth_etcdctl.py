@@ -12,7 +12,6 @@ import json
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -20,12 +19,14 @@ import pytest
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from tests.framework.differential import Differential, normalizer
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.normalize import Normalizer
 from tests.harness.procs import Member, free_port
-from tests.integration.test_differential_etcdctl import Cmd, c, normalizer, txn_input
+from tests.integration.test_differential_etcdctl import Cmd, c, txn_input
 
-pytestmark = pytest.mark.integration
+# bcrypt's cost only changes how long hashing takes
+pytestmark = [pytest.mark.integration, pytest.mark.flags("--bcrypt-cost=4")]
 
 ROOT = "--user=root:rootpw"
 ALICE = "--user=alice:alicepw"
@@ -207,13 +208,6 @@ SESSIONS: dict[str, list[Cmd]] = {
 }
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Member, Member]]:
-    # bcrypt's cost only changes how long hashing takes
-    with Member.petcd(tmp_path, "--bcrypt-cost=4") as p, Member.etcd(tmp_path, "--bcrypt-cost=4") as e:
-        yield p, e
-
-
 def _clean(text: str) -> str:
     text = re.sub(r'"took":"[^"]*"', '"took":"T"', text)
     return re.sub(r"took = [^\n]*", "took = T", text)
@@ -222,8 +216,7 @@ def _clean(text: str) -> str:
 def session_mismatches(p: Member, e: Member, cmds: list[Cmd]) -> list[str]:
     """Run the same etcdctl commands against petcd and etcd; what differed."""
     ctl_p, ctl_e = Etcdctl(p.client_url), Etcdctl(e.client_url)
-    norm_p = normalizer(p, ctl_p("endpoint", "status", "-wjson").json()[0]["Status"])
-    norm_e = normalizer(e, ctl_e("endpoint", "status", "-wjson").json()[0]["Status"])
+    norm_p, norm_e = normalizer(p), normalizer(e)
     mismatches = []
     for cmd in cmds:
         rp, re_ = ctl_p(*cmd.args, input=cmd.stdin), ctl_e(*cmd.args, input=cmd.stdin)
@@ -235,8 +228,8 @@ def session_mismatches(p: Member, e: Member, cmds: list[Cmd]) -> list[str]:
 
 
 @pytest.mark.parametrize("session", SESSIONS, ids=list(SESSIONS))
-def test_auth_session(pair: tuple[Member, Member], session: str) -> None:
-    mismatches = session_mismatches(*pair, [*SETUP, *SESSIONS[session]])
+def test_auth_session(pair: Differential, session: str) -> None:
+    mismatches = session_mismatches(pair.petcd, pair.etcd, [*SETUP, *SESSIONS[session]])
     assert not mismatches, "\n".join(mismatches)
 
 

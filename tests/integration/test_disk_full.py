@@ -39,7 +39,7 @@ import pytest
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from tests.harness.cluster import poll
+from tests.framework.wait import wait_until
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.procs import Member
 
@@ -268,7 +268,7 @@ def fill_and_recover(m: Member, disk: SmallDisk, log_writable: bool) -> None:
     else:
         # injected ENOSPC leaves not a byte for the WAL, so the restarted member cannot even vote
         # for itself (a new term is a WAL record): only a serializable read can answer
-        found = poll(
+        found = wait_until(
             lambda: _found(m, serializable=not disk.mounted),
             30,
             what="a read after the restart on the full disk",
@@ -286,11 +286,11 @@ def fill_and_recover(m: Member, disk: SmallDisk, log_writable: bool) -> None:
     ctl = Etcdctl(m.client_url)
     ch, kv = _kv(m)
     with ch:
-        rev = poll(lambda: kv.Range(pb.RangeRequest(key=b"x"), timeout=10).header.revision, 30)
+        rev = wait_until(lambda: kv.Range(pb.RangeRequest(key=b"x"), timeout=10).header.revision, 30)
         for args in (("compact", str(rev)), ("defrag",), ("alarm", "disarm")):
             r = ctl(*args, timeout=60)
             assert r.rc == 0, f"etcdctl {' '.join(args)}: {r.err}"
-        after = poll(
+        after = wait_until(
             lambda: kv.Put(pb.PutRequest(key=b"full/after", value=b"space is back"), timeout=10),
             30,
             what="a put after compact + defrag + disarm",
@@ -298,7 +298,7 @@ def fill_and_recover(m: Member, disk: SmallDisk, log_writable: bool) -> None:
     assert "NOSPACE" not in _alarms(m)
     m.kill()
     m.start(timeout=60)
-    found = poll(lambda: _found(m), 30, what="a read after the last restart")
+    found = wait_until(lambda: _found(m), 30, what="a read after the last restart")
     lost = _lost(load.acked, found, deleted)
     assert not lost, f"{len(lost)} acknowledged puts lost, e.g. {lost[:3]}"
     assert found.get(b"full/after") == after.header.revision
@@ -402,7 +402,7 @@ def test_wal_torn_tail_is_repaired(tmp_path: Path, how: str) -> None:
     else:
         os.truncate(seg, end - 12)
     m.start(timeout=30)
-    found = poll(lambda: _found(m), 30, what="a read after the repair")
+    found = wait_until(lambda: _found(m), 30, what="a read after the repair")
     lost = _lost(acked, found, set())
     assert not lost, f"{len(lost)} acknowledged puts lost to the tail repair, e.g. {lost[:3]}"
     assert "torn tail" in m.log()
@@ -439,7 +439,7 @@ def test_lmdb_damage_is_a_clear_error(tmp_path: Path, how: str) -> None:
         assert str(db) in line, f"the error does not name the file: {line}"
         return
     # it started: then nothing may be missing
-    found = poll(lambda: _found(m), 30, what="a read")
+    found = wait_until(lambda: _found(m), 30, what="a read")
     lost = _lost(acked, found, set())
     m.stop()
     assert not lost, f"petcd started on a damaged db with {len(lost)} acknowledged puts missing"

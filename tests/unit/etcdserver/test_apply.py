@@ -29,7 +29,7 @@ from server.auth import errors as ae
 from server.etcdserver.apply import OPS
 from server.etcdserver.errors import CorruptError, KeyNotFoundError, NoSpaceError
 from server.lease.lessor import LeaseNotFoundError
-from tests.unit.etcdserver.state_machine import MEMBER, StateMachine
+from tests.framework.state_machine import MEMBER, StateMachine
 
 
 @pytest.fixture
