@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from server.api.etcdserverpb import rpc_pb2 as pb
 from server.backend.backend import Backend
 from server.backend.schema import Bucket
 from server.errors import EtcdError
@@ -107,6 +108,19 @@ class Member:
         if self.is_learner:
             doc["isLearner"] = True
         return json.dumps(doc, separators=(",", ":")).encode()
+
+    def to_pb(self) -> pb.Member:
+        return pb.Member(
+            ID=self.id,
+            name=self.name,
+            peerURLs=list(self.peer_urls),
+            clientURLs=list(self.client_urls),
+            isLearner=self.is_learner,
+        )
+
+    @classmethod
+    def from_pb(cls, m: pb.Member) -> Member:
+        return cls(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), m.isLearner)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Member:

@@ -15,7 +15,6 @@ starts the loops, `await server.stop()` ends them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import io
 import itertools
@@ -31,6 +30,7 @@ from google.protobuf.message import Message as PbMessage
 from server.api.etcdserverpb import raft_internal_pb2 as rpb
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.membershippb import membership_pb2 as mpb
+from server.api.peerpb.peer_pb2 import PeerRequest, PeerResponse
 from server.auth.errors import AuthOldRevisionError
 from server.auth.store import AuthStore
 from server.auth.token_provider import new_token_provider
@@ -39,7 +39,7 @@ from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey, decode_uint64, encode_uint64
 from server.config import Config, parse_retention
 from server.errors import EtcdError
-from server.etcdserver import txn, txn_codec
+from server.etcdserver import peer, txn, txn_codec
 from server.etcdserver.alarm import AlarmStore
 from server.etcdserver.apply import Applier, ApplierOptions, ApplyResult
 from server.etcdserver.bootstrap import Bootstrapped, bootstrap, new_raw_node
@@ -61,7 +61,13 @@ from server.etcdserver.errors import (
     UnhealthyError,
 )
 from server.etcdserver.idutil import Generator
-from server.etcdserver.membership import Member, RaftCluster, compute_member_id
+from server.etcdserver.membership import (
+    Member,
+    MemberNotFoundError,
+    MemberNotLearnerError,
+    RaftCluster,
+    compute_member_id,
+)
 from server.etcdserver.quota import BackendQuota
 from server.etcdserver.quota import cost as quota_cost
 from server.etcdserver.raft_node import RaftCallbacks, RaftNode
@@ -855,10 +861,8 @@ class EtcdServer:
             await self.auth.check_lease_renew(self.lessor.lookup(lease_id))
         if self.is_leader:
             return self.lessor.renew(lease_id)
-        answer = await self._ask_leader({"op": "lease_renew", "id": lease_id})
-        if answer.get("error") == "not_found":
-            raise LeaseNotFoundError()
-        return int(answer["ttl"])
+        resp = await self._ask_leader(PeerRequest(lease_keep_alive=pb.LeaseKeepAliveRequest(ID=lease_id)))
+        return int(resp.lease_keep_alive.TTL)
 
     async def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
         """From the leader's lessor (TTL -1: no such lease). Auth: any user; with keys, one that
@@ -877,14 +881,19 @@ class EtcdServer:
     async def _lease_time_to_live(self, lease_id: int, keys: bool) -> tuple[int, int, list[bytes]] | None:
         """(remaining TTL, granted TTL, keys) from the leader's lessor; None if unknown."""
         if self.is_leader:
-            lease = self.lessor.lookup(lease_id)
-            if lease is None:
-                return None
-            return int(self.lessor.remaining(lease)), lease.ttl, sorted(lease.keys) if keys else []
-        answer = await self._ask_leader({"op": "lease_ttl", "id": lease_id, "keys": keys})
-        if answer.get("error") == "not_found":
+            return self._local_lease_time_to_live(lease_id, keys)
+        req = pb.LeaseTimeToLiveRequest(ID=lease_id, keys=keys)
+        try:
+            resp = (await self._ask_leader(PeerRequest(lease_time_to_live=req))).lease_time_to_live
+        except LeaseNotFoundError:
             return None
-        return int(answer["ttl"]), int(answer["granted"]), [base64.b64decode(k) for k in answer["keys"]]
+        return int(resp.TTL), int(resp.grantedTTL), list(resp.keys)
+
+    def _local_lease_time_to_live(self, lease_id: int, keys: bool) -> tuple[int, int, list[bytes]] | None:
+        lease = self.lessor.lookup(lease_id)
+        if lease is None:
+            return None
+        return int(self.lessor.remaining(lease)), lease.ttl, sorted(lease.keys) if keys else []
 
     async def lease_leases(self) -> pb.LeaseLeasesResponse:
         """Auth: a user that may read every leased key."""
@@ -892,53 +901,63 @@ class EtcdServer:
         await self.auth.check_lease_leases(leases)
         return pb.LeaseLeasesResponse(leases=[pb.LeaseStatus(ID=le.id) for le in leases])
 
-    async def _ask_leader(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _ask_leader(self, request: PeerRequest) -> PeerResponse:
+        """The leader's answer (here, if this member leads); its error raised here as the leader
+        met it (server/etcdserver/peer.py)."""
         deadline = asyncio.get_running_loop().time() + self.request_timeout
         while True:
             leader = self.cluster.member(self.leader_id) if self.leader_id else None
+            resp: PeerResponse | None = None
             if leader is not None and leader.id != self.member_id:
-                try:
-                    return await peer_request(
+                with contextlib.suppress(OSError, TransportError, TimeoutError):
+                    resp = await peer_request(
                         leader.peer_urls[0], request, member_id=self.member_id, ssl_ctx=self._peer_ssl
                     )
-                except (OSError, TransportError, TimeoutError):
-                    pass
             elif self.is_leader:
-                return await self._on_peer_request(request)
+                resp = await self._on_peer_request(request)
+            if resp is not None:
+                if resp.HasField("error"):
+                    peer.raise_error(resp.error)
+                return resp
             if asyncio.get_running_loop().time() > deadline:
                 raise NoLeaderError()
             # a new leader, or (an unreachable leader) a heartbeat later
             await self._leader_change(deadline, retry=self.cfg.heartbeat_interval_ms / 1000)
 
-    async def _on_peer_request(self, req: dict[str, Any]) -> dict[str, Any]:
-        op = req.get("op")
-        if op == "members":
-            return {
-                "cluster_id": f"{self.cluster.cluster_id:x}",
-                "members": [m.to_json().decode() for m in self.cluster.sorted_members()],
-            }
-        if op == "lease_renew":
-            try:
-                return {"ttl": self.lessor.renew(int(req["id"]))}
-            except (LeaseNotFoundError, NotPrimaryError):
-                return {"error": "not_found"}
-        if op == "lease_ttl":
-            lease = self.lessor.lookup(int(req["id"]))
-            if lease is None:
-                return {"error": "not_found"}
-            keys = sorted(lease.keys) if req.get("keys") else []
-            return {
-                "ttl": int(self.lessor.remaining(lease)),
-                "granted": lease.ttl,
-                "keys": [base64.b64encode(k).decode() for k in keys],
-            }
-        if op == "promote":
-            try:
-                await self.member_promote(int(req["id"]))
-                return {}
-            except Exception as e:
-                return {"error": type(e).__name__}
-        return {"error": f"unknown op {op!r}"}
+    async def _on_peer_request(self, req: PeerRequest) -> PeerResponse:
+        try:
+            which = req.WhichOneof("request")
+            if which == "member_list":
+                return PeerResponse(
+                    member_list=pb.MemberListResponse(
+                        header=pb.ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id),
+                        members=[m.to_pb() for m in self.members()],
+                    )
+                )
+            if which == "lease_keep_alive":
+                lease_id = req.lease_keep_alive.ID
+                try:
+                    ttl = self.lessor.renew(lease_id)
+                except NotPrimaryError:
+                    raise LeaseNotFoundError() from None
+                return PeerResponse(lease_keep_alive=pb.LeaseKeepAliveResponse(ID=lease_id, TTL=ttl))
+            if which == "lease_time_to_live":
+                r = req.lease_time_to_live
+                found = self._local_lease_time_to_live(r.ID, r.keys)
+                if found is None:
+                    raise LeaseNotFoundError()
+                ttl, granted, keys = found
+                return PeerResponse(
+                    lease_time_to_live=pb.LeaseTimeToLiveResponse(
+                        ID=r.ID, TTL=ttl, grantedTTL=granted, keys=keys
+                    )
+                )
+            if which == "member_promote":
+                await self.member_promote(req.member_promote.ID)
+                return PeerResponse(member_promote=pb.MemberPromoteResponse())
+            raise ValueError(f"unknown peer request {which!r}")
+        except Exception as e:
+            return peer.error_response(e)
 
     # -- Maintenance ----------------------------------------------------------------------------
 
@@ -1076,12 +1095,12 @@ class EtcdServer:
         if not self._ready_to_change_voters(adding=True):
             raise NotEnoughStartedMembersError()
         if not self.is_leader:
-            answer = await self._ask_leader({"op": "promote", "id": member_id})
-            error = answer.get("error")
-            if error == "LearnerNotReadyError":
-                raise LearnerNotReadyError()
-            if error:
-                raise NotLeaderError()
+            try:
+                await self._ask_leader(PeerRequest(member_promote=pb.MemberPromoteRequest(ID=member_id)))
+            except (LearnerNotReadyError, MemberNotFoundError, MemberNotLearnerError):
+                raise  # etcd returns these from the leader; anything else: not promoted here
+            except EtcdError:
+                raise NotLeaderError() from None
             return
         progress = self.raft.node.status().progress.get(member_id)
         leader = self.raft.node.status().progress.get(self.member_id)

@@ -9,24 +9,13 @@ import grpc
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.etcdserver.api import Admission, Membership
-from server.etcdserver.membership import Member
 from server.urls import validate_urls
 from server.v3rpc.header import Header
 from server.v3rpc.util import unary
 
-__all__ = ["ClusterService", "member_to_pb"]
+__all__ = ["ClusterService"]
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
-
-
-def member_to_pb(m: Member) -> pb.Member:
-    return pb.Member(
-        ID=m.id,
-        name=m.name,
-        peerURLs=list(m.peer_urls),
-        clientURLs=list(m.client_urls),
-        isLearner=m.is_learner,
-    )
 
 
 class ClusterService(pb_grpc.ClusterServicer):
@@ -39,7 +28,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         return self._hdr.new()  # etcd's member responses carry no revision
 
     def _members(self) -> list[pb.Member]:
-        return [member_to_pb(m) for m in self._c.members()]
+        return [m.to_pb() for m in self._c.members()]
 
     @unary
     async def MemberList(self, request: pb.MemberListRequest, context: Ctx) -> pb.MemberListResponse:
@@ -51,9 +40,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         validate_urls(list(request.peerURLs))  # etcd checks the URLs before the permission
         await self._auth.check_admin()
         member = await self._c.member_add(list(request.peerURLs), request.isLearner)
-        return pb.MemberAddResponse(
-            header=self._header(), member=member_to_pb(member), members=self._members()
-        )
+        return pb.MemberAddResponse(header=self._header(), member=member.to_pb(), members=self._members())
 
     @unary
     async def MemberRemove(self, request: pb.MemberRemoveRequest, context: Ctx) -> pb.MemberRemoveResponse:
