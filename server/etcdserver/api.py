@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from server.api.etcdserverpb import rpc_pb2 as pb
+from server.auth.errors import AuthError
 from server.auth.store import AuthInfo
 from server.etcdserver.membership import Member
 
@@ -88,7 +89,7 @@ class Admission(Protocol):
 
     async def check_admin(self) -> None: ...
 
-    async def watch_denied(self, creq: pb.WatchCreateRequest) -> str | None: ...
+    async def watch_denied(self, creq: pb.WatchCreateRequest) -> AuthError | None: ...
 
 
 class Authenticator(Admission, Protocol):

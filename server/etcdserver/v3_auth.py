@@ -123,20 +123,13 @@ class ServerAuth:
     def txn_check(self, r: pb.TxnRequest) -> Callable[[AuthInfo], None]:
         return lambda ai: check_txn(self.store, ai, self._leases, r)
 
-    async def watch_denied(self, creq: pb.WatchCreateRequest) -> str | None:
-        """Why a watch may not be created (the canceled response's reason: etcd puts the gRPC
-        error's Go string there), or None."""
+    async def watch_denied(self, creq: pb.WatchCreateRequest) -> AuthError | None:
+        """Why the caller may not watch creq's range, or None."""
         try:
             ai = await self.auth_info() or AuthInfo("", 0)
             self.store.is_range_permitted(ai, creq.key or b"\x00", creq.range_end)
-        except InvalidAuthTokenError:
-            return "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"
-        except AuthOldRevisionError:
-            return "rpc error: code = InvalidArgument desc = etcdserver: revision of auth store is old"
-        except UserEmptyError:
-            return "rpc error: code = InvalidArgument desc = etcdserver: user name is empty"
-        except AuthError:
-            return "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+        except AuthError as e:
+            return e
         return None
 
     # -- leases ---------------------------------------------------------------------------------

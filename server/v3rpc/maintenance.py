@@ -19,9 +19,10 @@ from server.config import Config
 from server.errors import EtcdError
 from server.etcdserver.alarm import AlarmStore
 from server.etcdserver.api import Admission, RaftStatus
-from server.etcdserver.errors import NotCapableError
+from server.etcdserver.errors import NoLeaderError, NotCapableError
 from server.etcdserver.quota import BackendQuota
 from server.mvcc.kvstore import KVStore
+from server.v3rpc.errors import to_grpc_status
 from server.v3rpc.header import Header
 from server.v3rpc.util import abort_with, unary
 from server.version import SERVER_VERSION, STORAGE_VERSION
@@ -120,7 +121,7 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
         )
         resp.downgradeInfo.SetInParent()
         if s.leader_id == 0:
-            resp.errors.append("etcdserver: no leader")
+            resp.errors.append(to_grpc_status(NoLeaderError())[1])
         resp.errors.extend(alarm_string(m) for m in s.alarms.get())
         self._hdr.fill(resp.header)
         return resp

@@ -26,6 +26,7 @@ from server.etcdserver import txn_codec
 from server.etcdserver.server import EtcdServer
 from server.v3rpc.auth import AuthService
 from server.v3rpc.cluster import ClusterService
+from server.v3rpc.errors import TooManyOpsError, to_grpc_status
 from server.v3rpc.header import Header
 from server.v3rpc.interceptor import EtcdInterceptor
 from server.v3rpc.kv import KVService
@@ -40,7 +41,7 @@ Services = dict[str, dict[str, "grpc.RpcMethodHandler[Any, Any]"]]
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 C = grpc.StatusCode
-TOO_MANY_OPS = (C.INVALID_ARGUMENT, "etcdserver: too many operations in txn request")
+TOO_MANY_OPS = to_grpc_status(TooManyOpsError())
 
 
 class _Undecodable:

@@ -23,6 +23,7 @@ from server.errors import EtcdError
 from server.etcdserver.api import Admission
 from server.mvcc.kv import CompactedError, RangeOptions, TxnRead
 from server.mvcc.watcher import INVALID_WATCH_ID, Channel, FilterFunc, WatchResponse, WatchStream
+from server.v3rpc.errors import WATCH_CANCEL_REASONS, go_status_text, to_grpc_status
 from server.v3rpc.header import Header
 
 __all__ = ["WatchService", "WatchableKV"]
@@ -30,10 +31,6 @@ __all__ = ["WatchService", "WatchableKV"]
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 MIN_PROGRESS_INTERVAL = 0.1
-_ERR_MESSAGES = {
-    "EmptyWatcherRangeError": "mvcc: watcher range is empty",
-    "DuplicateWatchIDError": "mvcc: duplicate watch ID provided on the WatchStream",
-}
 
 
 def _filter_noput(ev: Event) -> bool:
@@ -123,7 +120,7 @@ class _ServerWatchStream:
                 # auth: a user that may read the watched range (else a canceled watch)
                 auth = self._svc._auth
                 denied = await auth.watch_denied(creq) if auth.enabled else None
-                self._create(creq, denied)
+                self._create(creq, None if denied is None else go_status_text(denied))
             elif which == "cancel_request":
                 self._cancel(req.cancel_request.watch_id)
             elif which == "progress_request":
@@ -138,7 +135,7 @@ class _ServerWatchStream:
                     watch_id=INVALID_WATCH_ID,
                     created=True,
                     canceled=True,
-                    cancel_reason="etcdserver: mvcc: required revision has been compacted",
+                    cancel_reason=to_grpc_status(CompactedError())[1],
                 )
             )
             return
@@ -166,7 +163,7 @@ class _ServerWatchStream:
                     watch_id=INVALID_WATCH_ID,
                     created=True,
                     canceled=True,
-                    cancel_reason=_ERR_MESSAGES.get(type(e).__name__, str(e)),
+                    cancel_reason=WATCH_CANCEL_REASONS.get(type(e), str(e)),
                 )
             )
             return

@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from server.api.etcdserverpb import rpc_pb2 as pb
-from server.auth.errors import PermissionDeniedError
+from server.auth.errors import AuthError, PermissionDeniedError
 from server.auth.store import AuthInfo
 from server.etcdserver.membership import Member
 from server.lease.lessor import LeaseNotFoundError
@@ -130,7 +130,7 @@ class Fake:
         if not self.admin:
             raise PermissionDeniedError()
 
-    async def watch_denied(self, creq: pb.WatchCreateRequest) -> str | None:
+    async def watch_denied(self, creq: pb.WatchCreateRequest) -> AuthError | None:
         return None
 
 
