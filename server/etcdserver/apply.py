@@ -121,15 +121,15 @@ class Applier:
         req = getattr(r, which)
         try:
             auth = o.auth
-            ai = AuthInfo(r.header.username, r.header.auth_revision)
-            if op.admin and auth.enabled:
+            ai = AuthInfo(r.header.username, r.header.auth_revision) if auth.enabled else None
+            if op.admin and ai is not None:
                 auth.is_admin_permitted(ai)
             if op.corrupt and o.alarms.active(pb.CORRUPT):
                 raise CorruptError()
             c = cost(req) if op.capped or op.quota else 0
             if op.capped and c > 0 and o.alarms.active(pb.NOSPACE):
                 raise NoSpaceError()
-            if op.auth is not None and auth.enabled:
+            if op.auth is not None and ai is not None:
                 op.auth(auth, ai, o.lessor, req)
             fits = not op.quota or o.quota.fits(c)
             result = op.run(self, req, need_result)
