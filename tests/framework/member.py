@@ -27,11 +27,10 @@ from tests.framework.client import Client
 from tests.harness.procs import Member as ProcessMember
 from tests.harness.procs import free_port
 
-__all__ = ["RUNNERS", "InProcessMember", "Member", "connect", "running"]
+__all__ = ["InProcessMember", "Member", "connect", "running"]
 
 T = TypeVar("T")
 Runner = Literal["in-process", "petcd", "etcd"]
-RUNNERS: tuple[Runner, ...] = ("in-process", "petcd", "etcd")
 
 
 class Member(Protocol):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["wait_until", "wait_until_async"]
+__all__ = ["wait_until"]
 
 T = TypeVar("T")
 
@@ -30,25 +29,3 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached after {timeout}s (last: {last!r})")
         time.sleep(interval)
-
-
-async def wait_until_async(
-    fn: Callable[[], Awaitable[T | None]],
-    timeout: float = 20.0,
-    what: str = "condition",
-    interval: float = 0.05,
-) -> T:
-    """wait_until for a coroutine condition, on the running event loop."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = await fn()
-            if value:
-                return value
-            last = value
-        except Exception as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached after {timeout}s (last: {last!r})")
-        await asyncio.sleep(interval)
