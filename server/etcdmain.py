@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server.config import Config, ConfigError
 from server.durations import parse_duration
-from server.embed.config import Config, ConfigError
 from server.errors import EtcdError
 from server.version import API_VERSION, PETCD_VERSION, SERVER_VERSION
 
