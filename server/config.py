@@ -19,6 +19,7 @@ __all__ = ["Config", "ConfigError", "parse_retention"]
 
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 GRPC_OVERHEAD_BYTES = 512 * 1024
+GRPC_SERVERS = ("native", "grpcio")
 
 
 class ConfigError(ValueError):
@@ -69,6 +70,9 @@ class Config:
     unsafe_no_fsync: bool = False
     # petcd only: gRPC front-end processes sharing the client port (0: serve gRPC in-process)
     grpc_frontends: int = 0
+    # petcd only: the gRPC server of http:// client URLs, "native" (pygrpc-native) or "grpcio";
+    # https:// URLs are always grpcio's (server/embed/grpc_server.py says why)
+    grpc_server: str = "native"
 
     # transport security (client and peer)
     cert_file: str = ""
@@ -103,6 +107,8 @@ class Config:
             object.__setattr__(self, "initial_cluster", urls)
 
     def validate(self) -> None:
+        if self.grpc_server not in GRPC_SERVERS:
+            raise ConfigError(f"--grpc-server must be one of {', '.join(GRPC_SERVERS)}, not {self.grpc_server!r}")
         if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:
             raise ConfigError(
                 f"--election-timeout[{self.election_timeout_ms}ms] should be at least as 5 times as "

@@ -104,6 +104,7 @@ _FLAGS: list[Flag] = [
     Flag("unsafe-no-fsync", "unsafe_no_fsync", _bool, True),
     # petcd's own: front-end processes terminating gRPC on the client port (see server/embed/link.py)
     Flag("grpc-frontends", "grpc_frontends", int),
+    Flag("grpc-server", "grpc_server"),
     Flag("cert-file", "cert_file"),
     Flag("key-file", "key_file"),
     Flag("trusted-ca-file", "trusted_ca_file"),

@@ -3,7 +3,8 @@
     async with Etcd(cfg) as e:      # or: e = Etcd(cfg); await e.start(); ...; await e.stop()
         e.client_ports              # the bound ports, useful with :0 URLs in tests
 
-gRPC is served on --listen-client-urls; grpcio cannot share a port with HTTP/1.1, so the HTTP
+gRPC is served on --listen-client-urls (by pygrpc-native on http:// URLs unless --grpc-server=grpcio,
+by grpcio on https:// URLs: server/embed/grpc_server.py); grpcio cannot share a port with HTTP/1.1, so the HTTP
 endpoints (/health, /version, /metrics, the JSON gateway) are served on etcd 3.5's separate
 listeners, --listen-client-http-urls and --listen-metrics-urls.
 """
@@ -21,11 +22,12 @@ import grpc
 
 from server.config import Config
 from server.embed.frontends import FrontendLink, Frontends
+from server.embed.grpc_server import grpc_server
 from server.etcdserver.server import EtcdServer
 from server.httpapi.http_server import HttpServers
 from server.tls import TLSInfo, client_tls
 from server.urls import host_port
-from server.v3rpc.registry import Services, add_to, interceptor, services
+from server.v3rpc.registry import Services, interceptor, services
 
 __all__ = ["Etcd", "grpc_server_options"]
 
@@ -64,7 +66,8 @@ class Etcd:
         self.server = EtcdServer(cfg)
         # built once the server has started: the services hold the parts it starts with
         self.http: HttpServers | None = None
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: list[grpc.aio.Server] = []
+        self._grpcio: grpc.aio.Server | None = None
         self._link: FrontendLink | None = None
         self._frontends: Frontends | None = None
         self._reserved: list[socket.socket] = []
@@ -79,9 +82,7 @@ class Etcd:
             await self.http.start()
             interceptors = [interceptor(self.server)]
             options = grpc_server_options(cfg, reuse_port=cfg.grpc_frontends > 0)
-            g = grpc.aio.server(interceptors=interceptors, options=options)
             svcs = services(self.server)
-            add_to(g, svcs)
             tls = client_tls(cfg)
             listen: list[tuple[str, bool]] = []
             for url in cfg.listen_client_urls:
@@ -92,14 +93,16 @@ class Etcd:
                     bound = self._reserve_port(host, port)
                 elif secure:
                     assert tls is not None
-                    bound = g.add_secure_port(f"{host}:{port}", tls.grpc_credentials())
+                    bound = self._server("grpcio", svcs, interceptors, options).add_secure_port(
+                        f"{host}:{port}", tls.grpc_credentials()
+                    )
                 else:
+                    g = self._server(cfg.grpc_server, svcs, interceptors, options)
                     bound = g.add_insecure_port(f"{host}:{port}")
                 self.client_ports.append(bound)
                 listen.append((f"{host}:{bound}", secure))
-            if cfg.grpc_frontends == 0:
+            for g in self._grpc:
                 await g.start()
-                self._grpc = g
             if cfg.grpc_frontends > 0:
                 await self._start_frontends(svcs, interceptors, options, listen, tls)
         except BaseException:
@@ -110,6 +113,23 @@ class Etcd:
         log.info(
             "serving client traffic", extra={"urls": list(cfg.listen_client_urls), "ports": self.client_ports}
         )
+
+    def _server(
+        self,
+        kind: str,
+        svcs: Services,
+        interceptors: Sequence[grpc.aio.ServerInterceptor],
+        options: list[tuple[str, Any]],
+    ) -> grpc.aio.Server:
+        """A gRPC server of this kind for one more port: grpcio serves any number of ports,
+        pygrpc-native one each."""
+        if kind == "grpcio" and self._grpcio is not None:
+            return self._grpcio
+        g = grpc_server(kind, svcs, interceptors, options)
+        if kind == "grpcio":
+            self._grpcio = g
+        self._grpc.append(g)
+        return g
 
     def _reserve_port(self, host: str, port: int) -> int:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -155,9 +175,10 @@ class Etcd:
         for sock in self._reserved:
             sock.close()
         self._reserved.clear()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
-            self._grpc = None
+        for g in self._grpc:
+            await g.stop(grace=1.0)
+        self._grpc.clear()
+        self._grpcio = None
         await self.server.stop()
 
     async def wait_stopped(self) -> str:
