@@ -108,7 +108,9 @@ class Config:
 
     def validate(self) -> None:
         if self.grpc_server not in GRPC_SERVERS:
-            raise ConfigError(f"--grpc-server must be one of {', '.join(GRPC_SERVERS)}, not {self.grpc_server!r}")
+            raise ConfigError(
+                f"--grpc-server must be one of {', '.join(GRPC_SERVERS)}, not {self.grpc_server!r}"
+            )
         if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:
             raise ConfigError(
                 f"--election-timeout[{self.election_timeout_ms}ms] should be at least as 5 times as "

@@ -1,15 +1,22 @@
 """The one loop that does raft's IO (etcd's server/etcdserver/raft.go).
 
     tick timer --tick()--> RawNode <--step()-- transport (peer messages)
-                              |  ^ propose() / read_index() / ...
-                           ready()
+                              |  ^ every proposal queued since the last Ready, in one MsgProp
+                           ready()   (propose(); read_index() / ... directly)
                               v
     1. persist: snapshot file + WAL (hard state, entries), fdatasync when must_sync,
-       on the WAL thread so the event loop keeps serving meanwhile
+       on the WAL thread so the event loop keeps serving meanwhile; meanwhile the committed
+       entries are applied (2'), unless the Ready carries a snapshot
     2. raft's storage learns the persisted entries (and snapshot)
     3. send the messages (after persisting: votes and appends are durable first)
     4. apply: snapshot, then committed entries, through the server's callbacks
     5. advance()
+
+Applying committed entries while the new ones are written is safe because a committed entry
+is already durable here: raft counts the leader's own copy only once it is persisted (its
+self-acknowledgement is a message sent after the write). So a batch is written (one fdatasync
+for every proposal that arrived during the previous write) while the batch before it is
+applied and answered: group commit and apply overlap, as in etcd's raft loop.
 
 The pure raft core never sees a clock, a file or a socket; everything here is that IO.
 """
@@ -30,6 +37,7 @@ from server.raft import (
     Entry,
     HardState,
     Message,
+    ProposalDroppedError,
     RawNode,
     ReadState,
     Ready,
@@ -94,6 +102,8 @@ class RaftNode:
         self.stopped = asyncio.Event()
         self.failure: BaseException | None = None
         self.disk_full = False
+        # proposals queued since the last step: (data, called with the error if raft drops them)
+        self._proposals: list[tuple[bytes, Callable[[Exception], None]]] = []
 
     @staticmethod
     def config(
@@ -120,6 +130,23 @@ class RaftNode:
     def notify(self) -> None:
         """Something was stepped/proposed: the node may have work."""
         self._event.set()
+
+    def propose(self, data: bytes, dropped: Callable[[Exception], None]) -> None:
+        """Queue a proposal; the loop proposes everything queued in one step before its next
+        Ready, and calls dropped(error) for each if raft refuses them (no leader, a leadership
+        transfer, ...)."""
+        self._proposals.append((data, dropped))
+        self._event.set()
+
+    def _propose_queued(self) -> None:
+        batch, self._proposals = self._proposals, []
+        if not batch:
+            return
+        try:
+            self.node.propose_batch([data for data, _ in batch])
+        except ProposalDroppedError as e:
+            for _, dropped in batch:
+                dropped(e)
 
     def step(self, m: Message) -> None:
         self.node.step(m)
@@ -160,8 +187,10 @@ class RaftNode:
             while True:
                 await self._event.wait()
                 self._event.clear()
+                self._propose_queued()
                 while self.node.has_ready():
                     await self._process(self.node.ready())
+                    self._propose_queued()
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # a raft or disk failure: the member must stop, not limp on
@@ -177,10 +206,21 @@ class RaftNode:
         if not rd.hard_state.is_empty():
             self.hard_state = rd.hard_state
         snap = rd.snapshot
+        committed = rd.committed_entries
         if not snap.is_empty():
             await self._persist(self._save_snapshot, snap)
         if rd.entries or not rd.hard_state.is_empty():
-            await self._persist(self.wal.save, rd.hard_state, rd.entries, rd.must_sync)
+            if not rd.must_sync:
+                await self._save_unsynced(rd.hard_state)
+            else:
+                write = asyncio.ensure_future(self._persist(self.wal.save, rd.hard_state, rd.entries, True))
+                try:
+                    if committed and snap.is_empty():
+                        # apply the previous batch while this one is written (see the module doc)
+                        self.cb.apply_entries(committed)
+                        committed = ()
+                finally:
+                    await write
         if not snap.is_empty():
             self.storage.apply_snapshot(snap)
             self.conf_state = snap.metadata.conf_state
@@ -192,12 +232,21 @@ class RaftNode:
             self.cb.send(rd.messages)
         if not snap.is_empty():
             await self.cb.apply_snapshot(snap)
-        if rd.committed_entries:
-            self.cb.apply_entries(rd.committed_entries)
+        if committed:
+            self.cb.apply_entries(committed)
         if rd.read_states:
             self.cb.on_read_states(rd.read_states)
         self.node.advance(rd)
         await self.cb.after_apply()
+
+    async def _save_unsynced(self, hard_state: HardState) -> None:
+        """A hard state that need not be synced (a new commit index alone: must_sync implies
+        no entries) is a buffered append, done here rather than through the WAL thread; a
+        failing write takes the WAL thread's way (retries on a full disk)."""
+        try:
+            self.wal.save(hard_state, (), False)
+        except OSError:
+            await self._persist(self.wal.save, hard_state, (), False)
 
     async def _persist(self, fn: Callable[..., None], *args: object) -> None:
         """Run a WAL/snapshot write on the WAL thread. A full disk does not stop the member:

@@ -15,6 +15,7 @@ starts the loops, `await server.stop()` ends them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import itertools
@@ -105,8 +106,14 @@ BACKEND_COMMIT_INTERVAL = 0.1
 # proposals are refused while this many committed entries wait to be applied
 MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
 READ_INDEX_RETRY = 0.5
+# how often unanswered proposals are checked against their deadline
+EXPIRY_SWEEP = 0.1
 # peers must have been connected this long before a membership change (etcd's HealthInterval)
 HEALTH_INTERVAL = 5.0
+
+
+class _Expired(Exception):
+    """A proposal's deadline passed (raised into its waiter by the expiry sweep)."""
 
 
 class EtcdServer:
@@ -135,6 +142,8 @@ class EtcdServer:
         # whoever waits for the applied index: linearizable reads, tokens, the first campaign
         self.applied = WaitTime()
         self._read_waiters: list[asyncio.Future[None]] = []
+        # unanswered proposals by deadline (in order: they share one timeout)
+        self._expiry: collections.deque[tuple[float, asyncio.Future[ApplyResult]]] = collections.deque()
         self._read_wake = asyncio.Event()
         self._read_index_waits: dict[bytes, asyncio.Future[int]] = {}
         self._leader_changed = asyncio.Event()
@@ -240,6 +249,7 @@ class EtcdServer:
         self._started = True
         self._tasks = [
             asyncio.create_task(self._compaction_loop(), name="compaction"),
+            asyncio.create_task(self._expiry_loop(), name="proposal-expiry"),
             asyncio.create_task(self._lease_expiry_loop(), name="lease-expiry"),
             asyncio.create_task(self._watch_loop(), name="watch-sync"),
             asyncio.create_task(self._auto_compactor().run(), name="auto-compaction"),
@@ -427,26 +437,45 @@ class EtcdServer:
         data = r.SerializeToString()
         if len(data) > self.cfg.max_request_bytes:
             raise RequestTooLargeError()
-        deadline = asyncio.get_running_loop().time() + self.request_timeout
-        await self._wait_for_leader(deadline)
-        fut = self._wait.register(r.header.ID)
-        try:
-            self.raft.node.propose(data)
-        except RaftProposalDropped:
-            self._wait.cancel(r.header.ID)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        if self.leader_id == 0:
+            await self._wait_for_leader(deadline)
+        wait_id = r.header.ID
+        fut = self._wait.register(wait_id)
+
+        def dropped(_: Exception) -> None:
+            self._wait.cancel(wait_id)
             self.stats.proposals_failed += 1
-            raise ProposalDroppedError() from None
+            if not fut.done():
+                fut.set_exception(ProposalDroppedError())
+
+        self.raft.propose(data, dropped)
         self.stats.proposals_pending += 1
-        self.raft.notify()
+        self._expiry.append((deadline, fut))
         try:
-            async with asyncio.timeout_at(deadline):
-                return await fut
-        except TimeoutError:
+            return await fut
+        except _Expired:
             self.stats.proposals_failed += 1
             raise TimeoutError_() from None
         finally:
             self.stats.proposals_pending -= 1
-            self._wait.cancel(r.header.ID)
+            self._wait.cancel(wait_id)
+
+    async def _expiry_loop(self) -> None:
+        """Fails proposals still unanswered at their deadline. Every proposal gets the same
+        timeout, so deadlines arrive in order: one sweep instead of a timer per request."""
+        loop = asyncio.get_running_loop()
+        expiry = self._expiry
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP)
+            now = loop.time()
+            while expiry and expiry[0][0] <= now:
+                _, fut = expiry.popleft()
+                if not fut.done():
+                    fut.set_exception(_Expired())
+            while expiry and expiry[0][1].done():
+                expiry.popleft()
 
     async def _leader_change(self, deadline: float, retry: float | None = None) -> None:
         """Until raft's leader or role changes, the deadline passes, or retry seconds did."""

@@ -134,6 +134,15 @@ class RawNode:
             Message(type=MT.MsgProp, frm=self.raft.id, entries=(Entry(term=0, index=0, data=data),))
         )
 
+    def propose_batch(self, data: Sequence[bytes]) -> None:
+        """Propose several entries in one step (one MsgProp), in order; all or none are
+        accepted (ProposalDroppedError)."""
+        self.raft.step(
+            Message(
+                type=MT.MsgProp, frm=self.raft.id, entries=tuple(Entry(term=0, index=0, data=d) for d in data)
+            )
+        )
+
     def propose_conf_change(self, cc: ConfChange) -> None:
         """Propose a single-step membership change.
 
