@@ -27,7 +27,7 @@ from server.mvcc.kv import LeaseTracker
 from server.mvcc.kvstore import Compaction, KVStore
 from server.mvcc.kvstore_txn import StoreTxnWrite
 from server.mvcc.revision import Revision, bytes_to_rev, is_tombstone, rev_to_bytes
-from server.mvcc.watcher import Channel, FilterFunc, Watcher, WatchResponse, WatchStream
+from server.mvcc.watcher import Channel, FilterFunc, SharedEvents, Watcher, WatchResponse, WatchStream
 from server.mvcc.watcher_group import WatcherBatch, WatcherGroup, new_watcher_batch
 
 __all__ = ["WATCH_RESYNC_PERIOD", "WatchableStore"]
@@ -67,10 +67,16 @@ class WatchableStore(KVStore):
 
     def notify(self, rev: int, evs: list[Event]) -> None:
         victims: WatcherBatch = {}
+        # watchers given the same events share them (and their encoding)
+        shared: dict[tuple[int, ...], SharedEvents] = {}
         for w, eb in new_watcher_batch(self.synced, evs).items():
             if eb.revs != 1:
                 raise AssertionError(f"notify with {eb.revs} revisions")
-            if not w.send(WatchResponse(w.id, tuple(eb.evs), rev)):
+            key = tuple(map(id, eb.evs))
+            se = shared.get(key)
+            if se is None:
+                se = shared[key] = SharedEvents(tuple(eb.evs))
+            if not w.send(WatchResponse(w.id, se.events, rev, shared=se)):
                 w.victim = True
                 victims[w] = eb
                 self.synced.delete(w)

@@ -22,6 +22,7 @@ __all__ = [
     "DuplicateWatchIDError",
     "EmptyWatcherRangeError",
     "FilterFunc",
+    "SharedEvents",
     "WatchResponse",
     "WatchStream",
     "Watchable",
@@ -50,6 +51,15 @@ class DuplicateWatchIDError(EtcdError):
     """mvcc: duplicate watch ID provided on the WatchStream"""
 
 
+@dataclass(eq=False, slots=True)
+class SharedEvents:
+    """One revision's events as handed to every synced watcher that wants exactly these: the
+    sender encodes them once for all of them (wire: that encoding, set by the sender)."""
+
+    events: tuple[Event, ...]
+    wire: bytes | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class WatchResponse:
     watch_id: int
@@ -58,6 +68,8 @@ class WatchResponse:
     revision: int = 0
     # non-zero: the watcher's start revision was compacted; it is canceled
     compact_revision: int = 0
+    # events is shared.events (the same events went to other watchers)
+    shared: SharedEvents | None = None
 
 
 class Channel:

@@ -95,10 +95,19 @@ def _decoder(request_cls: Any, max_bytes: int, streaming: bool) -> Callable[[byt
     return decode
 
 
+def _serializer(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """Messages are serialized; a response a servicer already encoded (bytes) is sent as is."""
+
+    def serialize_or_pass(resp: Any) -> bytes:
+        return resp if type(resp) is bytes else serialize(resp)
+
+    return serialize_or_pass
+
+
 def _checked(handler: Any, request_cls: Any, max_bytes: int) -> Any:
     opts = {
         "request_deserializer": _decoder(request_cls, max_bytes, handler.request_streaming),
-        "response_serializer": handler.response_serializer,
+        "response_serializer": _serializer(handler.response_serializer),
     }
     if handler.unary_unary is not None:
         inner = handler.unary_unary

@@ -4,6 +4,14 @@ Per stream, a receive task handles create / cancel / progress requests as they a
 stream's generator sends what the watchers produce, in channel order. Because requests are
 handled synchronously on the event loop, a watcher's `created` response is queued before any
 event of it can be, and responses leave in request order.
+
+Event responses are written as protobuf bytes here rather than as messages: the events of a
+revision are encoded once for every watcher they go to (mvcc's SharedEvents), the header once
+per revision, and a response is those bytes with its watch ID between them. When the sender
+finds several event responses of one watcher waiting together (the client or the transport was
+slower than the writes), it sends them as one response, as etcd sends a watcher that fell
+behind its events of many revisions at once; progress and control responses are never
+crossed.
 """
 
 from __future__ import annotations
@@ -31,6 +39,13 @@ __all__ = ["WatchService", "WatchableKV"]
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 MIN_PROGRESS_INTERVAL = 0.1
+# event responses of one watcher merged into one stay under this many bytes of events
+MAX_MERGED_BYTES = 1 << 20
+# WatchResponse's fields on the wire: header (1), watch_id (2), events (11), length-delimited
+# or varint
+_HEADER_TAG = b"\x0a"
+_WATCH_ID_TAG = b"\x10"
+_EVENT_TAG = b"\x5a"
 
 
 def _filter_noput(ev: Event) -> bool:
@@ -78,10 +93,24 @@ class WatchService(pb_grpc.WatchServicer):
         self._kv_wake = kv_wake
         self._progress_s = progress_notify_interval_s
         self._max_bytes = max_bytes
+        # the last header encoded: (revision, raft term, field 1 on the wire)
+        self._header: tuple[int, int, bytes] = (-1, -1, b"")
 
-    async def Watch(
+    def header_wire(self, rev: int) -> bytes:
+        """The response header at rev as WatchResponse field 1 (shared by every stream)."""
+        h = self._hdr.new(rev)
+        cached_rev, cached_term, wire = self._header
+        if cached_rev != rev or cached_term != h.raft_term:
+            raw = h.SerializeToString()
+            wire = _HEADER_TAG + _varint(len(raw)) + raw
+            self._header = (rev, h.raft_term, wire)
+        return wire
+
+    async def Watch(  # type: ignore[override]  # the stubs know only messages
         self, request_iterator: AsyncIterator[pb.WatchRequest], context: Ctx
-    ) -> AsyncIterator[pb.WatchResponse]:
+    ) -> AsyncIterator[pb.WatchResponse | bytes]:
+        """Responses are pb.WatchResponse messages or their encoding (bytes): the registry's
+        serializer passes bytes through."""
         stream = _ServerWatchStream(self)
         reader = asyncio.create_task(stream.recv_loop(request_iterator))
         try:
@@ -191,7 +220,7 @@ class _ServerWatchStream:
 
     # -- responses --------------------------------------------------------------------------------
 
-    async def send_loop(self, reader: asyncio.Task[None]) -> AsyncIterator[pb.WatchResponse]:
+    async def send_loop(self, reader: asyncio.Task[None]) -> AsyncIterator[pb.WatchResponse | bytes]:
         interval = progress_interval(self._svc._progress_s)
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + interval
@@ -212,9 +241,9 @@ class _ServerWatchStream:
                     self._tick()
                     next_tick = loop.time() + interval
                 continue
-            for item in self._ch.drain():
+            for item in _merged(self._ch.drain()):
                 if isinstance(item, WatchResponse):
-                    for resp in self._to_pb(item):
+                    for resp in self._encode(item):
                         yield resp
                 else:
                     assert isinstance(item, pb.WatchResponse)
@@ -228,6 +257,14 @@ class _ServerWatchStream:
                 self._ws.request_progress(watch_id)
             self._progress[watch_id] = True
 
+    def _encode(self, wr: WatchResponse) -> list[pb.WatchResponse | bytes]:
+        if wr.events and wr.watch_id in self._progress:
+            self._progress[wr.watch_id] = False
+        if wr.compact_revision or wr.watch_id in self._prev_kv or wr.watch_id in self._fragment:
+            return list(self._to_pb(wr))
+        wid = _WATCH_ID_TAG + _varint(wr.watch_id) if wr.watch_id else b""
+        return [self._svc.header_wire(wr.revision) + wid + _events_wire(wr)]
+
     def _to_pb(self, wr: WatchResponse) -> list[pb.WatchResponse]:
         resp = pb.WatchResponse(
             header=self.header(wr.revision),
@@ -236,8 +273,6 @@ class _ServerWatchStream:
             canceled=wr.compact_revision != 0,
         )
         if wr.events:
-            if wr.watch_id in self._progress:
-                self._progress[wr.watch_id] = False
             if wr.watch_id in self._prev_kv:
                 for ev in wr.events:
                     out = resp.events.add()
@@ -282,3 +317,59 @@ class _ServerWatchStream:
 
     def close(self) -> None:
         self._ws.close()
+
+
+def _varint(n: int) -> bytes:
+    """A protobuf varint; negative int64s take ten bytes (two's complement)."""
+    if n < 0:
+        n += 1 << 64
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _event_wire(ev: Event) -> bytes:
+    raw = ev.SerializeToString()
+    return _EVENT_TAG + _varint(len(raw)) + raw
+
+
+def _events_wire(wr: WatchResponse) -> bytes:
+    """wr's events as WatchResponse field 11, encoded once when they are shared."""
+    shared = wr.shared
+    if shared is None:
+        return b"".join(map(_event_wire, wr.events))
+    if shared.wire is None:
+        shared.wire = b"".join(map(_event_wire, shared.events))
+    return shared.wire
+
+
+def _merged(items: list[object]) -> list[object]:
+    """Consecutive event responses (between progress or control responses) merged per watcher,
+    each watcher's events in order, the merged response at the last one's revision."""
+    out: list[object] = []
+    run: dict[int, tuple[WatchResponse, int]] = {}
+
+    def flush() -> None:
+        out.extend(wr for wr, _ in run.values())
+        run.clear()
+
+    for item in items:
+        if not isinstance(item, WatchResponse) or not item.events or item.compact_revision:
+            flush()
+            out.append(item)
+            continue
+        size = sum(ev.ByteSize() for ev in item.events)
+        prev = run.get(item.watch_id)
+        if prev is not None and prev[1] + size > MAX_MERGED_BYTES:
+            flush()
+            prev = None
+        if prev is None:
+            run[item.watch_id] = (item, size)
+        else:
+            merged = WatchResponse(item.watch_id, prev[0].events + item.events, item.revision)
+            run[item.watch_id] = (merged, prev[1] + size)
+    flush()
+    return out
