@@ -12,7 +12,7 @@ export GOTOOLCHAIN := local
 PY_SOURCES := $(shell find server controllers -name '*.py' -not -name '*_pb2*.py' 2>/dev/null)
 PROTOS := $(shell find server/api -name '*.proto')
 
-.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot cluster raft-cluster clean
+.PHONY: all venv check-lock lock go-lock FORCE run test test-grpcio test-fast test-e2e lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot cluster raft-cluster clean
 
 all: venv peers
 
@@ -126,6 +126,11 @@ lint: venv
 
 test: venv peers
 	$(BIN)/pytest -q
+
+# the integration tier with http:// client ports on grpcio instead of pygrpc-native (https:// ports are
+# grpcio's on both): the suite's second transport
+test-grpcio: venv peers
+	ETCD_GRPC_SERVER=grpcio $(BIN)/pytest -q tests/integration
 
 test-fast: venv raft-testdata
 	$(BIN)/pytest -q tests/unit

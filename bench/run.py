@@ -5,7 +5,8 @@ grpc.aio server, in one run, on this machine. Not a test: nothing here asserts a
     python -m bench.run --suites kv,watch      # some suites
     python -m bench.run --quick                # shorter runs, for a smoke check
 
-Targets: null (bench/null_server.py), petcd (one process, as `petcd` with no flags), petcd-fe (petcd
+Targets: null (bench/null_server.py), petcd (one process, as `petcd` with no flags: pygrpc-native on
+the client port), petcd-grpcio (petcd --grpc-server=grpcio, the transport of https:// ports), petcd-fe (petcd
 --grpc-frontends=2: gRPC served by two front-end processes, the core keeps Raft/MVCC), etcd v3.6, and
 kine v0.17 on SQLite (the other etcd-API shim, k3s's default datastore; kv and watch suites).
 
@@ -44,9 +45,10 @@ from tests.harness.procs import free_port, wait_ready
 
 RESULTS = ROOT / "bench" / "results"
 FRONTENDS = 2  # petcd-fe: petcd with this many gRPC front-end processes (--grpc-frontends)
-SINGLE = ("null", "petcd", "petcd-fe", "etcd")
+SINGLE = ("null", "petcd", "petcd-grpcio", "petcd-fe", "etcd")
 KV = (*SINGLE, "kine")
-WATCH = ("petcd", "etcd", "kine")
+WATCH = ("petcd", "petcd-grpcio", "etcd", "kine")
+LEASE = ("petcd", "petcd-grpcio", "etcd")
 
 
 @dataclass
@@ -89,6 +91,8 @@ def _start_member(kind: str, workdir: Path, extra: list[str] | None = None) -> T
         exe = petcd_command() if kind.startswith("petcd") else [peer("etcd")]
         if kind == "petcd-fe":
             exe = [*exe, f"--grpc-frontends={FRONTENDS}"]
+        elif kind == "petcd-grpcio":
+            exe = [*exe, "--grpc-server=grpcio"]
         cmd = [
             *exe,
             f"--data-dir={data}",
@@ -302,7 +306,7 @@ def suite_watch(workdir: Path, quick: bool) -> dict[str, Any]:
 
 def suite_lease(workdir: Path, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for kind in ("petcd", "etcd"):
+    for kind in LEASE:
         with member(kind, workdir) as t:
             out[f"keepalive/{kind}"] = benchmark(
                 t,
@@ -441,7 +445,7 @@ SUITES = {
 # -- report ----------------------------------------------------------------------------------------
 
 
-_HEAD = ["null gRPC", "petcd", f"petcd, {FRONTENDS} front-ends", "etcd"]
+_HEAD = ["null gRPC", "petcd", "petcd, grpcio", f"petcd, {FRONTENDS} front-ends", "etcd"]
 _KV_HEAD = [*_HEAD, "kine"]
 
 
@@ -480,13 +484,14 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                     load,
                     *(cell[k] for k in SINGLE),
                     _ratio(wps["petcd"], wps["etcd"]),
+                    _ratio(wps["petcd-grpcio"], wps["etcd"]),
                     _ratio(wps["petcd-fe"], wps["etcd"]),
                     _ratio(wps["petcd"], wps["null"]),
                 ]
             )
         rep.add(
             "etcdctl check perf (writes/s, verdict)",
-            ["load", *_HEAD, "petcd/etcd", "petcd-fe/etcd", "petcd/null"],
+            ["load", *_HEAD, "petcd/etcd", "petcd-grpcio/etcd", "petcd-fe/etcd", "petcd/null"],
             rows,
         )
     kv = results.get("kv", {})
@@ -502,6 +507,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                         for k in KV
                     ),
                     _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
+                    _ratio(v["petcd-grpcio"].get("rps"), v["etcd"].get("rps")),
                     _ratio(v["petcd-fe"].get("rps"), v["etcd"].get("rps")),
                     _ratio(v["petcd"].get("rps"), v["null"].get("rps")),
                     _ratio(v["petcd"].get("rps"), v["kine"].get("rps")),
@@ -509,7 +515,15 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             )
         rep.add(
             "benchmark put / range (requests/s / average latency)",
-            ["workload", *_KV_HEAD, "petcd/etcd", "petcd-fe/etcd", "petcd/null", "petcd/kine"],
+            [
+                "workload",
+                *_KV_HEAD,
+                "petcd/etcd",
+                "petcd-grpcio/etcd",
+                "petcd-fe/etcd",
+                "petcd/null",
+                "petcd/kine",
+            ],
             rows,
         )
     watch = results.get("watch", {})
@@ -534,6 +548,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                         for k in WATCH
                     ),
                     _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
+                    _ratio(v["petcd-grpcio"].get("rps"), v["etcd"].get("rps")),
                     _ratio(v["petcd"].get("rps"), v["kine"].get("rps")),
                 ]
             )
@@ -547,24 +562,26 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 ),
                 "",
                 "",
+                "",
             ]
         )
         rep.add(
             "watch (per second / average latency)",
-            ["workload", *WATCH, "petcd/etcd", "petcd/kine"],
+            ["workload", *WATCH, "petcd/etcd", "petcd-grpcio/etcd", "petcd/kine"],
             rows,
         )
     lease = results.get("lease", {})
     if lease:
-        v = {k: lease.get(f"keepalive/{k}", {}) for k in ("petcd", "etcd")}
+        v = {k: lease.get(f"keepalive/{k}", {}) for k in LEASE}
         rep.add(
             "lease keep-alive",
-            ["workload", "petcd", "etcd", "petcd/etcd"],
+            ["workload", *LEASE, "petcd/etcd", "petcd-grpcio/etcd"],
             [
                 [
                     "keepalive",
-                    *(f"{v[k].get('rps', 0):.0f}/s" for k in ("petcd", "etcd")),
+                    *(f"{v[k].get('rps', 0):.0f}/s" for k in LEASE),
                     _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
+                    _ratio(v["petcd-grpcio"].get("rps"), v["etcd"].get("rps")),
                 ]
             ],
         )
