@@ -70,11 +70,15 @@ class Target:
         return 0.0
 
 
-def _start_member(kind: str, workdir: Path, extra: list[str] | None = None) -> Target:
+def _start_member(
+    kind: str, workdir: Path, extra: list[str] | None = None, data: Path | None = None
+) -> Target:
+    """A fresh member of this kind, or (data given) one started again on its data dir."""
     port, peer_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
-    data = workdir / f"{kind}.data"
-    shutil.rmtree(data, ignore_errors=True)
+    if data is None:
+        data = workdir / f"{kind}.data"
+        shutil.rmtree(data, ignore_errors=True)
     log = open(workdir / f"{kind}.log", "wb")  # noqa: SIM115
     if kind == "null":
         cmd = [sys.executable, "-m", "bench.null_server", "--listen", f"127.0.0.1:{port}"]
@@ -105,13 +109,15 @@ def _start_member(kind: str, workdir: Path, extra: list[str] | None = None) -> T
         ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     log.close()
-    wait_ready(url, 30, proc, workdir / f"{kind}.log")
+    wait_ready(url, 600, proc, workdir / f"{kind}.log")
     return Target(kind, url, proc, data)
 
 
 @contextlib.contextmanager
-def member(kind: str, workdir: Path, extra: list[str] | None = None) -> Iterator[Target]:
-    t = _start_member(kind, workdir, extra)
+def member(
+    kind: str, workdir: Path, extra: list[str] | None = None, data: Path | None = None
+) -> Iterator[Target]:
+    t = _start_member(kind, workdir, extra, data)
     try:
         yield t
     finally:
