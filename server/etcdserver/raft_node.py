@@ -210,8 +210,9 @@ class RaftNode:
         if not snap.is_empty():
             await self._persist(self._save_snapshot, snap)
         if rd.entries or not rd.hard_state.is_empty():
-            if not rd.must_sync:
-                await self._save_unsynced(rd.hard_state)
+            if not rd.must_sync or not committed:
+                # nothing to apply meanwhile: a thread would only add two hand-offs
+                await self._save_here(rd.hard_state, rd.entries, rd.must_sync)
             else:
                 write = asyncio.ensure_future(self._persist(self.wal.save, rd.hard_state, rd.entries, True))
                 try:
@@ -239,14 +240,20 @@ class RaftNode:
         self.node.advance(rd)
         await self.cb.after_apply()
 
-    async def _save_unsynced(self, hard_state: HardState) -> None:
-        """A hard state that need not be synced (a new commit index alone: must_sync implies
-        no entries) is a buffered append, done here rather than through the WAL thread; a
-        failing write takes the WAL thread's way (retries on a full disk)."""
+    async def _save_here(self, hard_state: HardState, entries: tuple[Entry, ...], must_sync: bool) -> None:
+        """Write on the loop itself: a hard state that need not be synced (a new commit index
+        alone) is a buffered append; a batch with nothing committed to apply meanwhile is
+        written and synced here, which costs the loop the fdatasync but spares the request
+        two thread hand-offs. A failing write takes the WAL thread's way (retried while the
+        disk is full)."""
         try:
-            self.wal.save(hard_state, (), False)
+            self.wal.save(hard_state, entries, must_sync)
         except OSError:
-            await self._persist(self.wal.save, hard_state, (), False)
+            await self._persist(self.wal.save, hard_state, entries, must_sync)
+        else:
+            if self.disk_full:
+                self.disk_full = False
+                self.cb.on_disk_full(False)
 
     async def _persist(self, fn: Callable[..., None], *args: object) -> None:
         """Run a WAL/snapshot write on the WAL thread. A full disk does not stop the member:
