@@ -67,9 +67,11 @@ class EtcdInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if self._auth.enabled:
             handler = self._credentials.intercept(handler, details)  # auth: the call's credentials
-        require_leader = any(
-            k == REQUIRE_LEADER_KEY and v == "true" for k, v in (details.invocation_metadata or ())
-        )
+        require_leader = False
+        for k, v in details.invocation_metadata or ():
+            if k == REQUIRE_LEADER_KEY and v == "true":
+                require_leader = True
+                break
         if not require_leader and not self._s.is_learner:
             return handler  # nothing to check: no wrapper on the hot path
         key = (id(handler), require_leader)

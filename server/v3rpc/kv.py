@@ -73,12 +73,14 @@ class KVService(pb_grpc.KVServicer):
         return resp
 
 
+_SORT_ORDERS = frozenset(pb.RangeRequest.SortOrder.values())
+_SORT_TARGETS = frozenset(pb.RangeRequest.SortTarget.values())
+
+
 def check_range_request(r: pb.RangeRequest) -> None:
     if not r.key:
         raise EmptyKeyError()
-    if r.sort_order not in pb.RangeRequest.SortOrder.values():
-        raise InvalidSortOptionError()
-    if r.sort_target not in pb.RangeRequest.SortTarget.values():
+    if r.sort_order not in _SORT_ORDERS or r.sort_target not in _SORT_TARGETS:
         raise InvalidSortOptionError()
 
 
