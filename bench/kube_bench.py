@@ -1,5 +1,6 @@
-"""kube-apiserver on petcd vs on a real etcd v3.6: the same workload through the real apiserver,
-same machine, same run. Not a test: nothing here asserts a time.
+"""kube-apiserver on petcd vs on a real etcd v3.6 and on kine (SQLite, k3s's etcd shim): the same
+workload through the real apiserver, same machine, same run. Not a test: nothing here asserts a
+time.
 
     python -m bench.kube_bench                 # about two minutes
     python -m bench.kube_bench --objects 300 --seconds 3     # quicker
@@ -13,7 +14,8 @@ Measures, for each datastore (one member, a fresh kube-apiserver each):
     page/s etcd     first page (limit=100) of the same Events
     watch p50/p99   ms from the start of a POST to the watch event's arrival, ConfigMaps
                     (watch cache) and Events (a datastore watch)
-and prints a table with petcd/etcd ratios. Results also go to bench/results/kube.json.
+and prints a table with petcd/etcd and petcd/kine ratios. Results also go to bench/results/kube.json.
+kine is built by `make bench-peers` and started as bench.run starts it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from bench.run import Target, member
 from tests.harness.kube import Datastore, KubeAPIServer, KubeClient
 from tests.harness.paths import ROOT
 
@@ -104,9 +107,29 @@ def _pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
+class Kine:
+    """kine as the apiserver's datastore (what KubeAPIServer reads of a Datastore: endpoints, pki)."""
+
+    pki = None
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._member = member("kine", workdir)
+        self.endpoints = ""
+
+    def __enter__(self) -> Datastore:
+        t: Target = self._member.__enter__()
+        self.endpoints = t.url
+        return cast(Datastore, self)
+
+    def __exit__(self, *exc: object) -> None:
+        self._member.__exit__(None, None, None)
+
+
 def run_one(kind: str, tmp: Path, objects: int, concurrency: int, seconds: float) -> dict[str, float]:
+    store = Kine(tmp / kind) if kind == "kine" else Datastore(kind, 1, tmp / kind)
     with (
-        Datastore(kind, 1, tmp / kind) as ds,
+        store as ds,
         KubeAPIServer(ds, tmp / f"{kind}-kube", compaction_interval="5m") as api,
     ):
         c = api.client
@@ -150,21 +173,31 @@ def main() -> int:
     ap.add_argument("--objects", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of each list measurement")
+    ap.add_argument("--targets", default="petcd,etcd,kine", help="datastores, petcd and etcd first")
     args = ap.parse_args()
+    kinds = args.targets.split(",")
 
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="kube-bench-") as d:
-        for kind in ("petcd", "etcd"):
+        for kind in kinds:
             print(f"running against {kind} ...", flush=True)
             results[kind] = run_one(kind, Path(d), args.objects, args.concurrency, args.seconds)
 
     print()
     print(f"kube-apiserver on petcd vs etcd: {args.objects} objects, {args.concurrency} clients")
-    print(f"{'metric':<22}{'petcd':>12}{'etcd':>12}{'petcd/etcd':>12}")
-    for metric in results["etcd"]:
-        p, e = results["petcd"][metric], results["etcd"][metric]
-        ratio = p / e if e else float("nan")
-        print(f"{metric:<22}{p:>12.1f}{e:>12.1f}{ratio:>11.2f}x")
+    others = [k for k in kinds if k != "petcd"]
+    print(
+        f"{'metric':<22}"
+        + "".join(f"{k:>12}" for k in kinds)
+        + "".join(f"{'petcd/' + k:>13}" for k in others)
+    )
+    for metric in results["petcd"]:
+        p = results["petcd"][metric]
+        row = "".join(f"{results[k][metric]:>12.1f}" for k in kinds)
+        row += "".join(
+            f"{p / results[k][metric] if results[k][metric] else float('nan'):>12.2f}x" for k in others
+        )
+        print(f"{metric:<22}{row}")
     print("(rates: higher is better; latencies: lower is better)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "kube.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
