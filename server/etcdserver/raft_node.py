@@ -210,8 +210,9 @@ class RaftNode:
         if not snap.is_empty():
             await self._persist(self._save_snapshot, snap)
         if rd.entries or not rd.hard_state.is_empty():
-            if not rd.must_sync or not committed:
-                # nothing to apply meanwhile: a thread would only add two hand-offs
+            if not rd.must_sync or (len(rd.entries) <= 1 and not committed):
+                # a lone request with nothing to apply meanwhile: a thread would only add two
+                # hand-offs (larger batches keep the loop serving while they are synced)
                 await self._save_here(rd.hard_state, rd.entries, rd.must_sync)
             else:
                 write = asyncio.ensure_future(self._persist(self.wal.save, rd.hard_state, rd.entries, True))
