@@ -12,7 +12,7 @@ export GOTOOLCHAIN := local
 PY_SOURCES := $(shell find server controllers -name '*.py' -not -name '*_pb2*.py' 2>/dev/null)
 PROTOS := $(shell find server/api -name '*.proto')
 
-.PHONY: all venv check-lock lock go-lock FORCE run test test-grpcio test-fast test-e2e lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot cluster raft-cluster clean
+.PHONY: all venv check-lock lock go-lock FORCE run test test-grpcio test-fast test-e2e lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot bench-scale bench-ab cluster raft-cluster clean
 
 all: venv peers
 
@@ -146,6 +146,13 @@ bench-kube: venv bench-peers
 
 bench-snapshot: venv peers
 	$(BIN)/python -m bench.snapshot_bench
+
+bench-scale: venv peers
+	$(BIN)/python -m bench.scale_bench
+
+# before/after: BENCH_AB="main HEAD" (git revisions; REV:FLAGS adds petcd flags), WORKLOADS as bench.ab takes
+bench-ab: venv peers
+	$(BIN)/python -m bench.ab $(if $(WORKLOADS),--workloads $(WORKLOADS)) $(or $(BENCH_AB),main HEAD)
 
 # --- Kubernetes on petcd ----------------------------------------------------------------------
 # make cluster                                    petcd + real kube-apiserver; Ctrl-C stops both
