@@ -6,7 +6,7 @@ Key ranges follow etcd's convention: end None is the single key `key`; end b"" i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from sortedcontainers import SortedDict
@@ -42,6 +42,10 @@ class Index(Protocol):
 
     def compact(self, rev: int) -> set[Revision]: ...
 
+    def compact_keys(self, keys: Sequence[bytes], rev: int, available: set[Revision]) -> None: ...
+
+    def keys(self) -> list[bytes]: ...
+
     def keep(self, rev: int) -> set[Revision]: ...
 
     def __len__(self) -> int: ...
@@ -53,6 +57,10 @@ class TreeIndex:
 
     def __len__(self) -> int:
         return len(self._tree)
+
+    def keys(self) -> list[bytes]:
+        """Every key, in order (a copy)."""
+        return list(self._tree.keys())
 
     def _visit(self, key: bytes, end: bytes) -> Iterator[KeyIndex]:
         tree = self._tree
@@ -149,13 +157,21 @@ class TreeIndex:
         """Compact every keyIndex at rev, dropping keys left empty; returns the revisions <= rev
         the backend must keep."""
         available: set[Revision] = set()
+        self.compact_keys(self.keys(), rev, available)
+        return available
+
+    def compact_keys(self, keys: Sequence[bytes], rev: int, available: set[Revision]) -> None:
+        """compact() for some keys, adding to available: a compaction may go a batch of keys at
+        a time with writes in between (as etcd's does key by key), since writes only add
+        revisions above rev, which compaction at rev leaves alone."""
         tree = self._tree
-        for key in list(tree.keys()):
-            ki = tree[key]
+        for key in keys:
+            ki = tree.get(key)
+            if ki is None:
+                continue
             ki.compact(rev, available)
             if ki.is_empty():
                 del tree[key]
-        return available
 
     def keep(self, rev: int) -> set[Revision]:
         available: set[Revision] = set()

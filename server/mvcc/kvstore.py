@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # non-const so tests can shrink it
 COMPACTION_BATCH_LIMIT = 1000
+# keys whose index entries one compaction step compacts
+INDEX_COMPACTION_BATCH = 10_000
 # how many hashes of finished compactions are kept for corruption checks
 HASH_STORAGE_MAX_SIZE = 10
 
@@ -52,7 +54,13 @@ class Compaction:
 
     def steps(self) -> Iterator[None]:
         store = self._store
-        keep = store.index.compact(self.rev)
+        # the index a batch of keys at a time, so writes are served in between
+        keep: set[Revision] = set()
+        keys = store.index.keys()
+        for start in range(0, len(keys), INDEX_COMPACTION_BATCH):
+            if start:
+                yield
+            store.index.compact_keys(keys[start : start + INDEX_COMPACTION_BATCH], self.rev, keep)
         end = rev_to_bytes(Revision(self.rev + 1, 0))[:8]
         hasher = KVHasher(self.prev_rev, self.rev, keep)
         last = b""

@@ -446,6 +446,12 @@ class StubIndex:
         self.compacted.append(rev)
         return set(self.keep_set)
 
+    def keys(self) -> list[bytes]:
+        return [b"k"]
+
+    def compact_keys(self, keys: list[bytes], rev: int, available: set[Revision]) -> None:
+        available |= self.compact(rev)
+
 
 @pytest.mark.parametrize(
     ("rev", "keep", "want"),
