@@ -6,7 +6,9 @@
                               v
     1. persist: snapshot file + WAL (hard state, entries), fdatasync when must_sync,
        on the WAL thread so the event loop keeps serving meanwhile; meanwhile the committed
-       entries are applied (2'), unless the Ready carries a snapshot
+       entries are applied (4), unless the Ready carries a snapshot. A lone entry with
+       nothing to apply meanwhile, and a hard state that need not be synced, are written on
+       the loop itself (a thread would only add hand-offs)
     2. raft's storage learns the persisted entries (and snapshot)
     3. send the messages (after persisting: votes and appends are durable first)
     4. apply: snapshot, then committed entries, through the server's callbacks
