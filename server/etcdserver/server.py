@@ -142,8 +142,8 @@ class EtcdServer:
         # whoever waits for the applied index: linearizable reads, tokens, the first campaign
         self.applied = WaitTime()
         self._read_waiters: list[asyncio.Future[None]] = []
-        # unanswered proposals by deadline (in order: they share one timeout)
-        self._expiry: collections.deque[tuple[float, asyncio.Future[ApplyResult]]] = collections.deque()
+        # unanswered proposals and linearizable reads by deadline (in order: they share one timeout)
+        self._expiry: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
         self._read_wake = asyncio.Event()
         self._read_index_waits: dict[bytes, asyncio.Future[int]] = {}
         self._leader_changed = asyncio.Event()
@@ -463,8 +463,9 @@ class EtcdServer:
             self._wait.cancel(wait_id)
 
     async def _expiry_loop(self) -> None:
-        """Fails proposals still unanswered at their deadline. Every proposal gets the same
-        timeout, so deadlines arrive in order: one sweep instead of a timer per request."""
+        """Fails proposals and linearizable reads still unanswered at their deadline. Every one
+        gets the same timeout, so deadlines arrive in order: one sweep instead of a timer per
+        request."""
         loop = asyncio.get_running_loop()
         expiry = self._expiry
         while True:
@@ -680,12 +681,14 @@ class EtcdServer:
         """Wait until this member has applied everything committed before the call."""
         if self.stopping:
             raise StoppedError()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         self._read_waiters.append(fut)
         self._read_wake.set()
+        self._expiry.append((loop.time() + self.request_timeout, fut))
         try:
-            await asyncio.wait_for(asyncio.shield(fut), self.request_timeout)
-        except TimeoutError:
+            await fut
+        except _Expired:
             raise TimeoutError_() from None
 
     async def _read_loop(self) -> None:
