@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server import failpoint
 from server.durations import parse_duration
 from server.embed.config import Config, ConfigError
 from server.errors import EtcdError
@@ -104,6 +105,8 @@ _FLAGS: list[Flag] = [
     Flag("unsafe-no-fsync", "unsafe_no_fsync", _bool, True),
     # petcd's own: front-end processes terminating gRPC on the client port (see server/embed/link.py)
     Flag("grpc-frontends", "grpc_frontends", int),
+    # petcd's own: the fault-injection control surface (server/faults), off without it
+    Flag("listen-faults-urls", "listen_faults_urls", _urls),
     Flag("cert-file", "cert_file"),
     Flag("key-file", "key_file"),
     Flag("trusted-ca-file", "trusted_ca_file"),
@@ -322,6 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _raise_open_files_limit()
     for name in ignored:
         log.warning("flag accepted but not implemented by petcd; ignored", extra={"flag": name})
+    try:  # etcd's failpoints: GOFAIL_FAILPOINTS, and GOFAIL_HTTP's endpoint (none without it)
+        gofail = failpoint.serve(os.environ)
+    except failpoint.FailpointError as e:
+        print(f"petcd: GOFAIL_FAILPOINTS: fail to parse failpoint: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"petcd: GOFAIL_HTTP: {e}", file=sys.stderr)
+        return 1
     try:
         return asyncio.run(_serve(cfg))
     except KeyboardInterrupt:
@@ -332,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start", exc_info=not refused, extra={"error": str(e)} if refused else None)
         print(f"petcd: cannot start: {e}", file=sys.stderr)
         return 1
+    finally:
+        if gofail is not None:
+            gofail.stop()
 
 
 if __name__ == "__main__":

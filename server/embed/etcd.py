@@ -24,6 +24,7 @@ from server.embed.config import Config
 from server.embed.frontends import FrontendLink, Frontends
 from server.embed.tls import TLSInfo, client_tls
 from server.etcdserver.server import EtcdServer
+from server.faults.surface import FaultSurface
 from server.httpapi.http_server import HttpServers
 from server.v3rpc.interceptor import EtcdInterceptor
 from server.v3rpc.registry import Services, add_to, services
@@ -72,20 +73,34 @@ class Etcd:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.server = EtcdServer(cfg)
-        self.http = HttpServers(cfg, self.server, interceptors=[EtcdInterceptor(self.server)])
+        # the fault-injection control surface exists only with --listen-faults-urls
+        self.faults = (
+            FaultSurface(cfg, self.server, self.server.stats.faults_injected)
+            if cfg.listen_faults_urls
+            else None
+        )
+        self.http = HttpServers(cfg, self.server, interceptors=self._interceptors())
         self._grpc: grpc.aio.Server | None = None
         self._link: FrontendLink | None = None
         self._frontends: Frontends | None = None
         self._reserved: list[socket.socket] = []
         self.client_ports: list[int] = []
 
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        out: list[grpc.aio.ServerInterceptor] = [EtcdInterceptor(self.server)]
+        if self.faults is not None:
+            out.append(self.faults.interceptor)  # innermost: after the learner/leader checks
+        return out
+
     async def start(self) -> None:
         cfg = self.cfg
         await self.server.start()
         try:
+            if self.faults is not None:
+                await self.faults.start(self.server.transport)
             await self.server.wait_ready()
             await self.http.start()
-            interceptors = [EtcdInterceptor(self.server)]
+            interceptors = self._interceptors()
             options = grpc_server_options(cfg, reuse_port=cfg.grpc_frontends > 0)
             g = grpc.aio.server(interceptors=interceptors, options=options)
             svcs = services(self.server)
@@ -112,6 +127,8 @@ class Etcd:
                 await self._start_frontends(svcs, interceptors, options, listen, tls)
         except BaseException:
             await self.http.stop()
+            if self.faults is not None:
+                await self.faults.stop()
             await self.server.stop()
             raise
         log.info(
@@ -158,6 +175,8 @@ class Etcd:
             await self._link.stop()
             self._link = None
         await self.http.stop()
+        if self.faults is not None:
+            await self.faults.stop()
         for sock in self._reserved:
             sock.close()
         self._reserved.clear()

@@ -18,6 +18,7 @@ from typing import Self
 
 from server.backend.backend import Backend
 from server.backend.schema import Bucket, MetaKey
+from server.failpoint import failpoint
 from server.mvcc.hash import KeyValueHash, KVHasher, hash_by_rev
 from server.mvcc.index import TreeIndex
 from server.mvcc.key_index import KeyIndex
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 
 # non-const so tests can shrink it
 COMPACTION_BATCH_LIMIT = 1000
+FP_BEFORE_COMMIT_SCHEDULED = failpoint("compactBeforeCommitScheduledCompact")
+FP_AFTER_COMMIT_SCHEDULED = failpoint("compactAfterCommitScheduledCompact")
+FP_BEFORE_SET_FINISHED = failpoint("compactBeforeSetFinishedCompact")
+FP_AFTER_SET_FINISHED = failpoint("compactAfterSetFinishedCompact")
 # how many hashes of finished compactions are kept for corruption checks
 HASH_STORAGE_MAX_SIZE = 10
 
@@ -64,7 +69,11 @@ class Compaction:
                     tx.delete(Bucket.KEY, raw_rev)
                 hasher.write_key_value(raw_rev, value)
             if len(batch) < COMPACTION_BATCH_LIMIT:
+                if FP_BEFORE_SET_FINISHED.armed:
+                    FP_BEFORE_SET_FINISHED.hit()
                 tx.put(Bucket.META, MetaKey.FINISHED_COMPACT_REV, rev_to_bytes(Revision(self.rev, 0)))
+                if FP_AFTER_SET_FINISHED.armed:
+                    FP_AFTER_SET_FINISHED.hit()
                 self.hash = hasher.hash()
                 if self.record_hash:
                     store.record_compaction_hash(self.hash)
@@ -132,7 +141,11 @@ class KVStore:
         self.compact_main_rev = rev
         tx.put(Bucket.META, MetaKey.SCHEDULED_COMPACT_REV, rev_to_bytes(Revision(rev, 0)))
         # the scheduled revision must be durable before any record is deleted
+        if FP_BEFORE_COMMIT_SCHEDULED.armed:
+            FP_BEFORE_COMMIT_SCHEDULED.hit()
         self.backend.force_commit()
+        if FP_AFTER_COMMIT_SCHEDULED.armed:
+            FP_AFTER_COMMIT_SCHEDULED.hit()
         return Compaction(self, rev, prev, record_hash=previous_done)
 
     def record_compaction_hash(self, h: KeyValueHash) -> None:

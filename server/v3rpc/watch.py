@@ -21,6 +21,7 @@ from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.api.mvccpb.kv_pb2 import Event
 from server.errors import EtcdError
 from server.etcdserver.server import EtcdServer
+from server.failpoint import failpoint
 from server.mvcc.kv import CompactedError, RangeOptions
 from server.mvcc.watcher import INVALID_WATCH_ID, Channel, FilterFunc, WatchResponse, WatchStream
 
@@ -29,6 +30,7 @@ __all__ = ["WatchService"]
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 MIN_PROGRESS_INTERVAL = 0.1
+FP_BEFORE_SEND = failpoint("beforeSendWatchResponse")
 _ERR_MESSAGES = {
     "EmptyWatcherRangeError": "mvcc: watcher range is empty",
     "DuplicateWatchIDError": "mvcc: duplicate watch ID provided on the WatchStream",
@@ -197,9 +199,13 @@ class _ServerWatchStream:
             for item in self._ch.drain():
                 if isinstance(item, WatchResponse):
                     for resp in self._to_pb(item):
+                        if FP_BEFORE_SEND.armed:
+                            await FP_BEFORE_SEND.hit_async()
                         yield resp
                 else:
                     assert isinstance(item, pb.WatchResponse)
+                    if FP_BEFORE_SEND.armed:
+                        await FP_BEFORE_SEND.hit_async()
                     yield item
             self._s.kv_wake()
 
