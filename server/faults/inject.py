@@ -36,7 +36,7 @@ import grpc
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.errors import EtcdError
-from server.faults.rules import ERRORS, METHODS, Fault, Faults
+from server.faults.rules import ERRORS, METHODS, Fault, Faults, in_range
 from server.mvcc.kv import CompactedError
 from server.v3rpc.errors import to_grpc_status
 
@@ -131,7 +131,7 @@ class Injector:
         return None
 
     async def _conflict(self, f: Fault, t: pb.TxnRequest) -> None:
-        prefix = f.spec.prefix
+        start = f.spec.prefix
         compares: dict[bytes, pb.Compare] = {}
         for c in t.compare:
             if (
@@ -139,7 +139,7 @@ class Injector:
                 and c.result == _EQUAL
                 and not c.range_end
                 and c.mod_revision > 0
-                and c.key.startswith(prefix)
+                and in_range(c.key, start, f.end)
             ):
                 compares.setdefault(c.key, c)
         if not compares or not self.faults.claim(f):

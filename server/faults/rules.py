@@ -4,7 +4,8 @@ them on one member (Faults). No IO here: server/faults/inject.py acts on them.
 Every fault is scoped, and ends by itself or when cleared:
 
     kind         conflict | latency | error | partition | watch_cut
-    prefix       the keys it applies to (requests whose keys or ranges meet [prefix, prefix+1))
+    prefix       the keys it applies to: requests whose keys or ranges meet the prefix's range
+    key          or one key exactly (instead of a prefix)
     methods      the KV methods it applies to (Range, Put, DeleteRange, Txn, Compact; all if absent)
     count        it is injected at most this many times (absent: no limit)
     probability  each chance injects it with this probability (absent: 1)
@@ -34,6 +35,7 @@ __all__ = [
     "Fault",
     "FaultSpec",
     "Faults",
+    "in_range",
     "prefix_end",
 ]
 
@@ -47,13 +49,15 @@ ERRORS: dict[str, type[EtcdError]] = {
     "no_leader": se.NoLeaderError,  # UNAVAILABLE "etcdserver: no leader"
 }
 _FIELDS: dict[str, set[str]] = {
-    "conflict": {"prefix", "count", "probability", "ttl"},
-    "latency": {"prefix", "methods", "count", "probability", "ttl", "delay_ms"},
-    "error": {"prefix", "methods", "count", "probability", "ttl", "error"},
+    "conflict": {"prefix", "key", "count", "probability", "ttl"},
+    "latency": {"prefix", "key", "methods", "count", "probability", "ttl", "delay_ms"},
+    "error": {"prefix", "key", "methods", "count", "probability", "ttl", "error"},
     "partition": {"peers", "count", "probability", "ttl"},
-    "watch_cut": {"prefix"},
+    "watch_cut": {"prefix", "key"},
 }
-_REQUIRED = {"latency": ("delay_ms",), "error": ("error",), "conflict": ("prefix",), "watch_cut": ("prefix",)}
+_REQUIRED = {"latency": ("delay_ms",), "error": ("error",)}
+# kinds that act on objects: a prefix or a key is required
+_SCOPED = ("conflict", "watch_cut")
 # a day: beyond it a delay or a ttl is a typo, not a test
 _MAX_SECONDS = 86400.0
 
@@ -85,7 +89,8 @@ def _number(doc: Mapping[str, Any], name: str) -> float | None:
 @dataclass(frozen=True)
 class FaultSpec:
     kind: str
-    prefix: bytes = b""
+    prefix: bytes = b""  # b"": every key
+    exact: bool = False  # prefix is one key, not a prefix
     methods: frozenset[str] = frozenset()  # empty: every method
     count: int | None = None
     probability: float = 1.0
@@ -109,9 +114,16 @@ class FaultSpec:
         for name in _REQUIRED.get(kind, ()):
             if doc.get(name) in (None, ""):
                 raise BadFaultError(f"{kind}: {name} is required")
+        if "prefix" in doc and "key" in doc:
+            raise BadFaultError(f"{kind}: give a prefix or a key, not both")
+        exact = "key" in doc
+        prefix = _prefix(doc.get("key" if exact else "prefix", ""))
+        if (exact or kind in _SCOPED) and not prefix:
+            raise BadFaultError(f"{kind}: a non-empty prefix or key is required")
         return cls(
             kind=kind,
-            prefix=_prefix(doc.get("prefix", "")),
+            prefix=prefix,
+            exact=exact,
             methods=frozenset({"Txn"}) if kind == "conflict" else _methods(doc.get("methods")),
             count=_count(doc),
             probability=_probability(doc),
@@ -124,7 +136,7 @@ class FaultSpec:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
         if "prefix" in _FIELDS[self.kind]:
-            out["prefix"] = self.prefix.decode(errors="backslashreplace")
+            out["key" if self.exact else "prefix"] = self.prefix.decode(errors="backslashreplace")
         if self.methods:
             out["methods"] = sorted(self.methods)
         if self.count is not None:
@@ -146,6 +158,13 @@ class FaultSpec:
 
     def applies_to(self, method: str) -> bool:
         return not self.methods or method in self.methods
+
+    @property
+    def key_range(self) -> tuple[bytes, bytes]:
+        """[start, end) of the keys it applies to (end b"": unbounded)."""
+        if self.exact:
+            return self.prefix, self.prefix + b"\x00"
+        return self.prefix, prefix_end(self.prefix)
 
 
 def _prefix(v: object) -> bytes:
@@ -230,7 +249,7 @@ class Fault:
     # injections decided but not yet done (a conflict's rewrite is in flight)
     pending: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
-    end: bytes = b""  # prefix_end(spec.prefix)
+    end: bytes = b""  # the end of spec.key_range
 
     def to_json(self, now: float) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, **self.spec.to_json(), "injected": self.injected}
@@ -277,7 +296,7 @@ class Faults:
             self._next_id,
             spec,
             None if spec.ttl is None else now + spec.ttl,
-            end=prefix_end(spec.prefix),
+            end=spec.key_range[1],
         )
         self._next_id += 1
         self._all[f.id] = f
@@ -360,7 +379,7 @@ class Faults:
         for f in self.kv:
             if not f.spec.applies_to(method):
                 continue
-            if f.spec.prefix:
+            if f.spec.prefix:  # b"": every key
                 if spans is None:
                     spans = list(ranges)
                 if not any(_meets(k, e, f.spec.prefix, f.end) for k, e in spans):
@@ -369,8 +388,14 @@ class Faults:
         return out
 
 
-def _meets(key: bytes, end: bytes | None, prefix: bytes, pend: bytes) -> bool:
-    """Whether the request range [key, end) shares a key with [prefix, pend) (pend b"": unbounded)."""
+def in_range(key: bytes, start: bytes, end: bytes) -> bool:
+    """Whether key is in [start, end) (end b"": unbounded)."""
+    return start <= key and (end == b"" or key < end)
+
+
+def _meets(key: bytes, end: bytes | None, start: bytes, stop: bytes) -> bool:
+    """Whether the request range [key, end) (end None: the key alone; b"": unbounded) shares a
+    key with [start, stop) (stop b"": unbounded)."""
     if end is None:
-        return key.startswith(prefix)
-    return (pend == b"" or key < pend) and (end == b"" or prefix < end)
+        return in_range(key, start, stop)
+    return (stop == b"" or key < stop) and (end == b"" or start < end)

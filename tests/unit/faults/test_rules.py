@@ -17,8 +17,10 @@ from server.faults.rules import BadFaultError, Faults, FaultSpec, prefix_end
         ([], "a fault is a JSON object"),
         ({}, "unknown fault kind None; known: conflict, latency, error, partition, watch_cut"),
         ({"kind": "meteor"}, "unknown fault kind 'meteor'"),
-        ({"kind": "conflict"}, "conflict: prefix is required"),
-        ({"kind": "conflict", "prefix": ""}, "conflict: prefix is required"),
+        ({"kind": "conflict"}, "conflict: a non-empty prefix or key is required"),
+        ({"kind": "conflict", "prefix": ""}, "conflict: a non-empty prefix or key is required"),
+        ({"kind": "conflict", "prefix": "/a", "key": "/a/b"}, "conflict: give a prefix or a key, not both"),
+        ({"kind": "latency", "delay_ms": 5, "key": ""}, "latency: a non-empty prefix or key is required"),
         ({"kind": "conflict", "prefix": 7}, "prefix must be a string, got 7"),
         ({"kind": "conflict", "prefix": "/a", "methods": ["Txn"]}, "conflict: unknown field 'methods'"),
         ({"kind": "conflict", "prefix": "/a", "count": 0}, "count must be an integer >= 1, got 0"),
@@ -45,7 +47,7 @@ from server.faults.rules import BadFaultError, Faults, FaultSpec, prefix_end
         ({"kind": "partition", "prefix": "/a"}, "partition: unknown field 'prefix'"),
         ({"kind": "partition", "peers": "all"}, "peers must be a list of member IDs"),
         ({"kind": "partition", "peers": ["xyz"]}, "peer 'xyz' is not a member ID"),
-        ({"kind": "watch_cut"}, "watch_cut: prefix is required"),
+        ({"kind": "watch_cut"}, "watch_cut: a non-empty prefix or key is required"),
         ({"kind": "watch_cut", "prefix": "/a", "count": 2}, "watch_cut: unknown field 'count'"),
     ],
 )
@@ -130,6 +132,22 @@ TXN = pb.TxnRequest(
 def test_matching_by_prefix(prefix: str, method: str, req: Any, hit: bool) -> None:
     f = faults_at([0.0])
     fault = f.add(spec(kind="latency", delay_ms=1, prefix=prefix))
+    assert (f.matching(method, request_ranges(method, req)) == [fault]) is hit
+
+
+@pytest.mark.parametrize(
+    ("key", "method", "req", "hit"),
+    [
+        ("/r/configmaps/ns1/a", "Put", PUT_ONE, True),
+        ("/r/configmaps/ns1/", "Put", PUT_ONE, False),  # a key is not a prefix
+        ("/r/configmaps/ns1/a", "Range", RANGE_ALL, True),
+        ("/r/configmaps/ns1/ab", "Range", pb.RangeRequest(key=b"/r/configmaps/ns1/a"), False),
+    ],
+)
+def test_matching_one_key(key: str, method: str, req: Any, hit: bool) -> None:
+    f = faults_at([0.0])
+    fault = f.add(spec(kind="error", error="timeout", key=key))
+    assert fault.spec.to_json()["key"] == key
     assert (f.matching(method, request_ranges(method, req)) == [fault]) is hit
 
 

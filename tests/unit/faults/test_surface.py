@@ -173,6 +173,16 @@ async def test_conflicts_count_only_what_they_cause(member: Member) -> None:
     assert (await member.fault(f["id"]))["injected"] == 1
 
 
+async def test_conflict_on_one_key(member: Member) -> None:
+    await member.put(b"/k/a")
+    ab = await member.put(b"/k/ab")
+    f = await member.set(kind="conflict", key="/k/a")
+    assert (await member.kv.Txn(update(b"/k/ab", ab, b"x"), timeout=10)).succeeded
+    a = (await member.get(b"/k/a")).mod_revision
+    assert not (await member.kv.Txn(update(b"/k/a", a, b"x"), timeout=10)).succeeded
+    assert (await member.fault(f["id"]))["injected"] == 1
+
+
 # -- watch cut -------------------------------------------------------------------------------------
 
 
