@@ -12,7 +12,7 @@ export GOTOOLCHAIN := local
 PY_SOURCES := $(shell find server controllers -name '*.py' -not -name '*_pb2*.py' 2>/dev/null)
 PROTOS := $(shell find server/api -name '*.proto')
 
-.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers bench-peers debian-etcd bench bench-kube bench-snapshot cluster raft-cluster clean
+.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot cluster raft-cluster clean
 
 all: venv peers
 
@@ -67,7 +67,12 @@ PEER_BINS := $(foreach p,$(GO_PEERS),$(PEERS)/$(call peer-field,$(p),1))
 # kwok's own stage files (node Ready and heartbeat, pod Ready/Complete/Delete), as kwokctl uses them
 KWOK_STAGES := $(PEERS)/../kwok/stages.yaml
 
-peers: $(PEER_BINS) $(KWOK_STAGES) debian-etcd
+peers: $(PEER_BINS) $(KWOK_STAGES) raft-testdata debian-etcd
+
+# etcd-io/raft's interaction scenarios, at the version etcd builds with, into the module cache
+# (go env GOMODCACHE): tests/unit/raft/test_reference_scenarios.py reads them there
+raft-testdata:
+	cd tools/peers/etcd && go mod download go.etcd.io/raft/v3
 
 define go-peer
 $(PEERS)/$(call peer-field,$(1),1): $(PEERS)/.$(call peer-field,$(1),2).stamp
@@ -116,11 +121,13 @@ lint: venv
 	$(BIN)/ruff check server controllers tests bench scripts
 	$(BIN)/ruff format --check server controllers tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/mypy tests bench
+	$(BIN)/lint-imports
 
 test: venv peers
 	$(BIN)/pytest -q
 
-test-fast: venv
+test-fast: venv raft-testdata
 	$(BIN)/pytest -q tests/unit
 
 test-e2e: venv peers
@@ -147,4 +154,4 @@ raft-cluster: venv peers
 	$(BIN)/python -m tests.harness.cluster up
 
 clean:
-	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache build *.egg-info

@@ -356,7 +356,8 @@ def suite_cluster(workdir: Path, quick: bool) -> dict[str, Any]:
 def _start_cluster(kind: str, workdir: Path) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
     ports = [(free_port(), free_port()) for _ in range(3)]
     initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
-    procs, urls = [], []
+    procs: list[subprocess.Popen[bytes]] = []
+    urls: list[str] = []
     for i, (c, p) in enumerate(ports):
         data = workdir / f"{kind}-m{i}"
         shutil.rmtree(data, ignore_errors=True)
@@ -381,8 +382,8 @@ def _start_cluster(kind: str, workdir: Path) -> tuple[list[subprocess.Popen[byte
         )
         log.close()
         urls.append(f"http://127.0.0.1:{c}")
-    for i, (u, p) in enumerate(zip(urls, procs, strict=True)):
-        wait_ready(u, 60, p, workdir / f"{kind}-m{i}.log")
+    for i, (u, proc) in enumerate(zip(urls, procs, strict=True)):
+        wait_ready(u, 60, proc, workdir / f"{kind}-m{i}.log")
     return procs, urls
 
 
@@ -473,14 +474,14 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 k: (f"{v.get('writes_per_s', '?')} ({'PASS' if v['pass'] else 'FAIL'})" if v else "-")
                 for k, v in got.items()
             }
-            w = {k: (got[k] or {}).get("writes_per_s") for k in SINGLE}
+            wps = {k: (got[k] or {}).get("writes_per_s") for k in SINGLE}
             rows.append(
                 [
                     load,
                     *(cell[k] for k in SINGLE),
-                    _ratio(w["petcd"], w["etcd"]),
-                    _ratio(w["petcd-fe"], w["etcd"]),
-                    _ratio(w["petcd"], w["null"]),
+                    _ratio(wps["petcd"], wps["etcd"]),
+                    _ratio(wps["petcd-fe"], wps["etcd"]),
+                    _ratio(wps["petcd"], wps["null"]),
                 ]
             )
         rep.add(
@@ -581,7 +582,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
             ]
         )
-        pm = {k: cl.get(f"perf-m/{k}") for k in ("petcd", "etcd")}
+        pm = {k: cl.get(f"perf-m/{k}") or {} for k in ("petcd", "etcd")}
         if all(pm.values()):
             rows.append(
                 [

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from server import failpoint
+from server.config import Config, ConfigError
 from server.durations import parse_duration
-from server.embed.config import Config, ConfigError
 from server.errors import EtcdError
 from server.version import API_VERSION, PETCD_VERSION, SERVER_VERSION
 

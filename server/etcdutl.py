@@ -38,8 +38,8 @@ from server.backend.bbolt import BboltError, BboltReader
 from server.backend.lmdb_backend import LmdbBackend, fsync_path
 from server.backend.schema import Bucket, MetaKey
 from server.backend.snapshot import SnapshotError, SnapshotFile, import_buckets, read_buckets
-from server.embed.config import Config, ConfigError
-from server.etcdserver.membership import Member, RaftCluster
+from server.config import Config, ConfigError
+from server.etcdserver.membership import Member, RaftCluster, initial_cluster_id, initial_members
 from server.mvcc.revision import (
     MARKED_REV_BYTES_LEN,
     REV_BYTES_LEN,
@@ -154,10 +154,10 @@ def _new_membership(backend: LmdbBackend, cfg: Config) -> None:
     for bucket in (Bucket.MEMBERS, Bucket.MEMBERS_REMOVED, Bucket.CLUSTER):
         for key, _ in list(backend.read_tx().iterate(bucket)):
             tx.delete(bucket, key)
-    for key in (MetaKey.CONSISTENT_INDEX, MetaKey.TERM, MetaKey.CONF_STATE):
+    for key in (MetaKey.CONSISTENT_INDEX, MetaKey.TERM, MetaKey.CONF_STATE, b"memberID"):
         tx.delete(Bucket.META, key)
-    members = cfg.initial_members()
-    cluster = RaftCluster(backend, local_id=members[cfg.name][0], cluster_id=cfg.initial_cluster_id())
+    members = initial_members(cfg)
+    cluster = RaftCluster(backend, local_id=members[cfg.name][0], cluster_id=initial_cluster_id(cfg))
     cluster.save_identity()
     for _, (mid, urls) in sorted(members.items()):
         cluster.add_member(Member(id=mid, peer_urls=urls))
@@ -312,7 +312,7 @@ def _restore_main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
     print(
-        f"restored snapshot {args.file} into {cfg.data_dir} (member {cfg.name}, cluster {cfg.initial_cluster_id():x})"
+        f"restored snapshot {args.file} into {cfg.data_dir} (member {cfg.name}, cluster {initial_cluster_id(cfg):x})"
     )
     return 0
 

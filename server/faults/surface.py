@@ -31,11 +31,11 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from server.embed.config import Config, ConfigError
-from server.embed.tls import TLSInfo, client_tls
+from server.config import Config, ConfigError
 from server.errors import EtcdError
 from server.faults.inject import FaultInterceptor, Injector, PeerLinks, Target
 from server.faults.rules import ERRORS, KINDS, METHODS, BadFaultError, Fault, Faults, FaultSpec
+from server.tls import TLSInfo, client_tls
 from server.v3rpc.errors import to_grpc_status
 
 __all__ = ["FaultSurface"]

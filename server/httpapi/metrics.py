@@ -60,8 +60,8 @@ class ServerStats(Protocol):
                         operation run by an MVCC read or write transaction (txn ops included)
     mvcc_txn            etcd_mvcc_txn_total: +1 when a transaction ends having run more than
                         one operation
-    faults_injected     petcd_faults_injected_total{kind}: faults injected on purpose
-                        (server/faults); only while the fault surface is on
+    faults_injected     (optional) petcd_faults_injected_total{kind}: faults injected on
+                        purpose (server/faults); only while the fault surface is on
     """
 
     leader_changes: int
@@ -71,7 +71,6 @@ class ServerStats(Protocol):
     mvcc_put: int
     mvcc_delete: int
     mvcc_txn: int
-    faults_injected: dict[str, int]
 
 
 def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Metric:
@@ -167,11 +166,12 @@ class EtcdCollector(Collector):
                 "etcd_mvcc_delete_total", "Total number of deletes seen by this member.", stats.mvcc_delete
             )
             yield _counter("etcd_mvcc_txn_total", "Total number of txns seen by this member.", stats.mvcc_txn)
-            if stats.faults_injected:
+            injected: dict[str, int] = getattr(stats, "faults_injected", {})
+            if injected:
                 faults = Metric(
                     "petcd_faults_injected_total", "Faults injected on purpose, by kind.", "counter"
                 )
-                for kind, n in sorted(stats.faults_injected.items()):
+                for kind, n in sorted(injected.items()):
                     faults.add_sample("petcd_faults_injected_total", {"kind": kind}, n)
                 yield faults
         yield _gauge(

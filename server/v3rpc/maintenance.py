@@ -8,19 +8,25 @@ import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.backend.backend import Backend
+from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey
 from server.backend.snapshot import write_etcd_db
+from server.config import Config
 from server.errors import EtcdError
-from server.etcdserver.errors import NotCapableError
-from server.etcdserver.server import EtcdServer
-from server.v3rpc.header import fill
+from server.etcdserver.alarm import AlarmStore
+from server.etcdserver.api import Admission, RaftStatus
+from server.etcdserver.errors import NoLeaderError, NotCapableError
+from server.etcdserver.quota import BackendQuota
+from server.mvcc.kvstore import KVStore
+from server.v3rpc.errors import to_grpc_status
+from server.v3rpc.header import Header
 from server.v3rpc.util import abort_with, unary
 from server.version import SERVER_VERSION, STORAGE_VERSION
 
@@ -68,9 +74,44 @@ def alarm_name(alarm: int) -> str:
         return str(alarm)
 
 
+class MaintenanceServer(RaftStatus, Protocol):
+    """What Maintenance reads and runs on the member: its storage, alarms and raft progress."""
+
+    @property
+    def cfg(self) -> Config: ...
+
+    @property
+    def backend(self) -> LmdbBackend: ...
+
+    @property
+    def kv(self) -> KVStore: ...
+
+    @property
+    def quota(self) -> BackendQuota: ...
+
+    @property
+    def alarms(self) -> AlarmStore: ...
+
+    @property
+    def auth(self) -> Admission: ...
+
+    @property
+    def committed_index(self) -> int: ...
+
+    @property
+    def applied_index(self) -> int: ...
+
+    async def alarm(self, r: pb.AlarmRequest) -> pb.AlarmResponse: ...
+
+    async def defragment(self) -> None: ...
+
+    async def move_leader(self, target: int) -> None: ...
+
+
 class MaintenanceService(pb_grpc.MaintenanceServicer):
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: MaintenanceServer, hdr: Header) -> None:
         self._s = server
+        self._hdr = hdr
 
     @unary
     async def Alarm(self, request: pb.AlarmRequest, context: Ctx) -> pb.AlarmResponse:
@@ -80,7 +121,7 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
         else:
             await self._s.auth.check_admin()
         resp = await self._s.alarm(request)
-        fill(self._s, resp.header)
+        self._hdr.fill(resp.header)
         return resp
 
     @unary
@@ -101,9 +142,9 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
         )
         resp.downgradeInfo.SetInParent()
         if s.leader_id == 0:
-            resp.errors.append("etcdserver: no leader")
+            resp.errors.append(to_grpc_status(NoLeaderError())[1])
         resp.errors.extend(alarm_string(m) for m in s.alarms.get())
-        fill(s, resp.header)
+        self._hdr.fill(resp.header)
         return resp
 
     @unary
@@ -118,7 +159,7 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
         await s.auth.check_admin()
         s.backend.force_commit()
         resp = pb.HashResponse(hash=s.backend.hash(_ignore))
-        fill(s, resp.header)
+        self._hdr.fill(resp.header)
         return resp
 
     @unary
@@ -127,7 +168,7 @@ class MaintenanceService(pb_grpc.MaintenanceServicer):
         h, rev = self._s.kv.hash_by_rev(request.revision)
         resp = pb.HashKVResponse(hash=h.hash, compact_revision=h.compact_revision, hash_revision=h.revision)
         resp.header.revision = rev
-        fill(self._s, resp.header)
+        self._hdr.fill(resp.header)
         return resp
 
     async def Snapshot(self, request: pb.SnapshotRequest, context: Ctx) -> AsyncIterator[pb.SnapshotResponse]:

@@ -116,4 +116,4 @@ def test_a_bbolt_file_with_a_freelist_and_history(tmp_path: Path) -> None:
         tree = read_tree(r)
         assert r.txid > 2
     inspect = bbolt_ok("keys", str(db), "bench")
-    assert len(inspect.splitlines()) == len(tree[b"bench"]) == 20000  # type: ignore[arg-type]
+    assert len(inspect.splitlines()) == len(tree[b"bench"]) == 20000

@@ -55,8 +55,8 @@ class Client:
         self.token: str | None = None
 
     @property
-    def md(self) -> list[tuple[str, str]]:
-        return [("token", self.token)] if self.token else []
+    def md(self) -> tuple[tuple[str, str], ...]:
+        return (("token", self.token),) if self.token else ()
 
     def login(self, name: str, password: str) -> str:
         return str(
@@ -204,9 +204,9 @@ def compare(src: Client, dst: Client, h: History, rev: int) -> None:
     assert [lease.ID for lease in leases.leases] == [h.long_lease]
     # auth: alice logs in with her password and is held to her role
     alice = dst.login("alice", "alicepw")
-    dst.kv.Put(pb.PutRequest(key=b"p/2", value=b"alice"), metadata=[("token", alice)], timeout=30)
+    dst.kv.Put(pb.PutRequest(key=b"p/2", value=b"alice"), metadata=(("token", alice),), timeout=30)
     with pytest.raises(grpc.RpcError) as err:
-        dst.kv.Put(pb.PutRequest(key=b"q", value=b"alice"), metadata=[("token", alice)], timeout=30)
+        dst.kv.Put(pb.PutRequest(key=b"q", value=b"alice"), metadata=(("token", alice),), timeout=30)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.RpcError):
         dst.login("alice", "wrong")

@@ -61,6 +61,7 @@ async def test_puts_are_served_while_a_large_snapshot_is_built_and_sent(tmp_path
                 r = await stream.read()
                 if r is grpc.aio.EOF:
                     break
+                assert isinstance(r, pb.SnapshotResponse)
                 blobs.append(r.blob)
     db, digest = b"".join(blobs[:-1]), blobs[-1]
     assert hashlib.sha256(db).digest() == digest and len(db) % 512 == 0
