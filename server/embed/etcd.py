@@ -78,10 +78,7 @@ class Etcd:
         self.client_ports: list[int] = []
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        out: list[grpc.aio.ServerInterceptor] = [interceptor(self.server)]
-        if self.faults is not None:
-            out.append(self.faults.interceptor)  # innermost: after the learner/leader checks
-        return out
+        return [interceptor(self.server, hook=self.faults.hook if self.faults is not None else None)]
 
     async def start(self) -> None:
         cfg = self.cfg

@@ -1,7 +1,8 @@
 """Injecting the faults of server/faults/rules.py where they act.
 
-At the gRPC edge (FaultInterceptor, the innermost interceptor of the KV service, so the JSON
-gateway and the gRPC front-ends go through it too), before the request reaches the server:
+At the gRPC edge (FaultHook, which the member's interceptor applies to every call's handler, so
+the JSON gateway and the gRPC front-ends go through it too), before the request reaches the
+server:
 
     latency    the request waits delay_ms, then is served
     error      the request fails with etcd's own error (code and message), and is not served
@@ -40,7 +41,7 @@ from server.faults.rules import ERRORS, METHODS, Fault, Faults, in_range
 from server.mvcc.kv import CompactedError
 from server.v3rpc.errors import to_grpc_status
 
-__all__ = ["FaultInterceptor", "Injector", "PeerLinks", "Target"]
+__all__ = ["FaultHook", "Injector", "PeerLinks", "Target"]
 
 log = logging.getLogger(__name__)
 
@@ -195,21 +196,20 @@ class Injector:
         return False
 
 
-class FaultInterceptor(grpc.aio.ServerInterceptor):
-    """KV calls meet the faults set; while none is, calls pass untouched (one check)."""
+class FaultHook:
+    """The member's interceptor calls wrap() on every call's handler (server/v3rpc/interceptor.py
+    HandlerHook): KV calls meet the faults set; while none is, the handler passes untouched
+    (one check, no extra await)."""
 
     def __init__(self, injector: Injector) -> None:
         self._inj = injector
         # handler -> (the handler, kept alive for its id, its faulty twin)
         self._wrapped: dict[int, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(details)
-        if handler is None or not self._inj.faults.kv:
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        if not self._inj.faults.kv:
             return handler
         method: str = details.method
         name = method[len(_KV) :] if method.startswith(_KV) else ""

@@ -33,7 +33,7 @@ from aiohttp import web
 
 from server.config import Config, ConfigError
 from server.errors import EtcdError
-from server.faults.inject import FaultInterceptor, Injector, PeerLinks, Target
+from server.faults.inject import FaultHook, Injector, PeerLinks, Target
 from server.faults.rules import ERRORS, KINDS, METHODS, BadFaultError, Fault, Faults, FaultSpec
 from server.tls import TLSInfo, client_tls
 from server.v3rpc.errors import to_grpc_status
@@ -87,8 +87,8 @@ async def _json_errors(
 class FaultSurface:
     """The faults of one member, how they are injected, and the listener that sets them.
 
-    surface.interceptor goes in the member's gRPC interceptors (innermost); start() after the
-    member started, with its peer transport; stop() before it stops."""
+    surface.hook goes to the member's interceptor (server/v3rpc/registry.interceptor); start()
+    after the member started, with its peer transport; stop() before it stops."""
 
     def __init__(
         self,
@@ -103,7 +103,7 @@ class FaultSurface:
         self._clock = clock
         self.faults = Faults(injected, clock=clock)
         self.injector = Injector(self.faults, member)
-        self.interceptor = FaultInterceptor(self.injector)
+        self.hook = FaultHook(self.injector).wrap
         self._runner: web.AppRunner | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self.ports: list[int] = []

@@ -28,7 +28,7 @@ from server.v3rpc.auth import AuthService
 from server.v3rpc.cluster import ClusterService
 from server.v3rpc.errors import TooManyOpsError, to_grpc_status
 from server.v3rpc.header import Header
-from server.v3rpc.interceptor import EtcdInterceptor
+from server.v3rpc.interceptor import EtcdInterceptor, HandlerHook
 from server.v3rpc.kv import KVService
 from server.v3rpc.lease import LeaseService
 from server.v3rpc.maintenance import MaintenanceService
@@ -168,10 +168,14 @@ def servicers(s: EtcdServer) -> Servicers:
     )
 
 
-def interceptor(s: EtcdServer) -> EtcdInterceptor:
+def interceptor(s: EtcdServer, hook: HandlerHook | None = None) -> EtcdInterceptor:
     cfg = s.cfg
     return EtcdInterceptor(
-        s, s.auth, election_timeout_s=cfg.election_timeout_ms / 1000, client_cert_auth=cfg.client_cert_auth
+        s,
+        s.auth,
+        election_timeout_s=cfg.election_timeout_ms / 1000,
+        client_cert_auth=cfg.client_cert_auth,
+        hook=hook,
     )
 
 

@@ -285,19 +285,18 @@ async def test_absent_without_the_flag(tmp_path: Path) -> None:
     async with Etcd(member_config(tmp_path)) as e:
         assert e.faults is None
         assert e.server.stats.faults_injected == {}
-        assert [type(i).__name__ for i in e._interceptors()] == ["EtcdInterceptor"]
+        [only] = e._interceptors()
+        assert only._hook is None  # type: ignore[attr-defined]
         assert e.server.transport.drop is None
 
 
 async def test_no_fault_set_passes_handlers_through(member: Member) -> None:
     assert member.e.faults is not None
-    interceptor = member.e.faults.interceptor
+    hook = member.e.faults.hook
     handler = grpc.unary_unary_rpc_method_handler(lambda r, c: r)
-
-    async def cont(_: Any) -> Any:
-        return handler
-
     details: Any = type("D", (), {"method": "/etcdserverpb.KV/Txn", "invocation_metadata": ()})()
-    assert await interceptor.intercept_service(cont, details) is handler
+    assert hook(handler, details) is handler
     await member.set(kind="latency", delay_ms=1)
-    assert await interceptor.intercept_service(cont, details) is not handler
+    assert hook(handler, details) is not handler
+    watch: Any = type("D", (), {"method": "/etcdserverpb.Watch/Watch", "invocation_metadata": ()})()
+    assert hook(handler, watch) is handler
