@@ -30,6 +30,7 @@ from server.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from tests.harness.certs import make_pki
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.faults import FaultError, Faults
+from tests.harness.faults import main as faults_main
 from tests.harness.paths import petcd_command
 from tests.harness.procs import Member, free_port
 
@@ -363,3 +364,33 @@ def test_gofail_compaction_crash_between_batches_resumes(tmp_path: Path) -> None
         )
         values = {kv["key"]: kv["value"] for kv in ctl("get", "key", "--prefix", "-w", "json").json()["kvs"]}
         assert len(values) == 5
+
+
+def test_faults_through_grpc_frontends(tmp_path: Path) -> None:
+    """Calls relayed by --grpc-frontends processes meet the faults as in-process ones do."""
+    faults = free_port()
+    with Member.petcd(tmp_path, "--grpc-frontends=1", f"--listen-faults-urls=http://127.0.0.1:{faults}") as m:
+        ctl = Etcdctl(m.client_url)
+        Faults([f"http://127.0.0.1:{faults}"]).errors("/fe/", error="leader_changed", n=1)
+        assert ctl("put", "/fe/k", "v").error_line == "Error: etcdserver: leader changed"
+        ctl.ok("put", "/fe/k", "v")
+
+
+def test_cli(faulty: tuple[Member, str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    m, surface, _ = faulty
+    assert faults_main(["--url", surface, "conflict", "configmaps", "--namespace", "ns", "-n", "2"]) == 0
+    [set_] = json.loads(capsys.readouterr().out)
+    assert (set_["kind"], set_["prefix"], set_["count"]) == ("conflict", "/registry/configmaps/ns/", 2)
+    assert faults_main(["--url", surface, "error", "--error", "no_leader", "--method", "Put"]) == 0
+    capsys.readouterr()
+    assert Etcdctl(m.client_url)("put", "k", "v").error_line == "Error: etcdserver: no leader"
+    assert faults_main(["--url", surface, "list"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(f["kind"], f["injected"]) for f in listed] == [("conflict", 0), ("error", 1)]
+    with pytest.raises(SystemExit) as usage:
+        faults_main(["--url", surface, "latency", "pods"])  # --delay is required
+    assert usage.value.code == 2
+    assert faults_main(["--url", surface, "error", "pods", "--error", "disk"]) == 1
+    assert "unknown error 'disk'" in capsys.readouterr().err
+    assert faults_main(["--url", surface, "clear"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"cleared": 2}
