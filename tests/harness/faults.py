@@ -151,19 +151,24 @@ class Surface:
             raise FaultError(f"{self.url}: the fault surface cannot be reached: {e}") from None
 
     def info(self) -> dict[str, Any]:
-        return self.request("GET", "/")  # type: ignore[no-any-return]
+        out: dict[str, Any] = self.request("GET", "/")
+        return out
 
     def add(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", "/faults", spec)  # type: ignore[no-any-return]
+        out: dict[str, Any] = self.request("POST", "/faults", spec)
+        return out
 
     def get(self, fault_id: int) -> dict[str, Any]:
-        return self.request("GET", f"/faults/{fault_id}")  # type: ignore[no-any-return]
+        out: dict[str, Any] = self.request("GET", f"/faults/{fault_id}")
+        return out
 
     def remove(self, fault_id: int) -> dict[str, Any]:
-        return self.request("DELETE", f"/faults/{fault_id}")  # type: ignore[no-any-return]
+        out: dict[str, Any] = self.request("DELETE", f"/faults/{fault_id}")
+        return out
 
     def list(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/faults")["faults"]  # type: ignore[no-any-return]
+        out: list[dict[str, Any]] = self.request("GET", "/faults")["faults"]
+        return out
 
     def clear(self) -> int:
         return int(self.request("DELETE", "/faults")["cleared"])
@@ -491,7 +496,7 @@ def main(argv: Sequence[str] | None = None, urls: Sequence[str] = ()) -> int:
         elif args.command == "leader":
             out = f.leader().info()
         elif args.command == "partition":
-            out = f.partition(_member_arg(args.member), peers=args.peer, ttl=args.ttl).result
+            out = f.partition(_member_arg(args.member) or args.member, peers=args.peer, ttl=args.ttl).result
         else:
             common = {"namespace": args.namespace, "name": args.name, "member": _member_arg(args.member)}
             if args.command == "conflict":

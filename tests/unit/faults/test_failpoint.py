@@ -3,11 +3,13 @@ sites, GOFAIL_FAILPOINTS, and gofail's HTTP protocol byte for byte (runtime/http
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import random
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,7 +145,7 @@ def test_probability(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_sleep_and_other_actions(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(fp.time, "sleep", slept.append)
+    monkeypatch.setattr(time, "sleep", slept.append)
     f = Failpoint("x")
     for desc, want in [("sleep(250)", 0.25), ('sleep("1.5s")', 1.5), ('sleep("2m")', 120.0)]:
         f.set(Terms(desc))
@@ -172,8 +174,8 @@ async def test_hit_async_suspends_only_the_task(monkeypatch: pytest.MonkeyPatch)
     async def fake_sleep(d: float) -> None:
         slept.append(d)
 
-    monkeypatch.setattr(fp.asyncio, "sleep", fake_sleep)
-    monkeypatch.setattr(fp.time, "sleep", lambda d: pytest.fail("blocked the event loop"))
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(time, "sleep", lambda d: pytest.fail("blocked the event loop"))
     f = Failpoint("x")
     f.set(Terms("2*sleep(30)"))
     for _ in range(3):

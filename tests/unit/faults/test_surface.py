@@ -45,12 +45,12 @@ class Member:
     async def set(self, **doc: object) -> dict[str, Any]:
         code, out = await self.call("POST", "/faults", doc)
         assert code == 201, out
-        return out  # type: ignore[no-any-return]
+        return out
 
     async def fault(self, fault_id: int) -> dict[str, Any]:
         code, out = await self.call("GET", f"/faults/{fault_id}")
         assert code == 200, out
-        return out  # type: ignore[no-any-return]
+        return out
 
     async def put(self, key: bytes, value: bytes = b"v", lease: int = 0) -> int:
         resp = await self.kv.Put(pb.PutRequest(key=key, value=value, lease=lease), timeout=10)
@@ -70,6 +70,11 @@ async def member(tmp_path: Path) -> AsyncIterator[Member]:
         grpc.aio.insecure_channel(f"127.0.0.1:{e.client_ports[0]}") as ch,
     ):
         yield Member(e, http, ch)
+
+
+async def read(stream: Any) -> pb.WatchResponse:
+    resp: pb.WatchResponse = await stream.read()
+    return resp
 
 
 def update(key: bytes, mod_revision: int, value: bytes) -> pb.TxnRequest:
@@ -139,7 +144,7 @@ async def test_conflict_rewrites_the_object_unchanged(member: Member) -> None:
             create_request=pb.WatchCreateRequest(key=b"/registry/cm/", range_end=b"/registry/cm0")
         )
     )
-    assert (await watch.read()).created
+    assert (await read(watch)).created
     f = await member.set(kind="conflict", prefix="/registry/cm/ns/", count=1)
 
     resp = await member.kv.Txn(update(b"/registry/cm/ns/a", rev, b"mine"), timeout=10)
@@ -147,7 +152,7 @@ async def test_conflict_rewrites_the_object_unchanged(member: Member) -> None:
     now = resp.responses[0].response_range.kvs[0]
     assert now.mod_revision == rev + 1 and now.version == before.version + 1
     assert (now.value, now.lease, now.create_revision) == (b"original", lease.ID, before.create_revision)
-    ev = (await watch.read()).events[0]
+    ev = (await read(watch)).events[0]
     assert (ev.type, ev.kv.value, ev.kv.mod_revision) == (Event.PUT, b"original", rev + 1)
 
     # the retry, from the version it now reads, goes through
@@ -193,18 +198,18 @@ async def test_watch_cut_compacts_and_cancels_watches_on_the_prefix(member: Memb
     kept = member.watch.Watch()
     await cut.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"/w/a")))
     await kept.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"/x/", range_end=b"/x0")))
-    assert (await cut.read()).created and (await kept.read()).created
+    assert (await read(cut)).created and (await read(kept)).created
 
     f = await member.set(kind="watch_cut", prefix="/w/")
     assert (f["injected"], f["compact_revision"], f["active"]) == (1, rev, False)
-    resp = await cut.read()
+    resp = await read(cut)
     assert (resp.canceled, resp.compact_revision, list(resp.events)) == (True, rev, [])
     # the history before is gone: a client resuming from it must relist
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await member.kv.Range(pb.RangeRequest(key=b"/w/a", revision=rev - 1), timeout=10)
     assert e.value.details() == "etcdserver: mvcc: required revision has been compacted"
     await member.put(b"/x/1")
-    assert (await kept.read()).events[0].kv.key == b"/x/1"
+    assert (await read(kept)).events[0].kv.key == b"/x/1"
     assert member.e.server.stats.faults_injected["watch_cut"] == 1
     cut.cancel()
     kept.cancel()
@@ -293,7 +298,7 @@ async def test_absent_without_the_flag(tmp_path: Path) -> None:
 async def test_no_fault_set_passes_handlers_through(member: Member) -> None:
     assert member.e.faults is not None
     hook = member.e.faults.hook
-    handler = grpc.unary_unary_rpc_method_handler(lambda r, c: r)
+    handler: Any = grpc.unary_unary_rpc_method_handler(lambda r, c: r)
     details: Any = type("D", (), {"method": "/etcdserverpb.KV/Txn", "invocation_metadata": ()})()
     assert hook(handler, details) is handler
     await member.set(kind="latency", delay_ms=1)
