@@ -1,10 +1,16 @@
-"""Fixtures for the e2e tier: a real kube-apiserver (and the real kubectl) on petcd or real etcd.
+"""Fixtures for the e2e tier: real Kubernetes components (and the real kubectl) on petcd or on a
+real etcd; a test that passes on "etcd" and fails on "petcd" is a petcd bug.
 
-Startup costs a few seconds, so the apiserver is module-scoped: one per module and datastore.
-`env` is parametrized over DATASTORES; a test that passes on "etcd" and fails on "petcd" is a
-petcd bug. A module sets its apiserver flags with a module-level KUBE_OPTIONS dict (keyword
-arguments of KubeAPIServer: compaction_interval, event_ttl, extra) and its datastore with
-DATASTORE_OPTIONS (keyword arguments of Datastore: members, tls).
+Two kinds of fixture, both parametrized over DATASTORES:
+
+- `cluster` (session scope): the whole control plane (petcd_harness.KubeCluster: apiserver,
+  controller-manager, scheduler, kwok nodes), one per datastore for the session, from the
+  pytest plugin's kube_cluster_factory (so the petcd one is the plugin's kube_cluster). Tests
+  on it work in namespaces of their own and leave the cluster as they found it.
+- `env` (module scope): a bare kube-apiserver on a fresh datastore, for tests that need
+  apiserver flags of their own or a quiet datastore (exact revisions, compaction): a module
+  sets them with a module-level KUBE_OPTIONS dict (keyword arguments of KubeAPIServer:
+  compaction_interval, event_ttl, extra) and DATASTORE_OPTIONS (of Datastore: members, tls).
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from typing import Any
 
 import pytest
 
-from tests.harness.etcdctl import Etcdctl
-from tests.harness.kube import Datastore, KubeAPIServer, KubeClient, KubectlResult
+from petcd_harness.apiserver import KubeAPIServer, KubeClient, KubectlResult
+from petcd_harness.controlplane import KubeCluster
+from petcd_harness.datastore import Datastore
+from petcd_harness.etcdctl import Etcdctl
 
 DATASTORES = ["petcd", "etcd"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +72,12 @@ def kube_env(kind: str, tmp: Path, members: int = 1, tls: Any = False, **api_opt
             yield KubeEnv(kind, ds, api, tmp)
         finally:
             api.stop()
+
+
+@pytest.fixture(scope="session", params=DATASTORES)
+def cluster(request: pytest.FixtureRequest, kube_cluster_factory: Any) -> KubeCluster:
+    c: KubeCluster = kube_cluster_factory(datastore=request.param)
+    return c
 
 
 @pytest.fixture(scope="module", params=DATASTORES)
@@ -166,7 +180,15 @@ def pytest_runtest_makereport(
     """A failing e2e test's report carries the tail of the apiserver's and datastore's logs."""
     report = yield
     if report.failed and call.when == "call":
-        env = getattr(item, "funcargs", {}).get("env")
+        funcargs = getattr(item, "funcargs", {})
+        env, cluster = funcargs.get("env"), funcargs.get("cluster")
         if isinstance(env, KubeEnv):
             report.sections.append((f"logs ({env.kind})", env.logs()))
+        if isinstance(cluster, KubeCluster):
+            tails = (f"--- {name} ({path})\n{_tail(path)}" for name, path in cluster.logs().items())
+            report.sections.append((f"logs ({cluster.config.datastore})", "\n".join(tails)))
     return report
+
+
+def _tail(path: Path, size: int = 4000) -> str:
+    return path.read_text(errors="replace")[-size:] if path.exists() else ""
