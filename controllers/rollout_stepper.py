@@ -53,7 +53,9 @@ def canary_ready(d: Obj, pods: list[Obj]) -> bool:
     return any(
         selects(d, p)
         and p["spec"]["containers"][0]["image"] == image
-        and any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))
+        and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", [])
+        )
         for p in pods
     )
 
@@ -119,7 +121,9 @@ def make_controller(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = base_parser("python -m controllers.rollout_stepper", "Rollout stepper (Deployments, optimistic concurrency)")
+    ap = base_parser(
+        "python -m controllers.rollout_stepper", "Rollout stepper (Deployments, optimistic concurrency)"
+    )
     ap.add_argument("--namespace", help="only Deployments in this namespace (default: all)")
     args = ap.parse_args(argv)
     kube, metrics = setup(args, "rollout-stepper")

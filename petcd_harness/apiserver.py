@@ -442,7 +442,9 @@ class KubeAPIServer:
         while not self.is_ready():
             self.process.check_alive()
             if time.monotonic() > deadline:
-                raise ComponentFailed("kube-apiserver", self.log_path, None, f"was not ready after {timeout:.0f}s")
+                raise ComponentFailed(
+                    "kube-apiserver", self.log_path, None, f"was not ready after {timeout:.0f}s"
+                )
             time.sleep(0.25)
 
     def stop(self, timeout: float = 30.0) -> None:

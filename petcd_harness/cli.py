@@ -90,7 +90,10 @@ def up(args: argparse.Namespace, apiserver_flags: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     what = f"{config.datastore} ({config.members} member{'s' if config.members > 1 else ''}{', TLS' if config.tls else ''})"
-    print(f"starting {what}, kube-apiserver, kube-controller-manager, kube-scheduler and kwok in {cluster.dir}", flush=True)
+    print(
+        f"starting {what}, kube-apiserver, kube-controller-manager, kube-scheduler and kwok in {cluster.dir}",
+        flush=True,
+    )
     t0 = time.monotonic()
     try:
         try:

@@ -108,7 +108,7 @@ class _Access:
         """A new kubernetes.client.ApiClient for the cluster (close it when done)."""
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
 
 
 class ExistingCluster(_Access):
@@ -342,7 +342,13 @@ class KubeCluster(_Access):
         assert ds is not None
         ext: dict[str, Any] = {"datastore": ds.kind, "etcd-endpoints": ds.urls}
         if ds.pki is not None:
-            ext.update({"etcd-cacert": str(ds.pki.ca), "etcd-cert": str(ds.pki.client_cert), "etcd-key": str(ds.pki.client_key)})
+            ext.update(
+                {
+                    "etcd-cacert": str(ds.pki.ca),
+                    "etcd-cert": str(ds.pki.client_cert),
+                    "etcd-key": str(ds.pki.client_key),
+                }
+            )
         return kubeconfig(api.server, api.ca.read_bytes(), ADMIN_TOKEN, "petcd", {EXTENSION: ext})
 
 
@@ -353,7 +359,10 @@ def _signals_deferred() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    old = {sig: signal.signal(sig, lambda signum, frame: held.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {
+        sig: signal.signal(sig, lambda signum, frame: held.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:

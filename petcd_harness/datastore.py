@@ -123,7 +123,6 @@ class TLSCluster(Cluster):
         return Etcdctl(eps, env=self.pki.etcdctl_env())
 
 
-
 class Datastore:
     """petcd or a real etcd v3.6 for kube-apiserver: one member or a cluster of `members`,
     plain HTTP or TLS with client-certificate authentication (tls=True, or a PKI). supervised
@@ -193,7 +192,9 @@ class Datastore:
             # one line naming the member and its log (the exception keeps the details)
             for m in members:
                 if m.proc is not None and m.proc.poll() is not None:
-                    raise ComponentFailed(f"{self.kind} {m.name}", m.log_path, m.proc.returncode, "at start") from e
+                    raise ComponentFailed(
+                        f"{self.kind} {m.name}", m.log_path, m.proc.returncode, "at start"
+                    ) from e
             m = members[0]
             raise ComponentFailed(
                 f"{self.kind} {m.name}", m.log_path, None, f"was not ready after {timeout:.0f}s"

@@ -1,10 +1,10 @@
 """The harness's errors: each says in one line what failed and where to look.
 
-    MissingBinary     a peer binary (or kwok's stages) is not where the lookup rule says
-    PortInUse         a port asked for is taken
-    ComponentFailed   a component exited or never became ready; names its log and quotes the
-                      line of it that most likely says why
-    ClusterRunning    another launcher owns the state directory
+MissingBinary     a peer binary (or kwok's stages) is not where the lookup rule says
+PortInUse         a port asked for is taken
+ComponentFailed   a component exited or never became ready; names its log and quotes the
+                  line of it that most likely says why
+ClusterRunning    another launcher owns the state directory
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ class PortInUse(HarnessError):
 class ComponentFailed(HarnessError):
     """`component` exited (returncode set) or was not ready in time (returncode None)."""
 
-    def __init__(self, component: str, log: Path | None, returncode: int | None = None, what: str = "") -> None:
+    def __init__(
+        self, component: str, log: Path | None, returncode: int | None = None, what: str = ""
+    ) -> None:
         self.component, self.log, self.returncode = component, log, returncode
         if returncode is not None:
             head = f"{component} exited with status {returncode}{' ' + what if what else ''}"
@@ -60,18 +62,26 @@ class ClusterRunning(HarnessError):
         )
 
 
-# klog's E/F lines, Go's "Error:"/"panic:", slog-style level=ERROR, petcd's and etcd's errors
-_ERROR_LINE = re.compile(r'^[EF]\d{4} |\berror\b|\bfailed\b|\bfatal\b|\bpanic\b|"level":"(error|fatal)"', re.I)
+# what a failing component's last words look like, most telling first: Go's "Error:" and
+# "panic:", klog's E/F lines, slog's level=ERROR; then any line that says error or failed
+_ERROR_LINES = (
+    re.compile(r'^(Error:|panic:|fatal error:|[EF]\d{4} )|"level":"(ERROR|FATAL|error|fatal)"'),
+    re.compile(r"\b(error|failed|fatal)\b", re.I),
+)
 
 
 def reason_in_log(log: Path | None, limit: int = 300) -> str:
-    """The last line of the log that reads like an error (else its last line), on one line."""
+    """The last line of the log that reads like the reason it failed (else its last line)."""
     if log is None or not log.is_file():
         return ""
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines()[-200:] if ln.strip()]
     lines = [ln for ln in lines if not ln.startswith("---- start ")]
+    for pattern in _ERROR_LINES:
+        found = [ln for ln in lines if pattern.search(ln)]
+        if found:
+            lines = found
+            break
     if not lines:
         return ""
-    errors = [ln for ln in lines if _ERROR_LINE.search(ln)]
-    line = (errors or lines)[-1]
+    line = lines[-1]
     return line if len(line) <= limit else line[: limit - 3] + "..."

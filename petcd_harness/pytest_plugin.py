@@ -32,12 +32,19 @@ __all__ = ["kube_cluster", "kube_cluster_factory"]
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("petcd", "Kubernetes control plane on petcd (petcd_harness)")
-    g.addoption("--kube-datastore", choices=["petcd", "etcd"], default="petcd", help="the datastore of kube_cluster")
+    g.addoption(
+        "--kube-datastore", choices=["petcd", "etcd"], default="petcd", help="the datastore of kube_cluster"
+    )
     g.addoption("--kube-members", type=int, choices=[1, 3], default=1, help="datastore members (default 1)")
     g.addoption("--kube-nodes", type=int, default=3, help="kwok fake nodes (default 3)")
-    g.addoption("--kube-tls", action="store_true", default=False, help="datastore on https:// with client certs")
     g.addoption(
-        "--kube-existing", metavar="KUBECONFIG", default=None, help="use this running cluster instead of starting one"
+        "--kube-tls", action="store_true", default=False, help="datastore on https:// with client certs"
+    )
+    g.addoption(
+        "--kube-existing",
+        metavar="KUBECONFIG",
+        default=None,
+        help="use this running cluster instead of starting one",
     )
     g.addoption("--kube-peers-dir", metavar="DIR", default=None, help="where etcd, kube-* and kwok are")
 

@@ -17,9 +17,7 @@ starts a cluster and prints its endpoints until interrupted.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass

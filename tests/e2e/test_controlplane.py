@@ -83,7 +83,9 @@ def test_cluster_is_ready_and_its_leases_live_in_the_datastore(cluster: KubeClus
 
 
 def pods(cluster: KubeCluster, ns: str, selector: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json").json()["items"]
+    items: list[dict[str, Any]] = cluster.kubectl(
+        "get", "pods", "-n", ns, "-l", selector, "-o", "json"
+    ).json()["items"]
     return items
 
 
@@ -104,7 +106,9 @@ def test_deployment_pods_run_on_fake_nodes_and_scale_down(cluster: KubeCluster, 
     # kubectl get -o yaml: the resourceVersion is the etcd mod_revision of the pod's key
     name = running[0]["metadata"]["name"]
     out = cluster.kubectl("get", "pod", name, "-n", ns, "-o", "yaml").out
-    rv = next(line.split(":", 1)[1].strip().strip('"') for line in out.splitlines() if "resourceVersion:" in line)
+    rv = next(
+        line.split(":", 1)[1].strip().strip('"') for line in out.splitlines() if "resourceVersion:" in line
+    )
     assert cluster.datastore is not None
     assert cluster.datastore.mod_revision(f"/registry/pods/{ns}/{name}") == int(rv)
 

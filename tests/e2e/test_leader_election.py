@@ -55,7 +55,9 @@ def test_controller_manager_failover(cluster: KubeCluster) -> None:
     conflicts_before = metric(cluster, "apiserver_request_total", resource="leases", code="409")
     stale = copy.deepcopy(lease)
     poll(
-        lambda: cluster.client.get(LEASE)["metadata"]["resourceVersion"] != stale["metadata"]["resourceVersion"],
+        lambda: (
+            cluster.client.get(LEASE)["metadata"]["resourceVersion"] != stale["metadata"]["resourceVersion"]
+        ),
         timeout=30,
         interval=0.2,
         what="a renewal of the Lease",
@@ -100,8 +102,9 @@ def test_controller_manager_failover(cluster: KubeCluster) -> None:
     ns = unique("failover")
     cluster.kubectl("create", "namespace", ns)
     try:
-        cluster.kubectl("create", "deployment", "after", "--image=registry.example/web:1", "--replicas=2", "-n", ns)
+        cluster.kubectl(
+            "create", "deployment", "after", "--image=registry.example/web:1", "--replicas=2", "-n", ns
+        )
         cluster.kubectl("rollout", "status", "deployment/after", "-n", ns, "--timeout=120s")
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-

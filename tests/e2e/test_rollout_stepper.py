@@ -42,7 +42,12 @@ def conflicts_on_deployments(cluster: KubeCluster) -> tuple[int, int]:
     """409 answers to PUTs of Deployments and of their /status, so far (apiserver metrics)."""
     total = metric(cluster, "apiserver_request_total", resource="deployments", verb="PUT", code="409")
     status = metric(
-        cluster, "apiserver_request_total", resource="deployments", subresource="status", verb="PUT", code="409"
+        cluster,
+        "apiserver_request_total",
+        resource="deployments",
+        subresource="status",
+        verb="PUT",
+        code="409",
     )
     return int(total - status), int(status)
 
@@ -105,7 +110,9 @@ def test_stepper_and_deployment_controller_lose_no_update(cluster: KubeCluster, 
         kube.close()
     conflicts = int(ctl.metrics.value("conflicts_total"))
     writes = int(ctl.metrics.value("writes_total"))
-    on_objects, on_status = (after - b for after, b in zip(conflicts_on_deployments(cluster), before, strict=True))
+    on_objects, on_status = (
+        after - b for after, b in zip(conflicts_on_deployments(cluster), before, strict=True)
+    )
     print(
         f"\n[{cluster.config.datastore}] {DEPLOYMENTS} Deployments x {len(PLAN)} steps: {writes} writes by the "
         f"stepper, {conflicts} of its PUTs answered 409; the deployment controller's status writes got "
@@ -120,7 +127,9 @@ def test_stepper_and_deployment_controller_lose_no_update(cluster: KubeCluster, 
         assert d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == str(len(PLAN) + 1)
         assert d["spec"]["template"]["spec"]["containers"][0]["image"] == PLAN[-1]
         assert d["status"]["observedGeneration"] == d["metadata"]["generation"]
-        rs = cluster.kubectl("get", "replicasets", "-n", ns, "-l", f"app={name}", "-o", "json").json()["items"]
+        rs = cluster.kubectl("get", "replicasets", "-n", ns, "-l", f"app={name}", "-o", "json").json()[
+            "items"
+        ]
         revisions = sorted(int(r["metadata"]["annotations"]["deployment.kubernetes.io/revision"]) for r in rs)
         assert revisions == list(range(1, len(PLAN) + 2)), name
         images = sorted(r["spec"]["template"]["spec"]["containers"][0]["image"] for r in rs)
