@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from petcd_harness.apiserver import KubeAPIServer, KubeClient, KubectlResult
 from petcd_harness.controlplane import KubeCluster
 from petcd_harness.datastore import Datastore
 from petcd_harness.etcdctl import Etcdctl
+from petcd_harness.state import start_time
 
 DATASTORES = ["petcd", "etcd"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +89,21 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     tmp = tmp_path_factory.mktemp(f"{request.module.__name__.rsplit('.', 1)[-1]}-{request.param}")
     with kube_env(request.param, tmp, **ds_opts, **api_opts) as e:
         yield e
+
+
+def running_under(dir: Path) -> list[str]:
+    """Processes (other than this one) whose command line mentions dir."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(dir) in cmdline and start_time(int(entry.name)) is not None:
+            out.append(f"{entry.name}: {cmdline[:200]}")
+    return out
 
 
 _names = itertools.count()

@@ -29,6 +29,7 @@ import pytest
 from petcd_harness.paths import PEERS, peer
 from petcd_harness.raft_cluster import poll
 from petcd_harness.state import start_time
+from tests.e2e.conftest import running_under
 
 LAUNCHER = str(Path(sys.executable).parent / "petcd-harness")
 PEER_NAMES = [
@@ -74,21 +75,6 @@ class Launcher:
 
     def pids(self) -> dict[str, int]:
         return {p.stem: int(p.read_text().split()[0]) for p in (self.dir / "pids").glob("*.pid")}
-
-
-def running_under(dir: Path) -> list[str]:
-    """Processes (other than this one) whose command line mentions dir."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(dir) in cmdline and start_time(int(entry.name)) is not None:
-            out.append(f"{entry.name}: {cmdline[:200]}")
-    return out
 
 
 def gone(pids: dict[str, int]) -> bool:

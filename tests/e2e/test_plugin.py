@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from petcd_harness.controlplane import KubeCluster
-from tests.e2e.conftest import ROOT
-from tests.e2e.test_launcher import running_under
+from tests.e2e.conftest import ROOT, running_under
 
 
 def readme_example() -> str:
