@@ -13,9 +13,10 @@ turn, and measures:
     namespace s      a namespace holding --namespace-pods (300) Running pods, from the delete
                      to the namespace gone (404)
 Medians of the runs, the ranges, and petcd/etcd ratios are printed and written to
-bench/results/cluster.json. The components keep their default client rate limits
-(kube-controller-manager: 20 requests/s, burst 30), as kind's do, so the pod figures measure the
-whole control plane, not the datastore alone.
+bench/results/cluster.json (cluster-qps.json with --qps). By default the components keep their client rate limits
+(kube-controller-manager: 20 requests/s, burst 30), as kind's do, and those bound the pod
+figures; --qps N lifts them (--kube-api-qps and --kube-api-burst of the controller-manager and
+the scheduler), so that the apiserver and the datastore set the pace.
 """
 
 from __future__ import annotations
@@ -88,12 +89,14 @@ def pods_running(api: Any, ns: str, name: str, replicas: int, timeout: float) ->
     return seconds
 
 
-def one_run(kind: str, base: Path, replicas: int, ns_pods: int, timeout: float) -> dict[str, float]:
+def one_run(kind: str, base: Path, replicas: int, ns_pods: int, timeout: float, qps: int) -> dict[str, float]:
     d = base / f"{kind}-{time.monotonic_ns()}"
     out = open(base / f"{d.name}.log", "wb")  # noqa: SIM115 - closed below
+    limits = [f"--kube-api-qps={qps}", f"--kube-api-burst={qps}"] if qps else []
+    flags = [f"--{component}-flag={f}" for component in ("controller-manager", "scheduler") for f in limits]
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [LAUNCHER, "up", "--dir", str(d), "--datastore", kind], stdout=out, stderr=subprocess.STDOUT
+        [LAUNCHER, "up", "--dir", str(d), "--datastore", kind, *flags], stdout=out, stderr=subprocess.STDOUT
     )
     try:
         kubeconfig = d / "kubeconfig"
@@ -133,6 +136,7 @@ def main() -> int:
     ap.add_argument("--replicas", type=int, default=1000)
     ap.add_argument("--namespace-pods", type=int, default=300)
     ap.add_argument("--timeout", type=float, default=900.0, help="per measurement")
+    ap.add_argument("--qps", type=int, default=0, help="lift the components' client rate limits to this")
     args = ap.parse_args()
 
     results: dict[str, list[dict[str, float]]] = {"petcd": [], "etcd": []}
@@ -140,7 +144,7 @@ def main() -> int:
         for run in range(args.runs):
             for kind in results:  # interleaved, so that a noisy minute hits both
                 print(f"run {run + 1}/{args.runs}: {kind} ...", flush=True)
-                r = one_run(kind, Path(tmp), args.replicas, args.namespace_pods, args.timeout)
+                r = one_run(kind, Path(tmp), args.replicas, args.namespace_pods, args.timeout, args.qps)
                 print("  " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()), flush=True)
                 results[kind].append(r)
 
@@ -152,7 +156,8 @@ def main() -> int:
         return f"{min(xs):.1f}-{max(xs):.1f}"
 
     print()
-    print(f"control plane on petcd vs etcd: {args.runs} runs, medians (ranges); lower is better")
+    limits = f"client rate limits {args.qps}/s" if args.qps else "default client rate limits"
+    print(f"control plane on petcd vs etcd ({limits}): {args.runs} runs, medians (ranges); lower is better")
     print(f"{'metric':<16}{'petcd':>20}{'etcd':>20}{'petcd/etcd':>12}")
     summary = {}
     for m in METRICS:
@@ -161,7 +166,7 @@ def main() -> int:
         cells = [f"{p:.1f} ({span('petcd', m)})", f"{e:.1f} ({span('etcd', m)})"]
         print(f"{m:<16}{cells[0]:>20}{cells[1]:>20}{p / e:>11.2f}x")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cluster.json").write_text(
+    (RESULTS / f"cluster{'-qps' if args.qps else ''}.json").write_text(
         json.dumps({"args": vars(args), "runs": results, "medians": summary}, indent=2) + "\n"
     )
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from petcd_harness.controlplane import ClusterConfig, KubeCluster
 from petcd_harness.errors import HarnessError
 from petcd_harness.paths import peer, set_peers_dir
-from petcd_harness.state import StateDir, start_time
+from petcd_harness.state import StateDir
 
 PROG = "petcd-harness"
 
@@ -57,6 +58,16 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     a.add_argument("--port", type=int, default=0, help="kube-apiserver port (default: a free one)")
     a.add_argument("--compaction-interval", default="5m", help="kube-apiserver --etcd-compaction-interval")
     a.add_argument("--event-ttl", default="1h", help="kube-apiserver --event-ttl")
+    a.add_argument(
+        "--controller-manager-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a kube-controller-manager flag, e.g. --controller-manager-flag=--kube-api-qps=100 (repeatable)",
+    )
+    a.add_argument(
+        "--scheduler-flag", action="append", default=[], metavar="FLAG", help="a kube-scheduler flag"
+    )
     a.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     a.add_argument(
         "--peers-dir", help="where etcd, kube-* and kwok are (else $PETCD_PEERS_DIR, .peers/bin, $PATH)"
@@ -79,6 +90,8 @@ def up(args: argparse.Namespace, apiserver_flags: list[str]) -> int:
         tls=args.tls,
         apiserver_port=args.port or None,
         apiserver_flags=tuple(apiserver_flags),
+        controller_manager_flags=tuple(args.controller_manager_flag),
+        scheduler_flags=tuple(args.scheduler_flag),
         compaction_interval=args.compaction_interval,
         event_ttl=args.event_ttl,
         keep_data=args.keep,
@@ -113,7 +126,7 @@ def up(args: argparse.Namespace, apiserver_flags: list[str]) -> int:
 
 
 def _watch(cluster: KubeCluster) -> int:
-    """Until interrupted: report components that exit; stop when the apiserver does."""
+    """Until interrupted: report processes that exit; stop when the apiserver does."""
     reported: set[str] = set()
     while True:
         time.sleep(1)
@@ -125,11 +138,14 @@ def _watch(cluster: KubeCluster) -> int:
                 flush=True,
             )
             return 1
-        for c in cluster.components:
-            if not c.process.running and c.name not in reported:
-                reported.add(c.name)
+        assert cluster.datastore is not None
+        processes = [(f"{m.kind} {m.name}", m.proc, m.log_path) for m in cluster.datastore.members]
+        processes += [(c.name, c.process.proc, c.log_path) for c in cluster.components]
+        for name, proc, log in processes:
+            if proc is not None and proc.poll() is not None and name not in reported:
+                reported.add(name)
                 print(
-                    f"{PROG}: warning: {c.name} exited with status {c.process.returncode} (log: {c.log_path})",
+                    f"{PROG}: warning: {name} exited with status {proc.returncode} (log: {log})",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -167,22 +183,20 @@ def _optional_peer(name: str) -> str | None:
 
 
 def down(dir: Path, timeout: float = 60.0) -> int:
-    """SIGTERM the launcher owning dir and wait for it to finish; then reap what it left."""
+    """SIGTERM the launcher owning dir and wait until it has stopped everything; with no
+    launcher, stop what a killed one left."""
     state = StateDir(dir)
     pid = state.owner()
     if pid is None:
         reaped = state.reap() if state.pids.is_dir() else []
         print(f"no cluster is running from {dir}" + (f"; stopped {', '.join(reaped)}" if reaped else ""))
         return 0
-    started = start_time(pid)
-    import os
-
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while start_time(pid) == started and started is not None and time.monotonic() < deadline:
+    while state.owner() == pid:  # it gives the directory up once everything has stopped
+        if time.monotonic() > deadline:
+            raise HarnessError(f"the launcher (pid {pid}) did not stop within {timeout:.0f}s")
         time.sleep(0.2)
-    if start_time(pid) == started and started is not None:
-        raise HarnessError(f"the launcher (pid {pid}) did not stop within {timeout:.0f}s")
     print(f"stopped the cluster running from {dir} (launcher pid {pid})")
     return 0
 

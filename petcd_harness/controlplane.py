@@ -71,6 +71,8 @@ class ClusterConfig:
     tls: bool = False  # the datastore on https:// with client certificates
     apiserver_port: int | None = None  # default: a free one
     apiserver_flags: tuple[str, ...] = ()
+    controller_manager_flags: tuple[str, ...] = ()  # added to (or overriding) the defaults
+    scheduler_flags: tuple[str, ...] = ()
     compaction_interval: str = "5m"  # --etcd-compaction-interval
     event_ttl: str = "1h"
     keep_data: bool = False  # reuse the datastore's data from a previous start in the same dir
@@ -217,8 +219,8 @@ class KubeCluster(_Access):
         self.datastore.start()
         self.apiserver.start(timeout=max(1.0, deadline - time.monotonic()))
         for _ in range(cfg.controller_managers):
-            self.add_controller_manager()
-        self.scheduler = Scheduler(self.apiserver, on_spawn=self._spawned)
+            self.add_controller_manager(cfg.controller_manager_flags)
+        self.scheduler = Scheduler(self.apiserver, extra=cfg.scheduler_flags, on_spawn=self._spawned)
         self.scheduler.start()
         self.kwok = Kwok(self.apiserver, on_spawn=self._spawned)
         self.kwok.start()

@@ -206,11 +206,6 @@ class Datastore:
         if self.cluster is not None:
             self.cluster.stop()
 
-    def kill(self) -> None:
-        """SIGKILL every member."""
-        for m in self.members:
-            m.kill()
-
     def __enter__(self) -> Datastore:
         return self.start()
 

@@ -98,10 +98,6 @@ class StateDir:
         if started is not None:
             self.write(f"pids/{name}.pid", f"{pid} {started}\n")
 
-    def forget(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.pids / f"{name}.pid").unlink()
-
     def reap(self, grace: float = 5.0) -> list[str]:
         """Stop every recorded process that is still the one recorded; forget all records."""
         alive: dict[str, int] = {}

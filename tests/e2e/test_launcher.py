@@ -7,7 +7,8 @@ We test these aspects:
 - kill -9 of the launcher: every component dies with it; the next `up` on the same directory
   starts; SIGINT then stops every process it started, with status 0;
 - a component that hangs on SIGTERM (and has a child of its own) while the launcher waits for
-  readiness: SIGTERM to the launcher still stops everything, the hung one with SIGKILL;
+  readiness: `petcd-harness down` (SIGTERM to the launcher) still stops everything, the hung one
+  with SIGKILL;
 - bad input, one line on stderr naming the component (and its log) and nothing left running:
   the apiserver's port in use, a missing peer binary, the apiserver exiting at start (a bad
   flag), the controller-manager exiting at start.
@@ -128,9 +129,11 @@ def test_kill_9_then_up_again_then_sigint(tmp_path: Path) -> None:
     poll(lambda: gone(pids), timeout=10, what="every component to die with the launcher")
 
     stale = first.kubeconfig().read_text()  # nothing could remove it
-    second = Launcher(d, "--nodes", "1")
+    second = Launcher(d, "--nodes", "1", "--controller-manager-flag=--kube-api-qps=55")
     second.wait_ready(stale)
     pids = second.pids()
+    cmdline = Path(f"/proc/{pids['kube-controller-manager']}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[-2:] == [b"--kube-api-qps=55", b""]  # after the defaults: it wins
     second.proc.send_signal(signal.SIGINT)
     assert second.wait() == 0, second.stderr()
     assert gone(pids), pids
@@ -148,8 +151,10 @@ def test_sigterm_stops_a_component_that_hangs(tmp_path: Path, peers_with: dict[s
     poll(lambda: "kwok" in launcher.pids() and child.exists(), timeout=180, interval=0.2, what="kwok started")
     pids = launcher.pids()
     pids["kwok's child"] = int(child.read_text())
-    launcher.proc.send_signal(signal.SIGTERM)
-    assert launcher.wait(timeout=60) == 0, launcher.stderr()
+    down = subprocess.run([LAUNCHER, "down", "--dir", str(d)], capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert down.stdout == f"stopped the cluster running from {d} (launcher pid {launcher.proc.pid})\n"
+    assert launcher.wait(timeout=10) == 0, launcher.stderr()
     assert gone(pids), pids
     assert running_under(d) == []
 
