@@ -159,7 +159,8 @@ def _ready_text(cluster: KubeCluster, seconds: float) -> str:
     logs = sorted({str(p.parent) for p in cluster.logs().values()})
     lines = [
         "",
-        f"cluster ready after {seconds:.1f}s: kube-apiserver at {api.server}, {len(cluster.nodes)} nodes, "
+        f"cluster ready after {seconds:.1f}s: kube-apiserver at {api.server}, "
+        f"{len(cluster.nodes)} node{'' if len(cluster.nodes) == 1 else 's'}, "
         f"{ds.kind} at {ds.endpoints}",
         f"  kubeconfig:  {cluster.kubeconfig}",
         f"  logs:        {', '.join(d + '/*.log' for d in logs)}",

@@ -5,7 +5,9 @@ We test these aspects:
 - the kubeconfig appears only when the cluster is ready (it works at once: nodes Ready) and
   disappears when the launcher stops;
 - kill -9 of the launcher: every component dies with it; the next `up` on the same directory
-  starts; SIGINT then stops every process it started, with status 0;
+  starts (this time with 3 members over TLS, whose endpoints and client certificate the
+  kubeconfig carries, and a controller-manager flag); SIGINT then stops every process it
+  started, with status 0;
 - a component that hangs on SIGTERM (and has a child of its own) while the launcher waits for
   readiness: `petcd-harness down` (SIGTERM to the launcher) still stops everything, the hung one
   with SIGKILL;
@@ -27,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from petcd_harness.controlplane import ExistingCluster
+from petcd_harness.etcdctl import Etcdctl
 from petcd_harness.paths import PEERS, peer
 from petcd_harness.raft_cluster import poll
 from petcd_harness.state import start_time
@@ -129,11 +133,26 @@ def test_kill_9_then_up_again_then_sigint(tmp_path: Path) -> None:
     poll(lambda: gone(pids), timeout=10, what="every component to die with the launcher")
 
     stale = first.kubeconfig().read_text()  # nothing could remove it
-    second = Launcher(d, "--nodes", "1", "--controller-manager-flag=--kube-api-qps=55")
+    # other options this time: 3 members over TLS, a controller-manager flag
+    second = Launcher(
+        d, "--nodes", "1", "--members", "3", "--tls", "--controller-manager-flag=--kube-api-qps=55"
+    )
     second.wait_ready(stale)
     pids = second.pids()
+    assert {"petcd-m0", "petcd-m1", "petcd-m2"} <= set(pids)
     cmdline = Path(f"/proc/{pids['kube-controller-manager']}/cmdline").read_bytes().split(b"\0")
     assert cmdline[-2:] == [b"--kube-api-qps=55", b""]  # after the defaults: it wins
+    ext = ExistingCluster(second.kubeconfig()).extension
+    assert len(ext["etcd-endpoints"]) == 3 and all(u.startswith("https://") for u in ext["etcd-endpoints"])
+    tls = {
+        "ETCDCTL_CACERT": ext["etcd-cacert"],
+        "ETCDCTL_CERT": ext["etcd-cert"],
+        "ETCDCTL_KEY": ext["etcd-key"],
+    }
+    keys = Etcdctl(",".join(ext["etcd-endpoints"]), env=tls).ok(
+        "get", "/registry/minions/", "--prefix", "--keys-only"
+    )
+    assert keys.split() == ["/registry/minions/petcd-worker"]
     second.proc.send_signal(signal.SIGINT)
     assert second.wait() == 0, second.stderr()
     assert gone(pids), pids
