@@ -8,9 +8,9 @@
     p.start(); p.check_alive(); p.stop()        # SIGTERM to its process group, then SIGKILL
 
 A supervised process (every Process; a Member with supervised=True) runs in a process group of
-its own, so stop() and kill() reach whatever it started, and is killed by the kernel when the
-thread that started it ends (PR_SET_PDEATHSIG): a launcher killed with -9 leaks nothing. Start
-them from a long-lived thread (the main thread), never from a pool thread.
+its own, so stop() and kill() reach whatever it started, and, when started from the main
+thread, is killed by the kernel when that thread ends (PR_SET_PDEATHSIG): a launcher killed
+with -9 leaks nothing.
 
 Usable by people too: `python -m petcd_harness.procs petcd` starts one and prints its URL.
 """
@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +109,11 @@ def spawn(
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
             start_new_session=supervised,
-            preexec_fn=_die_with_parent if supervised else None,
+            # the kernel acts when the starting *thread* ends: only the main thread lives as
+            # long as the process (elsewhere the process group and pid records must do)
+            preexec_fn=_die_with_parent
+            if supervised and threading.current_thread() is threading.main_thread()
+            else None,
         )
 
 
