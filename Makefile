@@ -12,7 +12,7 @@ export GOTOOLCHAIN := local
 PY_SOURCES := $(shell find server controllers -name '*.py' -not -name '*_pb2*.py' 2>/dev/null)
 PROTOS := $(shell find server/api -name '*.proto')
 
-.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers debian-etcd bench bench-kube bench-cluster cluster raft-cluster clean
+.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot bench-cluster cluster raft-cluster clean
 
 all: venv peers
 
@@ -67,7 +67,12 @@ PEER_BINS := $(foreach p,$(GO_PEERS),$(PEERS)/$(call peer-field,$(p),1))
 # kwok's own stage files (node Ready and heartbeat, pod Ready/Complete/Delete), as kwokctl uses them
 KWOK_STAGES := $(PEERS)/../kwok/stages.yaml
 
-peers: $(PEER_BINS) $(KWOK_STAGES) debian-etcd
+peers: $(PEER_BINS) $(KWOK_STAGES) raft-testdata debian-etcd
+
+# etcd-io/raft's interaction scenarios, at the version etcd builds with, into the module cache
+# (go env GOMODCACHE): tests/unit/raft/test_reference_scenarios.py reads them there
+raft-testdata:
+	cd tools/peers/etcd && go mod download go.etcd.io/raft/v3
 
 define go-peer
 $(PEERS)/$(call peer-field,$(1),1): $(PEERS)/.$(call peer-field,$(1),2).stamp
@@ -86,6 +91,13 @@ $(KWOK_STAGES): $(PEERS)/.kwok.stamp
 	for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
 	         pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do \
 	  echo "---"; cat "$$d/$$f.yaml"; done > $@.tmp && mv $@.tmp $@
+
+# kine (k3s-io/kine) for bench/ only: cgo SQLite (mattn/go-sqlite3, as k3s builds it) with the sqlite
+# tags of kine's own scripts/build
+KINE_TAGS := sqlite_unlock_notify,sqlite_vtable,sqlite_stat4,sqlite_preupdate_hook,sqlite_math_functions,sqlite_dbstat,sqlite_column_metadata
+$(PEERS)/kine: $(PEERS)/.kine.stamp
+	cd tools/peers/kine && CGO_ENABLED=1 go build -tags $(KINE_TAGS) -o $(CURDIR)/$@ github.com/k3s-io/kine
+bench-peers: peers $(PEERS)/kine
 
 # `make go-lock` re-resolves the Go modules on purpose (the builds never change go.mod or go.sum)
 go-lock:
@@ -109,21 +121,26 @@ lint: venv
 	$(BIN)/ruff check server controllers petcd_harness tests bench scripts
 	$(BIN)/ruff format --check server controllers petcd_harness tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/mypy tests bench
+	$(BIN)/lint-imports
 
 test: venv peers
 	$(BIN)/pytest -q
 
-test-fast: venv
+test-fast: venv raft-testdata
 	$(BIN)/pytest -q tests/unit
 
 test-e2e: venv peers
 	$(BIN)/pytest -q tests/e2e
 
-bench: venv peers
+bench: venv bench-peers
 	$(BIN)/python -m bench.run
 
-bench-kube: venv peers
+bench-kube: venv bench-peers
 	$(BIN)/python -m bench.kube_bench
+
+bench-snapshot: venv peers
+	$(BIN)/python -m bench.snapshot_bench
 
 bench-cluster: venv peers
 	$(BIN)/python -m bench.cluster_bench
@@ -142,4 +159,4 @@ raft-cluster: venv peers
 	$(BIN)/python -m petcd_harness.raft_cluster up
 
 clean:
-	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache build *.egg-info

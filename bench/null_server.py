@@ -15,7 +15,7 @@ import grpc
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from server.embed.config import Config
+from server.config import Config
 from server.embed.etcd import grpc_server_options
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -47,7 +47,7 @@ class NullMaintenance(pb_grpc.MaintenanceServicer):
 async def serve(listen: str) -> None:
     server = grpc.aio.server(options=grpc_server_options(Config()))
     pb_grpc.add_KVServicer_to_server(NullKV(), server)
-    pb_grpc.add_MaintenanceServicer_to_server(NullMaintenance(), server)
+    pb_grpc.add_MaintenanceServicer_to_server(NullMaintenance(), server)  # type: ignore[abstract]
     server.add_insecure_port(listen)
     await server.start()
     await server.wait_for_termination()

@@ -6,12 +6,14 @@ grpc.aio server, in one run, on this machine. Not a test: nothing here asserts a
     python -m bench.run --quick                # shorter runs, for a smoke check
 
 Targets: null (bench/null_server.py), petcd (one process, as `petcd` with no flags), petcd-fe (petcd
---grpc-frontends=2: gRPC served by two front-end processes, the core keeps Raft/MVCC), etcd v3.6.
+--grpc-frontends=2: gRPC served by two front-end processes, the core keeps Raft/MVCC), etcd v3.6, and
+kine v0.17 on SQLite (the other etcd-API shim, k3s's default datastore; kv and watch suites).
 
 Suites:
     perf     etcdctl check perf --load=s|m|l|xl (60 s each) on null, petcd, petcd-fe, etcd
-    kv       etcd's benchmark tool: put (100 clients, 10 conns) and range (linearizable, serializable)
-    watch    benchmark watch-latency (1,000 watchers on one key), watch fan-out, RSS of 10,000 idle watchers
+    kv       etcd's benchmark tool: put (100 clients, 10 conns) and range (linearizable, serializable);
+             also against kine
+    watch    (petcd, etcd, kine) benchmark watch-latency (1,000 watchers on one key), watch fan-out, RSS of 10,000 idle watchers
     lease    benchmark lease-keepalive
     cluster  3-member put throughput, check perf m, leader failover time (petcd vs etcd)
 
@@ -43,6 +45,8 @@ from tests.harness.procs import free_port, wait_ready
 RESULTS = ROOT / "bench" / "results"
 FRONTENDS = 2  # petcd-fe: petcd with this many gRPC front-end processes (--grpc-frontends)
 SINGLE = ("null", "petcd", "petcd-fe", "etcd")
+KV = (*SINGLE, "kine")
+WATCH = ("petcd", "etcd", "kine")
 
 
 @dataclass
@@ -72,6 +76,15 @@ def _start_member(kind: str, workdir: Path, extra: list[str] | None = None) -> T
     log = open(workdir / f"{kind}.log", "wb")  # noqa: SIM115
     if kind == "null":
         cmd = [sys.executable, "-m", "bench.null_server", "--listen", f"127.0.0.1:{port}"]
+    elif kind == "kine":  # kine's default SQLite DSN, in the target's data dir
+        data.mkdir(parents=True)
+        dsn = f"sqlite://{data}/state.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate"
+        cmd = [
+            peer("kine"),
+            f"--listen-address=127.0.0.1:{port}",
+            f"--endpoint={dsn}",
+            "--metrics-bind-address=0",
+        ]
     else:
         exe = petcd_command() if kind.startswith("petcd") else [peer("etcd")]
         if kind == "petcd-fe":
@@ -190,7 +203,7 @@ def suite_perf(workdir: Path, quick: bool) -> dict[str, Any]:
 def suite_kv(workdir: Path, quick: bool) -> dict[str, Any]:
     total = "5000" if quick else "20000"
     out: dict[str, Any] = {}
-    for kind in SINGLE:
+    for kind in KV:
         with member(kind, workdir) as t:
             common = ["--conns=10", "--clients=100"]
             out[f"put/{kind}"] = benchmark(
@@ -259,7 +272,7 @@ def _idle_watchers_rss(t: Target, n: int) -> dict[str, float]:
 
 def suite_watch(workdir: Path, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for kind in ("petcd", "etcd"):
+    for kind in WATCH:
         with member(kind, workdir) as t:
             latency = benchmark_sections(
                 t,
@@ -343,7 +356,8 @@ def suite_cluster(workdir: Path, quick: bool) -> dict[str, Any]:
 def _start_cluster(kind: str, workdir: Path) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
     ports = [(free_port(), free_port()) for _ in range(3)]
     initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
-    procs, urls = [], []
+    procs: list[subprocess.Popen[bytes]] = []
+    urls: list[str] = []
     for i, (c, p) in enumerate(ports):
         data = workdir / f"{kind}-m{i}"
         shutil.rmtree(data, ignore_errors=True)
@@ -368,8 +382,8 @@ def _start_cluster(kind: str, workdir: Path) -> tuple[list[subprocess.Popen[byte
         )
         log.close()
         urls.append(f"http://127.0.0.1:{c}")
-    for i, (u, p) in enumerate(zip(urls, procs, strict=True)):
-        wait_ready(u, 60, p, workdir / f"{kind}-m{i}.log")
+    for i, (u, proc) in enumerate(zip(urls, procs, strict=True)):
+        wait_ready(u, 60, proc, workdir / f"{kind}-m{i}.log")
     return procs, urls
 
 
@@ -428,6 +442,7 @@ SUITES = {
 
 
 _HEAD = ["null gRPC", "petcd", f"petcd, {FRONTENDS} front-ends", "etcd"]
+_KV_HEAD = [*_HEAD, "kine"]
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -459,14 +474,14 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 k: (f"{v.get('writes_per_s', '?')} ({'PASS' if v['pass'] else 'FAIL'})" if v else "-")
                 for k, v in got.items()
             }
-            w = {k: (got[k] or {}).get("writes_per_s") for k in SINGLE}
+            wps = {k: (got[k] or {}).get("writes_per_s") for k in SINGLE}
             rows.append(
                 [
                     load,
                     *(cell[k] for k in SINGLE),
-                    _ratio(w["petcd"], w["etcd"]),
-                    _ratio(w["petcd-fe"], w["etcd"]),
-                    _ratio(w["petcd"], w["null"]),
+                    _ratio(wps["petcd"], wps["etcd"]),
+                    _ratio(wps["petcd-fe"], wps["etcd"]),
+                    _ratio(wps["petcd"], wps["null"]),
                 ]
             )
         rep.add(
@@ -478,22 +493,23 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     if kv:
         rows = []
         for w in ("put", "put-1client", "range-l", "range-s"):
-            v = {k: kv.get(f"{w}/{k}", {}) for k in SINGLE}
+            v = {k: kv.get(f"{w}/{k}", {}) for k in KV}
             rows.append(
                 [
                     w,
                     *(
                         f"{v[k].get('rps', 0):.0f} / {v[k].get('avg_s', 0) * 1000:.1f} ms" if v[k] else "-"
-                        for k in SINGLE
+                        for k in KV
                     ),
                     _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
                     _ratio(v["petcd-fe"].get("rps"), v["etcd"].get("rps")),
                     _ratio(v["petcd"].get("rps"), v["null"].get("rps")),
+                    _ratio(v["petcd"].get("rps"), v["kine"].get("rps")),
                 ]
             )
         rep.add(
             "benchmark put / range (requests/s / average latency)",
-            ["workload", *_HEAD, "petcd/etcd", "petcd-fe/etcd", "petcd/null"],
+            ["workload", *_KV_HEAD, "petcd/etcd", "petcd-fe/etcd", "petcd/null", "petcd/kine"],
             rows,
         )
     watch = results.get("watch", {})
@@ -504,7 +520,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             ("create", "watch creation, 1,000 watchers on 10 streams"),
             ("fanout", "fan-out: events delivered, 1,000 watchers of one key, 500 puts/s"),
         ):
-            v = {k: watch.get(f"{w}/{k}", {}) for k in ("petcd", "etcd")}
+            v = {k: watch.get(f"{w}/{k}", {}) for k in WATCH}
             rows.append(
                 [
                     label,
@@ -515,23 +531,29 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                             if w == "latency" and "p99_s" in v[k]
                             else ""
                         )
-                        for k in ("petcd", "etcd")
+                        for k in WATCH
                     ),
                     _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
+                    _ratio(v["petcd"].get("rps"), v["kine"].get("rps")),
                 ]
             )
-        idle = {k: watch.get(f"idle10k/{k}", {}) for k in ("petcd", "etcd")}
+        idle = {k: watch.get(f"idle10k/{k}", {}) for k in WATCH}
         rows.append(
             [
                 "idle watchers RSS",
                 *(
                     f"{idle[k].get('rss_before_mb')} -> {idle[k].get('rss_after_mb')} MB ({idle[k].get('per_watcher_kb')} KB each)"
-                    for k in ("petcd", "etcd")
+                    for k in WATCH
                 ),
+                "",
                 "",
             ]
         )
-        rep.add("watch (per second / average latency)", ["workload", "petcd", "etcd", "petcd/etcd"], rows)
+        rep.add(
+            "watch (per second / average latency)",
+            ["workload", *WATCH, "petcd/etcd", "petcd/kine"],
+            rows,
+        )
     lease = results.get("lease", {})
     if lease:
         v = {k: lease.get(f"keepalive/{k}", {}) for k in ("petcd", "etcd")}
@@ -560,7 +582,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 _ratio(v["petcd"].get("rps"), v["etcd"].get("rps")),
             ]
         )
-        pm = {k: cl.get(f"perf-m/{k}") for k in ("petcd", "etcd")}
+        pm = {k: cl.get(f"perf-m/{k}") or {} for k in ("petcd", "etcd")}
         if all(pm.values()):
             rows.append(
                 [

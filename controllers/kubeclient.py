@@ -217,6 +217,15 @@ class Kube:
     def get(self, res: Resource, namespace: str | None, name: str, subresource: str | None = None) -> Obj:
         return self.request("GET", res.path(namespace, name, subresource))
 
+    def get_or_none(self, res: Resource, namespace: str | None, name: str) -> Obj | None:
+        """get(), or None where it answers 404 Not Found."""
+        try:
+            return self.get(res, namespace, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
     def list(self, res: Resource, namespace: str | None = None, **params: Any) -> Obj:
         """One page: params are the API's query parameters (resourceVersion,
         resourceVersionMatch, limit, continue, labelSelector, fieldSelector)."""

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from controllers.conditions import get_condition, now_rfc3339, same_condition, set_condition
-from controllers.informer import DELETED
+from controllers.informer import DELETED, Store
 from controllers.kubeclient import CONFIGMAPS, REPLICATED_CONFIGMAPS, Kube, Obj, key_of, rv_of, split_key
 from controllers.log import get_logger
 from controllers.metrics import Metrics
@@ -63,6 +63,7 @@ MANAGER = "petcd-replicator"
 LABEL_FROM = "petcd.example.com/replicated-from"  # the ReplicatedConfigMap's name
 LABEL_FROM_NS = "petcd.example.com/replicated-from-namespace"  # ... and namespace
 ANNOTATION_SOURCE_RV = "petcd.example.com/source-resource-version"
+SOURCE, OWNER = "source", "owner"  # the informers' indexes
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,43 +188,49 @@ def status_changed(old: Obj | None, new: Obj) -> bool:
 # the controller
 
 
+def source_key(rcm: Obj) -> list[str]:
+    """Index of ReplicatedConfigMaps by their source ConfigMap's key."""
+    source = (rcm.get("spec") or {}).get("sourceName")
+    ns = rcm.get("metadata", {}).get("namespace")
+    return [f"{ns}/{source}"] if isinstance(source, str) and source and ns else []
+
+
+def owner_key(cm: Obj) -> list[str]:
+    """Index of ConfigMaps by the ReplicatedConfigMap a copy belongs to."""
+    labels = cm.get("metadata", {}).get("labels") or {}
+    if labels.get(LABEL_MANAGED_BY) == MANAGER and labels.get(LABEL_FROM) and labels.get(LABEL_FROM_NS):
+        return [f"{labels[LABEL_FROM_NS]}/{labels[LABEL_FROM]}"]
+    return []
+
+
 class Replicator:
-    def __init__(self, kube: Kube, metrics: Metrics, retry_interval: float = 10.0) -> None:
+    """Reconciles read the informers' caches (client-go's listers): rcms, the
+    ReplicatedConfigMaps indexed by source; configmaps, every ConfigMap indexed by owner."""
+
+    def __init__(
+        self, kube: Kube, metrics: Metrics, rcms: Store, configmaps: Store, retry_interval: float = 10.0
+    ) -> None:
         self.kube = kube
         self.metrics = metrics
+        self.rcms = rcms
+        self.configmaps = configmaps
         self.retry_interval = retry_interval
         self.log = get_logger("replicator")
-        self.rcms: Any = None  # the ReplicatedConfigMap informer's store (set by make_controller)
 
     # -- event mapping -----------------------------------------------------------------------------
 
     def configmap_keys(self, cm: Obj) -> list[str]:
         """The ReplicatedConfigMaps a ConfigMap event concerns: those whose source it is, and
         the owner of a copy."""
-        m = cm.get("metadata", {})
-        keys = []
-        labels = m.get("labels") or {}
-        if labels.get(LABEL_MANAGED_BY) == MANAGER and labels.get(LABEL_FROM) and labels.get(LABEL_FROM_NS):
-            keys.append(f"{labels[LABEL_FROM_NS]}/{labels[LABEL_FROM]}")
-        if self.rcms is not None:
-            for rcm in self.rcms.objects():
-                rm = rcm.get("metadata", {})
-                if rm.get("namespace") == m.get("namespace") and (rcm.get("spec") or {}).get(
-                    "sourceName"
-                ) == m.get("name"):
-                    keys.append(key_of(rcm))
-        return keys
+        return [*owner_key(cm), *(key_of(rcm) for rcm in self.rcms.by_index(SOURCE, key_of(cm)))]
 
     # -- reconcile ---------------------------------------------------------------------------------
 
     def reconcile(self, key: str) -> Result | None:
         ns, name = split_key(key)
         assert ns is not None
-        try:
-            rcm = self.kube.get(REPLICATED_CONFIGMAPS, ns, name)
-        except Exception as e:
-            if not is_not_found(e):
-                raise
+        rcm = self.rcms.get(key)
+        if rcm is None:
             self.cleanup(ns, name, keep=set())
             return None
         log = self.log.bind(key=key, resource_version=rv_of(rcm))
@@ -233,12 +240,7 @@ class Replicator:
             self.write_status(ns, name, lambda cur: desired_status(cur, None, [], {}, invalid))
             return None  # nothing to retry until the spec changes (an event)
         spec = rcm["spec"]
-        try:
-            source: Obj | None = self.kube.get(CONFIGMAPS, ns, spec["sourceName"])
-        except Exception as e:
-            if not is_not_found(e):
-                raise
-            source = None
+        source = self.configmaps.get(f"{ns}/{spec['sourceName']}")
         if source is None:
             log.info("source not found", source=spec["sourceName"])
             self.write_status(ns, name, lambda cur: desired_status(cur, None, [], {}))
@@ -262,12 +264,7 @@ class Replicator:
         """Create or update one copy; None when it is in sync, else why not."""
         want = desired_copy(source, rcm, namespace)
         name = want["metadata"]["name"]
-        try:
-            existing = self.kube.get(CONFIGMAPS, namespace, name)
-        except Exception as e:
-            if not is_not_found(e):
-                raise
-            existing = None
+        existing = self.configmaps.get(f"{namespace}/{name}")
         if existing is None:
             try:
                 self.kube.create(CONFIGMAPS, namespace, want)
@@ -305,9 +302,7 @@ class Replicator:
 
     def cleanup(self, ns: str, name: str, keep: set[str], name_in_use: str | None = None) -> None:
         """Delete this ReplicatedConfigMap's copies outside `keep` (or named differently)."""
-        selector = f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_FROM}={name},{LABEL_FROM_NS}={ns}"
-        copies = self.kube.list(CONFIGMAPS, None, labelSelector=selector).get("items") or []
-        for cm in copies:
+        for cm in self.configmaps.by_index(OWNER, f"{ns}/{name}"):
             m = cm["metadata"]
             if m["namespace"] in keep and (name_in_use is None or m["name"] == name_in_use):
                 continue
@@ -350,11 +345,11 @@ def make_controller(
     **kw: Any,
 ) -> Controller:
     metrics = metrics or Metrics("replicator")
-    rep = Replicator(kube, metrics, retry_interval)
-    ctl = Controller("replicator", kube, rep.reconcile, workers=workers, metrics=metrics, **kw)
+    ctl = Controller(
+        "replicator", kube, lambda key: rep.reconcile(key), workers=workers, metrics=metrics, **kw
+    )
     checkpointer = ctl.checkpointer
-    rcm_informer = ctl.watch(REPLICATED_CONFIGMAPS)
-    rep.rcms = rcm_informer.store
+    rcms = ctl.watch(REPLICATED_CONFIGMAPS, indexers={SOURCE: source_key})
 
     def on_configmap(event_type: str, cm: Obj, old: Obj | None) -> None:
         if checkpointer is not None and checkpointer.store.is_own(cm):
@@ -365,7 +360,8 @@ def make_controller(
         for k in keys:
             ctl.enqueue(k)
 
-    ctl.watch(CONFIGMAPS, handler=on_configmap)
+    configmaps = ctl.watch(CONFIGMAPS, handler=on_configmap, indexers={OWNER: owner_key})
+    rep = Replicator(kube, metrics, rcms.store, configmaps.store, retry_interval)
     return ctl
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from controllers import log as logs
 from controllers.checkpoint import Checkpointer, CheckpointStore, ConfigMapCheckpoint, FileCheckpoint
-from controllers.informer import Handler, Informer
+from controllers.informer import Handler, Indexer, Informer
 from controllers.kubeclient import Kube, Obj, Resource, key_of, load_api_client
 from controllers.metrics import Metrics
 from controllers.retry import ExponentialBackoff, describe, is_conflict, is_not_found, is_transient
@@ -89,8 +89,10 @@ class Controller:
         handler: Handler | None = None,
         namespace: str | None = None,
         label_selector: str | None = None,
+        indexers: dict[str, Indexer] | None = None,
     ) -> Informer:
-        """An informer on resource; by default every event enqueues the object's key."""
+        """An informer on resource; by default every event enqueues the object's key. Its
+        store is the cache reconciles read (with indexers: Store.by_index lookups)."""
         inf = Informer(
             self.kube,
             resource,
@@ -100,6 +102,7 @@ class Controller:
             metrics=self.metrics,
             on_resource_version=self.checkpointer.tracker(resource.plural) if self.checkpointer else None,
             watch_timeout=self.watch_timeout,
+            indexers=indexers,
         )
         self.informers.append(inf)
         return inf

@@ -242,11 +242,6 @@ class WorkQueue(Generic[T]):
 
     # -- shutdown ----------------------------------------------------------------------------------
 
-    @property
-    def shutting_down(self) -> bool:
-        with self._cond:
-            return self._shutting_down
-
     def shutdown(self, drain: bool = False, timeout: float | None = None) -> bool:
         """Stop accepting items and wake every get(). With drain, wait (up to timeout) until
         the items in processing are done(); returns whether nothing is left in processing."""

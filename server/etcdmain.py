@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server.config import Config, ConfigError
 from server.durations import parse_duration
-from server.embed.config import Config, ConfigError
 from server.errors import EtcdError
 from server.version import API_VERSION, PETCD_VERSION, SERVER_VERSION
 
@@ -278,7 +278,8 @@ def _usage() -> str:
         "Usage:",
         "",
         "  petcd [flags]",
-        "  petcd snapshot restore <file> [--data-dir DIR ...]",
+        "  petcd snapshot restore <file> [--data-dir DIR ...]   (etcdutl snapshot restore)",
+        "  petcd snapshot status <file> [-w simple|table|json|fields]",
         "",
         "Flags:",
     ]
@@ -306,10 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] in (["--help"], ["-h"], ["-help"]):
         print(_usage())
         return 0
-    if args[:2] == ["snapshot", "restore"]:
-        from server.etcdutl import snapshot_restore  # late import, as above
+    if args[:1] == ["snapshot"]:
+        from server.etcdutl import main as snapshot_main  # late import, as above
 
-        return int(snapshot_restore(args[2:]))
+        return snapshot_main(args[1:])
     try:
         cfg, ignored = parse_args(args)
         cfg.validate()

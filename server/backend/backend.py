@@ -19,6 +19,7 @@ buffer list always finds it in a read transaction begun afterwards.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import IO, Protocol
 
@@ -62,6 +63,10 @@ class Backend(Protocol):
     def read_tx(self) -> ReadTx: ...
 
     def batch_tx(self) -> BatchTx: ...
+
+    def read_committed(self) -> contextlib.AbstractContextManager[ReadTx]:
+        """A view of the committed database alone, unchanged while open (for snapshots: commit()
+        first). Open, use and leave it on one thread."""
 
     def pending(self) -> int:
         """Writes buffered since the last commit() was requested."""

@@ -17,14 +17,16 @@ from typing import IO, Any
 import crc32c
 import lmdb
 
-from server.backend.backend import BackendError
+from server.backend.backend import BackendError, ReadTx
 from server.backend.schema import Bucket
 
-__all__ = ["LmdbBackend"]
+__all__ = ["MAX_KEY_SIZE", "LmdbBackend", "check_length", "fsync_path", "is_lmdb"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAP_SIZE = 10 * 1024 * 1024 * 1024  # address space reserved, not disk used
+# LMDB's compiled-in key limit (py-lmdb's Environment.max_key_size())
+MAX_KEY_SIZE = 511
 
 _Buffer = dict[Bucket, dict[bytes, bytes | None]]
 
@@ -49,7 +51,13 @@ _META = struct.Struct("<II16xI92xQQ")
 _MAGIC = 0xBEEFC0DE
 
 
-def _check_length(path: str) -> None:
+def is_lmdb(head: bytes) -> bool:
+    """Whether a file starting with head looks like an LMDB file (meta magic after page 0's header)."""
+    return head[16:20] == _MAGIC.to_bytes(4, "little")
+
+
+def check_length(path: str) -> None:
+    """Refuse (BackendError) an LMDB file shorter than its meta page says."""
     try:
         with open(path, "rb") as f:
             head = f.read(2 * 65536)
@@ -79,9 +87,9 @@ class _View:
 
     __slots__ = ("_backend", "_overlays", "_txn")
 
-    def __init__(self, backend: LmdbBackend) -> None:
+    def __init__(self, backend: LmdbBackend, overlays: list[_Buffer] | None = None) -> None:
         self._backend = backend
-        self._overlays = backend._overlays()
+        self._overlays = backend._overlays() if overlays is None else overlays
         self._txn: Any = None
 
     def _lmdb_txn(self) -> Any:
@@ -200,7 +208,7 @@ class LmdbBackend:
 
     def _open(self) -> None:
         os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
-        _check_length(self._path)
+        check_length(self._path)
         try:
             self._env = lmdb.open(
                 self._path,
@@ -231,6 +239,17 @@ class LmdbBackend:
 
     def batch_tx(self) -> _BatchTx:
         return _BatchTx(self)
+
+    @contextlib.contextmanager
+    def read_committed(self) -> Iterator[ReadTx]:
+        """A view of the committed database alone (no write buffers), the same for as long as it
+        is open: what a snapshot copies. Open, use and leave it on one thread."""
+        view = _View(self, overlays=[])
+        txn = view._lmdb_txn()  # begun now: the view is of this moment
+        try:
+            yield view
+        finally:
+            txn.abort()
 
     def pending(self) -> int:
         return self._pending
@@ -322,14 +341,14 @@ class LmdbBackend:
             os.unlink(tmp)
         try:
             self._env.copy(tmp, compact=True)
-            _fsync_path(tmp)
+            fsync_path(tmp)
         except lmdb.Error as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise BackendError(f"defrag failed: {e}") from e
         self._env.close()
         os.replace(tmp, self._path)
-        _fsync_path(os.path.dirname(self._path) or ".")
+        fsync_path(os.path.dirname(self._path) or ".")
         self._open()
 
     def replace_with(self, db_path: str) -> None:
@@ -343,7 +362,7 @@ class LmdbBackend:
         self._pending = 0
         self._env.close()
         os.replace(db_path, self._path)
-        _fsync_path(os.path.dirname(self._path) or ".")
+        fsync_path(os.path.dirname(self._path) or ".")
         self._open()
 
     def snapshot_to(self, out: IO[bytes]) -> None:
@@ -370,7 +389,7 @@ class LmdbBackend:
         self._env.close()
 
 
-def _fsync_path(path: str) -> None:
+def fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

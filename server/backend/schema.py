@@ -29,10 +29,6 @@ class Bucket(enum.Enum):
     def bucket_name(self) -> bytes:
         return self.value[0]
 
-    @property
-    def bucket_id(self) -> int:
-        return self.value[1]
-
 
 class MetaKey(bytes, enum.Enum):
     """Keys of the meta bucket."""

@@ -16,30 +16,20 @@ import socket
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 
-from server.embed.config import Config
+from server.config import Config
 from server.embed.frontends import FrontendLink, Frontends
-from server.embed.tls import TLSInfo, client_tls
 from server.etcdserver.server import EtcdServer
 from server.httpapi.http_server import HttpServers
-from server.v3rpc.interceptor import EtcdInterceptor
-from server.v3rpc.registry import Services, add_to, services
+from server.tls import TLSInfo, client_tls
+from server.urls import host_port
+from server.v3rpc.registry import Services, add_to, interceptor, services
 
-__all__ = ["Etcd", "grpc_server_options", "host_port"]
+__all__ = ["Etcd", "grpc_server_options"]
 
 log = logging.getLogger(__name__)
-
-
-def host_port(url: str) -> tuple[str, int]:
-    """'http://localhost:2379' -> ('127.0.0.1', 2379): listeners bind IPv4 loopback for localhost."""
-    u = urlsplit(url)
-    if u.hostname is None or u.port is None:
-        raise ValueError(f"listen URL needs a host and a port: {url!r}")
-    host = "127.0.0.1" if u.hostname == "localhost" else u.hostname
-    return host, u.port
 
 
 def grpc_server_options(cfg: Config, reuse_port: bool = False) -> list[tuple[str, Any]]:
@@ -72,7 +62,8 @@ class Etcd:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.server = EtcdServer(cfg)
-        self.http = HttpServers(cfg, self.server, interceptors=[EtcdInterceptor(self.server)])
+        # built once the server has started: the services hold the parts it starts with
+        self.http: HttpServers | None = None
         self._grpc: grpc.aio.Server | None = None
         self._link: FrontendLink | None = None
         self._frontends: Frontends | None = None
@@ -84,8 +75,9 @@ class Etcd:
         await self.server.start()
         try:
             await self.server.wait_ready()
+            self.http = HttpServers(cfg, self.server, interceptors=[interceptor(self.server)])
             await self.http.start()
-            interceptors = [EtcdInterceptor(self.server)]
+            interceptors = [interceptor(self.server)]
             options = grpc_server_options(cfg, reuse_port=cfg.grpc_frontends > 0)
             g = grpc.aio.server(interceptors=interceptors, options=options)
             svcs = services(self.server)
@@ -111,7 +103,8 @@ class Etcd:
             if cfg.grpc_frontends > 0:
                 await self._start_frontends(svcs, interceptors, options, listen, tls)
         except BaseException:
-            await self.http.stop()
+            if self.http is not None:
+                await self.http.stop()
             await self.server.stop()
             raise
         log.info(
@@ -157,7 +150,8 @@ class Etcd:
         if self._link is not None:
             await self._link.stop()
             self._link = None
-        await self.http.stop()
+        if self.http is not None:
+            await self.http.stop()
         for sock in self._reserved:
             sock.close()
         self._reserved.clear()

@@ -21,11 +21,13 @@ import ssl
 import struct
 from dataclasses import dataclass
 
+from server.api.etcdserverpb import rpc_pb2 as pb
+from server.api.peerpb.peer_pb2 import PeerRequest
 from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey, decode_uint64
-from server.embed.config import Config
+from server.config import Config
 from server.errors import EtcdError
-from server.etcdserver.membership import Member, RaftCluster
+from server.etcdserver.membership import Member, RaftCluster, initial_cluster_id, initial_members
 from server.etcdserver.transport import TransportError, peer_request
 from server.raft import Peer, RawNode, Snapshot
 from server.raft.storage import MemoryStorage
@@ -124,9 +126,9 @@ def _restart(cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter) -> Boo
 
 
 def _new_cluster(cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter) -> Bootstrapped:
-    members = cfg.initial_members()
+    members = initial_members(cfg)
     member_id = members[cfg.name][0]
-    cluster_id = cfg.initial_cluster_id()
+    cluster_id = initial_cluster_id(cfg)
     restored = RaftCluster.load(backend, local_id=member_id, max_learners=cfg.max_learners)
     if restored is not None and restored.cluster_id != cluster_id:
         raise BootstrapError(
@@ -146,16 +148,21 @@ def _new_cluster(cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter) ->
 async def _join(
     cfg: Config, backend: LmdbBackend, snapshotter: Snapshotter, peer_ssl: ssl.SSLContext | None
 ) -> Bootstrapped:
-    members = cfg.initial_members()
+    members = initial_members(cfg)
     mine = set(cfg.initial_advertise_peer_urls)
-    answer: dict[str, object] | None = None
+    answer: pb.MemberListResponse | None = None
     errors: list[str] = []
     for name, (_, urls) in members.items():
         if name == cfg.name:
             continue
         for url in urls:
             try:
-                answer = await peer_request(url, {"op": "members"}, ssl_ctx=peer_ssl)
+                resp = await peer_request(
+                    url, PeerRequest(member_list=pb.MemberListRequest()), ssl_ctx=peer_ssl
+                )
+                if resp.HasField("error"):
+                    raise TransportError(f"asked for the members: {resp.error.message}")
+                answer = resp.member_list
                 break
             except (OSError, TransportError, TimeoutError) as e:
                 errors.append(f"{url}: {e}")
@@ -165,8 +172,8 @@ async def _join(
         raise BootstrapError(
             f"cannot fetch cluster info from peer urls: {'; '.join(errors) or 'no other members'}"
         )
-    cluster_id = int(str(answer["cluster_id"]), 16)
-    remote = [Member.from_json(str(m).encode()) for m in answer["members"]]  # type: ignore[attr-defined]
+    cluster_id = answer.header.cluster_id
+    remote = [Member.from_pb(m) for m in answer.members]
     me = next((m for m in remote if set(m.peer_urls) == mine), None)
     if me is None:
         raise BootstrapError(

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 
-from server.durations import parse_duration
 from server.errors import EtcdError
 from server.mvcc.kv import CompactedError
 
-__all__ = ["Compactor", "parse_retention"]
+__all__ = ["Compactor"]
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +29,6 @@ HOUR = 3600.0
 RETRY_DIVISOR = 10
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-def parse_retention(mode: str, retention: str) -> float:
-    """Seconds (periodic) or revisions (revision) to retain; 0 when disabled."""
-    retention = retention.strip() or "0"
-    if mode == "revision":
-        return float(int(retention))
-    if re.fullmatch(r"\d+", retention):
-        return float(int(retention)) * HOUR
-    return parse_duration(retention)
 
 
 class Compactor:

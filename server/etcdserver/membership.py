@@ -16,11 +16,16 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
+from server.api.etcdserverpb import rpc_pb2 as pb
 from server.backend.backend import Backend
 from server.backend.schema import Bucket
 from server.errors import EtcdError
+from server.urls import parse_initial_cluster
+
+if TYPE_CHECKING:
+    from server.config import Config
 
 __all__ = [
     "Member",
@@ -32,7 +37,8 @@ __all__ = [
     "TooManyLearnersError",
     "compute_cluster_id",
     "compute_member_id",
-    "parse_initial_cluster",
+    "initial_cluster_id",
+    "initial_members",
 ]
 
 _U64 = struct.Struct(">Q")
@@ -60,10 +66,6 @@ class TooManyLearnersError(EtcdError):
     """membership: too many learner members in cluster"""
 
 
-class BadURLsError(EtcdError):
-    """given member URLs are invalid"""
-
-
 def compute_member_id(peer_urls: list[str], cluster_token: str, now_unix: int | None = None) -> int:
     b = "".join(sorted(peer_urls)).encode() + cluster_token.encode()
     if now_unix is not None:
@@ -76,25 +78,16 @@ def compute_cluster_id(member_ids: list[int]) -> int:
     return int(_U64.unpack(hashlib.sha1(b).digest()[:8])[0])
 
 
-def parse_initial_cluster(spec: str) -> dict[str, list[str]]:
-    """'a=http://x:2380,b=http://y:2380,a=http://z:2380' -> {'a': [...], 'b': [...]}."""
-    out: dict[str, list[str]] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, sep, url = part.partition("=")
-        if not sep or not url:
-            raise ValueError(f"invalid --initial-cluster entry {part!r}: expected name=url")
-        validate_urls([url])
-        out.setdefault(name, []).append(url)
-    return out
+def initial_members(cfg: Config) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """name -> (member ID, peer URLs) of the initial cluster."""
+    return {
+        name: (compute_member_id(urls, cfg.initial_cluster_token), tuple(urls))
+        for name, urls in parse_initial_cluster(cfg.initial_cluster).items()
+    }
 
 
-def validate_urls(urls: list[str]) -> None:
-    if not urls:
-        raise BadURLsError("no URL given")
-    for url in urls:
-        u = urlsplit(url)
-        if u.scheme not in ("http", "https", "unix", "unixs") or not u.netloc or u.path not in ("", "/"):
-            raise BadURLsError(f"URL must be scheme://host:port: {url!r}")
+def initial_cluster_id(cfg: Config) -> int:
+    return compute_cluster_id([mid for mid, _ in initial_members(cfg).values()])
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +108,19 @@ class Member:
         if self.is_learner:
             doc["isLearner"] = True
         return json.dumps(doc, separators=(",", ":")).encode()
+
+    def to_pb(self) -> pb.Member:
+        return pb.Member(
+            ID=self.id,
+            name=self.name,
+            peerURLs=list(self.peer_urls),
+            clientURLs=list(self.client_urls),
+            isLearner=self.is_learner,
+        )
+
+    @classmethod
+    def from_pb(cls, m: pb.Member) -> Member:
+        return cls(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), m.isLearner)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Member:

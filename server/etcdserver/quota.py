@@ -55,8 +55,8 @@ class BackendQuota:
         # negative: no quota
         self.quota_bytes = quota_bytes
 
-    def available(self, req: object) -> bool:
-        c = cost(req)
-        if c == 0 or self.quota_bytes < 0:
+    def fits(self, cost: int) -> bool:
+        """A request of this cost (see cost()) keeps the database below the quota."""
+        if cost == 0 or self.quota_bytes < 0:
             return True
-        return self._backend.size() + c < self.quota_bytes
+        return self._backend.size() + cost < self.quota_bytes

@@ -15,7 +15,6 @@ starts the loops, `await server.stop()` ends them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import io
 import itertools
@@ -31,19 +30,20 @@ from google.protobuf.message import Message as PbMessage
 from server.api.etcdserverpb import raft_internal_pb2 as rpb
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.membershippb import membership_pb2 as mpb
+from server.api.peerpb.peer_pb2 import PeerRequest, PeerResponse
+from server.auth.errors import AuthOldRevisionError
 from server.auth.store import AuthStore
 from server.auth.token_provider import new_token_provider
 from server.backend.backend import BackendError
 from server.backend.lmdb_backend import LmdbBackend
 from server.backend.schema import Bucket, MetaKey, decode_uint64, encode_uint64
-from server.embed.config import Config
-from server.embed.tls import peer_tls
+from server.config import Config, parse_retention
 from server.errors import EtcdError
-from server.etcdserver import txn, txn_codec
+from server.etcdserver import peer, txn, txn_codec
 from server.etcdserver.alarm import AlarmStore
-from server.etcdserver.apply import Applier, ApplyResult
+from server.etcdserver.apply import Applier, ApplierOptions, ApplyResult
 from server.etcdserver.bootstrap import Bootstrapped, bootstrap, new_raw_node
-from server.etcdserver.compactor import Compactor, parse_retention
+from server.etcdserver.compactor import Compactor
 from server.etcdserver.errors import (
     ApplyFailedError,
     BadLeaderTransfereeError,
@@ -61,13 +61,20 @@ from server.etcdserver.errors import (
     UnhealthyError,
 )
 from server.etcdserver.idutil import Generator
-from server.etcdserver.membership import Member, RaftCluster, compute_member_id, validate_urls
+from server.etcdserver.membership import (
+    Member,
+    MemberNotFoundError,
+    MemberNotLearnerError,
+    RaftCluster,
+    compute_member_id,
+)
 from server.etcdserver.quota import BackendQuota
 from server.etcdserver.quota import cost as quota_cost
 from server.etcdserver.raft_node import RaftCallbacks, RaftNode
 from server.etcdserver.stats import ServerStats
 from server.etcdserver.transport import PeerHandler, Transport, TransportError, peer_request
 from server.etcdserver.v3_auth import ServerAuth
+from server.etcdserver.wait import Wait, WaitTime
 from server.lease.lessor import LeaseNotFoundError, Lessor, NotPrimaryError
 from server.mvcc.kvstore import Compaction
 from server.mvcc.watchable_store import WATCH_RESYNC_PERIOD, WatchableStore
@@ -83,6 +90,8 @@ from server.raft import (
     StateType,
 )
 from server.raft import ProposalDroppedError as RaftProposalDropped
+from server.tls import peer_tls
+from server.urls import validate_urls
 from server.version import CLUSTER_VERSION
 
 __all__ = ["EtcdServer"]
@@ -121,11 +130,13 @@ class EtcdServer:
         self.snapshot_index = 0
         self.applied_term = 0
         self._ids: Generator
-        self._wait: dict[int, asyncio.Future[ApplyResult]] = {}
+        # proposals waiting for their entry to be applied (by ID)
+        self._wait: Wait[ApplyResult] = Wait()
+        # whoever waits for the applied index: linearizable reads, tokens, the first campaign
+        self.applied = WaitTime()
         self._read_waiters: list[asyncio.Future[None]] = []
         self._read_wake = asyncio.Event()
         self._read_index_waits: dict[bytes, asyncio.Future[int]] = {}
-        self._applied_waits: list[tuple[int, asyncio.Future[None]]] = []
         self._leader_changed = asyncio.Event()
         self._watch_work = asyncio.Event()
         self._compactions: asyncio.Queue[tuple[Compaction, asyncio.Future[None]]] = asyncio.Queue()
@@ -166,14 +177,34 @@ class EtcdServer:
         self.alarms = AlarmStore(self.backend)
         tokens = new_token_provider(cfg.auth_token, cfg.auth_token_ttl, clock=self._clock)
         self.auth_store = AuthStore(self.backend, tokens, cfg.bcrypt_cost)
-        self.auth = ServerAuth(self, self.auth_store)
+        self.auth = ServerAuth(
+            self.auth_store,
+            leases=self.lessor,
+            request=self._request,
+            linearizable_read=self.linearizable_read,
+            applied=self.applied,
+            request_timeout=self.request_timeout,
+            client_cert_auth=cfg.client_cert_auth,
+        )
         self.quota = BackendQuota(self.backend, cfg.quota_backend_bytes)
-        self.applier = Applier(self)
+        self.applier = Applier(
+            ApplierOptions(
+                kv=self.kv,
+                lessor=self.lessor,
+                alarms=self.alarms,
+                auth=self.auth_store,
+                quota=self.quota,
+                cluster=self.cluster,
+                consistent_index=lambda: self.applied_index,
+                on_alarm_raised=self.on_alarm_raised,
+            )
+        )
         self._ids = Generator(self.member_id)
         self.consistent_index = self._stored_consistent_index()
         raw_term = self.backend.read_tx().get(Bucket.META, MetaKey.TERM)
         self.applied_term = decode_uint64(raw_term) if raw_term else 0
         self.applied_index = max(self.consistent_index, b.applied)
+        self.applied.trigger(self.applied_index)
         self.snapshot_index = b.applied
         self.backend.force_commit()
         self.raft = self._new_raft_node(b)
@@ -221,8 +252,7 @@ class EtcdServer:
 
     async def _campaign_once_applied(self, index: int) -> None:
         # raft refuses to campaign while committed conf changes wait to be applied
-        while self.applied_index < index:
-            await asyncio.sleep(0.001)
+        await self.applied.wait(index)
         self.raft.node.campaign()
         self.raft.notify()
 
@@ -304,13 +334,10 @@ class EtcdServer:
                 await task
         await self.transport.stop()
         await self.raft.stop()
-        for fut in self._wait.values():
-            if not fut.done():
-                fut.set_exception(StoppedError())
+        self._wait.fail_all(StoppedError())
         for waiter in self._read_waiters:
             if not waiter.done():
                 waiter.set_exception(StoppedError())
-        self._wait.clear()
         self.backend.close()
 
     def _spawn(self, coro: Any) -> None:
@@ -324,6 +351,10 @@ class EtcdServer:
     def term(self) -> int:
         """The term of the last applied entry, as etcd reports it in headers and Status."""
         return self.applied_term
+
+    @property
+    def cluster_id(self) -> int:
+        return self.cluster.cluster_id
 
     @property
     def leader_id(self) -> int:
@@ -398,12 +429,11 @@ class EtcdServer:
             raise RequestTooLargeError()
         deadline = asyncio.get_running_loop().time() + self.request_timeout
         await self._wait_for_leader(deadline)
-        fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
-        self._wait[r.header.ID] = fut
+        fut = self._wait.register(r.header.ID)
         try:
             self.raft.node.propose(data)
         except RaftProposalDropped:
-            self._wait.pop(r.header.ID, None)
+            self._wait.cancel(r.header.ID)
             self.stats.proposals_failed += 1
             raise ProposalDroppedError() from None
         self.stats.proposals_pending += 1
@@ -416,7 +446,15 @@ class EtcdServer:
             raise TimeoutError_() from None
         finally:
             self.stats.proposals_pending -= 1
-            self._wait.pop(r.header.ID, None)
+            self._wait.cancel(r.header.ID)
+
+    async def _leader_change(self, deadline: float, retry: float | None = None) -> None:
+        """Until raft's leader or role changes, the deadline passes, or retry seconds did."""
+        changed = self._leader_changed
+        until = deadline if retry is None else min(deadline, asyncio.get_running_loop().time() + retry)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(until):
+                await changed.wait()
 
     async def _wait_for_leader(self, deadline: float) -> None:
         """While the member knows no leader, proposals wait (etcd's raft node does not take them
@@ -453,15 +491,7 @@ class EtcdServer:
             self.consistent_index = ci
             self.backend.batch_tx().put(Bucket.META, MetaKey.CONSISTENT_INDEX, encode_uint64(ci))
             self.backend.batch_tx().put(Bucket.META, MetaKey.TERM, encode_uint64(self.term))
-        if self._applied_waits:
-            still = []
-            for index, fut in self._applied_waits:
-                if index <= self.applied_index:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    still.append((index, fut))
-            self._applied_waits = still
+        self.applied.trigger(self.applied_index)
 
     def _apply_normal(self, e: Entry) -> None:
         try:
@@ -469,8 +499,9 @@ class EtcdServer:
         except (DecodeError, txn_codec.TooDeepError):
             log.error("entry %d cannot be decoded; skipped on every member", e.index)
             return
+        wait_id = r.header.ID or r.ID
         try:
-            result = self.applier.apply(r)
+            result = self.applier.apply(r, need_result=self._wait.is_registered(wait_id))
         except Exception as exc:
             # a bug, met identically by every member on the same entry: answer it rather than
             # stop (and stop again at every restart, replaying the entry)
@@ -478,14 +509,13 @@ class EtcdServer:
             result = ApplyResult(err=ApplyFailedError(f"etcdserver: apply failed: {exc}"))
         if result.compaction is not None:
             self._schedule_compaction(result.compaction)
-        fut = self._wait.get(r.header.ID or r.ID)
-        if fut is None:
-            return
         if isinstance(result.err, NoSpaceError) and not self.alarms.active(pb.NOSPACE):
             # as etcd: answer once the NOSPACE alarm it implies is raised
-            self._spawn(self._raise_nospace_then(fut, result))
-        elif not fut.done():
-            fut.set_result(result)
+            fut = self._wait.take(wait_id)
+            if fut is not None:
+                self._spawn(self._raise_nospace_then(fut, result))
+        else:
+            self._wait.trigger(wait_id, result)
 
     async def _raise_nospace_then(self, fut: asyncio.Future[ApplyResult], result: ApplyResult) -> None:
         with contextlib.suppress(Exception):
@@ -518,9 +548,7 @@ class EtcdServer:
             else:
                 self.transport.add_peer(member.id, list(member.peer_urls))
         self.raft.conf_state = self.raft.node.apply_conf_change(cc)
-        fut = self._wait.get(cc.id)
-        if fut is not None and not fut.done():
-            fut.set_result(ApplyResult())
+        self._wait.trigger(cc.id, ApplyResult())
 
     async def _apply_snapshot(self, snap: Snapshot) -> None:
         """Install the database that came with a snapshot from the leader."""
@@ -542,6 +570,7 @@ class EtcdServer:
         self.applied_index = max(self.consistent_index, index)
         self.applied_term = max(self.applied_term, snap.metadata.term)
         self.snapshot_index = index
+        self.applied.trigger(self.applied_index)
         if resume is not None:
             self._schedule_compaction(resume)
         log.info("applied snapshot from the leader", extra={"index": index, "revision": self.kv.rev()})
@@ -631,7 +660,6 @@ class EtcdServer:
             raise TimeoutError_() from None
 
     async def _read_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._read_wake.wait()
             self._read_wake.clear()
@@ -640,10 +668,7 @@ class EtcdServer:
                 continue
             try:
                 index = await self._read_index()
-                if index > self.applied_index:
-                    done: asyncio.Future[None] = loop.create_future()
-                    self._applied_waits.append((index, done))
-                    await done
+                await self.applied.wait(index)
                 for w in waiters:
                     if not w.done():
                         w.set_result(None)
@@ -760,9 +785,13 @@ class EtcdServer:
         )
 
     async def _check_quota(self, req: PbMessage) -> None:
-        if self.disk_full and quota_cost(req) > 0:
+        """etcd's v3rpc quota check: refuse a request that costs space while there is none."""
+        c = quota_cost(req)
+        if c == 0:
+            return
+        if self.disk_full:
             raise NoSpaceError()
-        if not self.quota.available(req):
+        if not self.quota.fits(c):
             await self._raise_nospace()
             raise NoSpaceError()
 
@@ -826,72 +855,109 @@ class EtcdServer:
         return resp
 
     async def lease_renew(self, lease_id: int) -> int:
-        """Keep-alive: on the leader, or forwarded to it (only the leader tracks expiry)."""
+        """Keep-alive: on the leader, or forwarded to it (only the leader tracks expiry).
+        Auth: a user that may write every key of the lease."""
+        if self.auth.enabled:
+            await self.auth.check_lease_renew(self.lessor.lookup(lease_id))
         if self.is_leader:
             return self.lessor.renew(lease_id)
-        answer = await self._ask_leader({"op": "lease_renew", "id": lease_id})
-        if answer.get("error") == "not_found":
-            raise LeaseNotFoundError()
-        return int(answer["ttl"])
+        resp = await self._ask_leader(PeerRequest(lease_keep_alive=pb.LeaseKeepAliveRequest(ID=lease_id)))
+        return int(resp.lease_keep_alive.TTL)
 
-    async def lease_time_to_live(self, lease_id: int, keys: bool) -> tuple[int, int, list[bytes]] | None:
+    async def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+        """From the leader's lessor (TTL -1: no such lease). Auth: any user; with keys, one that
+        may read every key of the lease."""
+        auth = self.auth
+        await auth.require_auth_info()
+        auth_rev = await auth.check_lease_time_to_live(self.lessor.lookup(r.ID)) if r.keys else 0
+        found = await self._lease_time_to_live(r.ID, r.keys)
+        if r.keys and auth.enabled and auth_rev != self.auth_store.revision:
+            raise AuthOldRevisionError()
+        if found is None:
+            return pb.LeaseTimeToLiveResponse(ID=r.ID, TTL=-1)
+        ttl, granted, keys = found
+        return pb.LeaseTimeToLiveResponse(ID=r.ID, TTL=ttl, grantedTTL=granted, keys=keys)
+
+    async def _lease_time_to_live(self, lease_id: int, keys: bool) -> tuple[int, int, list[bytes]] | None:
         """(remaining TTL, granted TTL, keys) from the leader's lessor; None if unknown."""
         if self.is_leader:
-            lease = self.lessor.lookup(lease_id)
-            if lease is None:
-                return None
-            return int(self.lessor.remaining(lease)), lease.ttl, sorted(lease.keys) if keys else []
-        answer = await self._ask_leader({"op": "lease_ttl", "id": lease_id, "keys": keys})
-        if answer.get("error") == "not_found":
+            return self._local_lease_time_to_live(lease_id, keys)
+        req = pb.LeaseTimeToLiveRequest(ID=lease_id, keys=keys)
+        try:
+            resp = (await self._ask_leader(PeerRequest(lease_time_to_live=req))).lease_time_to_live
+        except LeaseNotFoundError:
             return None
-        return int(answer["ttl"]), int(answer["granted"]), [base64.b64decode(k) for k in answer["keys"]]
+        return int(resp.TTL), int(resp.grantedTTL), list(resp.keys)
 
-    async def _ask_leader(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _local_lease_time_to_live(self, lease_id: int, keys: bool) -> tuple[int, int, list[bytes]] | None:
+        lease = self.lessor.lookup(lease_id)
+        if lease is None:
+            return None
+        return int(self.lessor.remaining(lease)), lease.ttl, sorted(lease.keys) if keys else []
+
+    async def lease_leases(self) -> pb.LeaseLeasesResponse:
+        """Auth: a user that may read every leased key."""
+        leases = self.lessor.leases()
+        await self.auth.check_lease_leases(leases)
+        return pb.LeaseLeasesResponse(leases=[pb.LeaseStatus(ID=le.id) for le in leases])
+
+    async def _ask_leader(self, request: PeerRequest) -> PeerResponse:
+        """The leader's answer (here, if this member leads); its error raised here as the leader
+        met it (server/etcdserver/peer.py)."""
         deadline = asyncio.get_running_loop().time() + self.request_timeout
         while True:
             leader = self.cluster.member(self.leader_id) if self.leader_id else None
+            resp: PeerResponse | None = None
             if leader is not None and leader.id != self.member_id:
-                try:
-                    return await peer_request(
+                with contextlib.suppress(OSError, TransportError, TimeoutError):
+                    resp = await peer_request(
                         leader.peer_urls[0], request, member_id=self.member_id, ssl_ctx=self._peer_ssl
                     )
-                except (OSError, TransportError, TimeoutError):
-                    pass
             elif self.is_leader:
-                return await self._on_peer_request(request)
+                resp = await self._on_peer_request(request)
+            if resp is not None:
+                if resp.HasField("error"):
+                    peer.raise_error(resp.error)
+                return resp
             if asyncio.get_running_loop().time() > deadline:
                 raise NoLeaderError()
-            await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000)
+            # a new leader, or (an unreachable leader) a heartbeat later
+            await self._leader_change(deadline, retry=self.cfg.heartbeat_interval_ms / 1000)
 
-    async def _on_peer_request(self, req: dict[str, Any]) -> dict[str, Any]:
-        op = req.get("op")
-        if op == "members":
-            return {
-                "cluster_id": f"{self.cluster.cluster_id:x}",
-                "members": [m.to_json().decode() for m in self.cluster.sorted_members()],
-            }
-        if op == "lease_renew":
-            try:
-                return {"ttl": self.lessor.renew(int(req["id"]))}
-            except (LeaseNotFoundError, NotPrimaryError):
-                return {"error": "not_found"}
-        if op == "lease_ttl":
-            lease = self.lessor.lookup(int(req["id"]))
-            if lease is None:
-                return {"error": "not_found"}
-            keys = sorted(lease.keys) if req.get("keys") else []
-            return {
-                "ttl": int(self.lessor.remaining(lease)),
-                "granted": lease.ttl,
-                "keys": [base64.b64encode(k).decode() for k in keys],
-            }
-        if op == "promote":
-            try:
-                await self.member_promote(int(req["id"]))
-                return {}
-            except Exception as e:
-                return {"error": type(e).__name__}
-        return {"error": f"unknown op {op!r}"}
+    async def _on_peer_request(self, req: PeerRequest) -> PeerResponse:
+        try:
+            which = req.WhichOneof("request")
+            if which == "member_list":
+                return PeerResponse(
+                    member_list=pb.MemberListResponse(
+                        header=pb.ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id),
+                        members=[m.to_pb() for m in self.members()],
+                    )
+                )
+            if which == "lease_keep_alive":
+                lease_id = req.lease_keep_alive.ID
+                try:
+                    ttl = self.lessor.renew(lease_id)
+                except NotPrimaryError:
+                    raise LeaseNotFoundError() from None
+                return PeerResponse(lease_keep_alive=pb.LeaseKeepAliveResponse(ID=lease_id, TTL=ttl))
+            if which == "lease_time_to_live":
+                r = req.lease_time_to_live
+                found = self._local_lease_time_to_live(r.ID, r.keys)
+                if found is None:
+                    raise LeaseNotFoundError()
+                ttl, granted, keys = found
+                return PeerResponse(
+                    lease_time_to_live=pb.LeaseTimeToLiveResponse(
+                        ID=r.ID, TTL=ttl, grantedTTL=granted, keys=keys
+                    )
+                )
+            if which == "member_promote":
+                await self.member_promote(req.member_promote.ID)
+                return PeerResponse(member_promote=pb.MemberPromoteResponse())
+            raise ValueError(f"unknown peer request {which!r}")
+        except Exception as e:
+            return peer.error_response(e)
 
     # -- Maintenance ----------------------------------------------------------------------------
 
@@ -931,14 +997,13 @@ class EtcdServer:
         while self.leader_id != target:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutLeaderTransferError()
-            await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000)
+            await self._leader_change(deadline)
 
     # -- membership -----------------------------------------------------------------------------
 
     async def _conf_change(self, cc: ConfChange) -> None:
         await self._wait_for_leader(asyncio.get_running_loop().time() + self.request_timeout)
-        fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
-        self._wait[cc.id] = fut
+        fut = self._wait.register(cc.id)
         try:
             try:
                 self.raft.node.propose_conf_change(cc)
@@ -949,7 +1014,7 @@ class EtcdServer:
         except TimeoutError:
             raise TimeoutError_() from None
         finally:
-            self._wait.pop(cc.id, None)
+            self._wait.cancel(cc.id)
 
     # -- strict reconfiguration checks (etcd's mayAddMember / mayRemoveMember) -------------------
 
@@ -993,6 +1058,9 @@ class EtcdServer:
         if active - 1 < 1 + (len(voters) - 1) // 2:
             raise UnhealthyError()
 
+    def members(self) -> list[Member]:
+        return self.cluster.sorted_members()
+
     async def member_add(self, peer_urls: list[str], is_learner: bool) -> Member:
         validate_urls(peer_urls)
         member = Member(
@@ -1027,12 +1095,12 @@ class EtcdServer:
         if not self._ready_to_change_voters(adding=True):
             raise NotEnoughStartedMembersError()
         if not self.is_leader:
-            answer = await self._ask_leader({"op": "promote", "id": member_id})
-            error = answer.get("error")
-            if error == "LearnerNotReadyError":
-                raise LearnerNotReadyError()
-            if error:
-                raise NotLeaderError()
+            try:
+                await self._ask_leader(PeerRequest(member_promote=pb.MemberPromoteRequest(ID=member_id)))
+            except (LearnerNotReadyError, MemberNotFoundError, MemberNotLearnerError):
+                raise  # etcd returns these from the leader; anything else: not promoted here
+            except EtcdError:
+                raise NotLeaderError() from None
             return
         progress = self.raft.node.status().progress.get(member_id)
         leader = self.raft.node.status().progress.get(self.member_id)

@@ -10,7 +10,8 @@ Every connection starts with a handshake, then carries one kind of traffic:
         connection lives; each member keeps one outbound stream per peer.
     kind S (snapshot): [4-byte length | MsgSnap] [8-byte length | backend database bytes];
         the server answers one byte (0 ok, 1 failed) once the database is saved.
-    kind Q (request): [4-byte length | JSON request] -> [4-byte length | JSON response].
+    kind Q (request): [4-byte length | peerpb.PeerRequest] -> [4-byte length | peerpb.PeerResponse]
+        (server/api/peerpb/peer.proto; errors by server/etcdserver/peer.py's table).
 
 Backpressure: each peer has a bounded outbound queue; when it is full, new messages are dropped
 (raft retransmits) and the peer is reported unreachable, so a slow or dead peer never blocks the
@@ -21,18 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
 
+from google.protobuf.message import DecodeError
+
+from server.api.peerpb.peer_pb2 import PeerRequest, PeerResponse
+from server.api.raftpb.raftcodec import marshal_message, unmarshal_message
 from server.raft.raftpb import Message, MessageType
-from server.wal.raftcodec import marshal_message, unmarshal_message
+from server.urls import host_port
 
 __all__ = ["PeerHandler", "Transport", "TransportError", "peer_request"]
 
@@ -59,10 +61,10 @@ class TransportError(Exception):
 
 
 def _hostport(url: str) -> tuple[str, int]:
-    u = urlsplit(url)
-    if u.hostname is None or u.port is None:
-        raise TransportError(f"peer URL needs host and port: {url!r}")
-    return ("127.0.0.1" if u.hostname == "localhost" else u.hostname), u.port
+    try:
+        return host_port(url)
+    except ValueError as e:
+        raise TransportError(f"peer URL needs host and port: {url!r}") from e
 
 
 @dataclass
@@ -74,7 +76,7 @@ class PeerHandler:
     on_message: Callable[[Message], None]
     # saves a snapshot's database; returns when it is durable
     on_snapshot: Callable[[Message, asyncio.StreamReader, int], Awaitable[None]]
-    on_request: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+    on_request: Callable[[PeerRequest], Awaitable[PeerResponse]]
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:
@@ -106,19 +108,22 @@ async def _dial(
 
 async def peer_request(
     url: str,
-    request: dict[str, Any],
+    request: PeerRequest,
     *,
     member_id: int = 0,
     cluster_id: int = 0,
     ssl_ctx: ssl.SSLContext | None = None,
-) -> dict[str, Any]:
+) -> PeerResponse:
     """One request/response exchange with the member at peer URL url."""
     reader, writer = await _dial(url, KIND_REQUEST, member_id, cluster_id, ssl_ctx)
     try:
-        writer.write(_frame(json.dumps(request).encode()))
+        writer.write(_frame(request.SerializeToString()))
         await writer.drain()
-        resp: dict[str, Any] = json.loads(await _read_frame(reader))
-        return resp
+        raw = await _read_frame(reader)
+        try:
+            return PeerResponse.FromString(raw)
+        except DecodeError as e:
+            raise TransportError(f"peer {url} answered something else than a PeerResponse: {e}") from e
     finally:
         writer.close()
 
@@ -355,8 +360,8 @@ class Transport:
                     writer.write(b"\x01")
                 await writer.drain()
             elif kind == KIND_REQUEST:
-                req = json.loads(await _read_frame(reader))
-                writer.write(_frame(json.dumps(await h.on_request(req)).encode()))
+                req = PeerRequest.FromString(await _read_frame(reader))
+                writer.write(_frame((await h.on_request(req)).SerializeToString()))
                 await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, TransportError):
             pass

@@ -3,6 +3,10 @@
 These run inside the apply loop (writes) or directly on a read view (reads); they take the
 replicated request messages and return response messages without headers filled beyond the
 revision (the gRPC edge adds cluster/member IDs and term).
+
+Work is done once: a put reads the key's previous record once, inside its write transaction,
+and only when it needs it (ignore_value, ignore_lease, prev_kv); a txn applied where nobody
+waits for its answer skips its ranges (etcd's SkipRangeExecution): they change nothing.
 """
 
 from __future__ import annotations
@@ -13,22 +17,14 @@ from typing import Protocol
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.mvccpb.kv_pb2 import KeyValue
 from server.etcdserver.errors import KeyNotFoundError
-from server.lease.lessor import LeaseNotFoundError
-from server.mvcc.kv import CompactedError, FutureRevError, RangeOptions, ReadView, TxnRead, TxnWrite
+from server.lease.lessor import NO_LEASE, LeaseNotFoundError
+from server.mvcc.kv import KV, CompactedError, FutureRevError, RangeOptions, ReadView, TxnRead, TxnWrite
 
-__all__ = ["delete_range", "is_txn_readonly", "mk_gte_range", "put", "range_", "txn"]
-
-NO_LEASE = 0
+__all__ = ["LeaseLookup", "delete_range", "is_txn_readonly", "mk_gte_range", "put", "range_", "txn"]
 
 
 class LeaseLookup(Protocol):
     def lookup(self, lease_id: int) -> object | None: ...
-
-
-class KV(Protocol):
-    def read(self) -> TxnRead: ...
-
-    def write(self) -> TxnWrite: ...
 
 
 def mk_gte_range(range_end: bytes) -> bytes | None:
@@ -94,26 +90,46 @@ def range_(rv: ReadView, r: pb.RangeRequest) -> pb.RangeResponse:
 # -- Put / DeleteRange ----------------------------------------------------------------------------
 
 
-def put(tw: TxnWrite, p: pb.PutRequest) -> pb.PutResponse:
+def put(kv: KV, lessor: LeaseLookup, p: pb.PutRequest) -> pb.PutResponse:
+    """etcd's txn.Put: the lease must exist, then the put runs in its own write transaction."""
+    if p.lease != NO_LEASE and lessor.lookup(p.lease) is None:
+        raise LeaseNotFoundError()
+    tw = kv.write()
+    try:
+        return _put(tw, p)
+    finally:
+        tw.end()
+
+
+def _put(tw: TxnWrite, p: pb.PutRequest) -> pb.PutResponse:
     value, lease = p.value, p.lease
     prev: KeyValue | None = None
     if p.ignore_value or p.ignore_lease or p.prev_kv:
         kvs = tw.range(p.key, None, RangeOptions()).kvs
         prev = kvs[0] if kvs else None
-    if (p.ignore_value or p.ignore_lease) and prev is None:
-        raise KeyNotFoundError()
-    if p.ignore_value and prev is not None:
-        value = prev.value
-    if p.ignore_lease and prev is not None:
-        lease = prev.lease
+        if (p.ignore_value or p.ignore_lease) and prev is None:
+            raise KeyNotFoundError()
     resp = pb.PutResponse()
-    if p.prev_kv and prev is not None:
-        resp.prev_kv.CopyFrom(prev)
+    if prev is not None:
+        if p.ignore_value:
+            value = prev.value
+        if p.ignore_lease:
+            lease = prev.lease
+        if p.prev_kv:
+            resp.prev_kv.CopyFrom(prev)
     resp.header.revision = tw.put(p.key, value, lease)
     return resp
 
 
-def delete_range(tw: TxnWrite, dr: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+def delete_range(kv: KV, dr: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+    tw = kv.write()
+    try:
+        return _delete_range(tw, dr)
+    finally:
+        tw.end()
+
+
+def _delete_range(tw: TxnWrite, dr: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
     end = mk_gte_range(dr.range_end)
     resp = pb.DeleteRangeResponse()
     if dr.prev_kv:
@@ -122,8 +138,8 @@ def delete_range(tw: TxnWrite, dr: pb.DeleteRangeRequest) -> pb.DeleteRangeRespo
     return resp
 
 
-def check_put(rv: ReadView, lessor: LeaseLookup, p: pb.PutRequest) -> None:
-    """Errors a put would hit, found before anything is written."""
+def _check_put(rv: ReadView, lessor: LeaseLookup, p: pb.PutRequest) -> None:
+    """Errors a txn's put would hit, found before anything is written (etcd's checkPut)."""
     if (p.ignore_value or p.ignore_lease) and not rv.range(p.key, None, RangeOptions()).kvs:
         raise KeyNotFoundError()
     if p.lease != NO_LEASE and lessor.lookup(p.lease) is None:
@@ -137,16 +153,17 @@ def is_txn_readonly(r: pb.TxnRequest) -> bool:
     return all(op.HasField("request_range") for op in (*r.success, *r.failure))
 
 
-def txn(kv: KV, lessor: LeaseLookup, r: pb.TxnRequest) -> pb.TxnResponse:
+def txn(kv: KV, lessor: LeaseLookup, r: pb.TxnRequest, *, skip_ranges: bool = False) -> pb.TxnResponse:
     """Evaluate the compares (nested txns too) on one view, check the chosen branches, then run
-    them in one write transaction (or a read view when there is nothing to write)."""
+    them in one write transaction (or a read view when there is nothing to write). skip_ranges:
+    nobody reads the answer, so the ranges are not executed (their responses stay empty)."""
     is_write = not is_txn_readonly(r)
     view = kv.read()
     path = _compare_to_path(view, r)
     _check_txn(view, lessor, r, path)
     tx: TxnRead | TxnWrite = kv.write() if is_write else view
     try:
-        resp, _ = _execute(tx, r, path)
+        resp, _ = _execute(tx, r, path, skip_ranges)
         resp.header.revision = tx.rev()
     finally:
         tx.end()
@@ -221,7 +238,7 @@ def _check_txn(rv: ReadView, lessor: LeaseLookup, r: pb.TxnRequest, path: list[b
             if 0 < rr.revision < rv.first_rev():
                 raise CompactedError()
         elif which == "request_put":
-            check_put(rv, lessor, op.request_put)
+            _check_put(rv, lessor, op.request_put)
         elif which == "request_txn":
             n = _check_txn(rv, lessor, op.request_txn, rest)
             count += n + 1
@@ -229,7 +246,9 @@ def _check_txn(rv: ReadView, lessor: LeaseLookup, r: pb.TxnRequest, path: list[b
     return count
 
 
-def _execute(tx: TxnRead | TxnWrite, r: pb.TxnRequest, path: list[bool]) -> tuple[pb.TxnResponse, int]:
+def _execute(
+    tx: TxnRead | TxnWrite, r: pb.TxnRequest, path: list[bool], skip_ranges: bool
+) -> tuple[pb.TxnResponse, int]:
     succeeded = path[0]
     resp = pb.TxnResponse(succeeded=succeeded)
     count = 0
@@ -238,13 +257,16 @@ def _execute(tx: TxnRead | TxnWrite, r: pb.TxnRequest, path: list[bool]) -> tupl
         out = resp.responses.add()
         which = op.WhichOneof("request")
         if which == "request_range":
-            out.response_range.CopyFrom(range_(tx, op.request_range))
+            if skip_ranges:
+                out.response_range.SetInParent()
+            else:
+                out.response_range.CopyFrom(range_(tx, op.request_range))
         elif which == "request_put":
-            out.response_put.CopyFrom(put(tx, op.request_put))  # type: ignore[arg-type]
+            out.response_put.CopyFrom(_put(tx, op.request_put))  # type: ignore[arg-type]
         elif which == "request_delete_range":
-            out.response_delete_range.CopyFrom(delete_range(tx, op.request_delete_range))  # type: ignore[arg-type]
+            out.response_delete_range.CopyFrom(_delete_range(tx, op.request_delete_range))  # type: ignore[arg-type]
         elif which == "request_txn":
-            sub, n = _execute(tx, op.request_txn, rest)
+            sub, n = _execute(tx, op.request_txn, rest, skip_ranges)
             sub.header.SetInParent()  # etcd sends nested txns an empty header
             out.response_txn.CopyFrom(sub)
             count += n + 1

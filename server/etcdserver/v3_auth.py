@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from server.api.etcdserverpb import raft_internal_pb2 as rpb
 from server.api.etcdserverpb import rpc_pb2 as pb
-from server.auth.apply_auth import check_txn
+from server.auth.apply_auth import LeasedKeys, LeaseLookup, check_txn
 from server.auth.context import credentials
 from server.auth.errors import AuthError, AuthOldRevisionError, InvalidAuthTokenError, UserEmptyError
 from server.auth.store import ROOT_USER, AuthInfo, AuthStore, hash_password
-
-if TYPE_CHECKING:
-    from server.etcdserver.server import EtcdServer
-    from server.lease.lessor import Lease
+from server.etcdserver.wait import WaitTime
 
 __all__ = ["ServerAuth"]
 
@@ -30,11 +26,34 @@ T = TypeVar("T")
 
 
 class ServerAuth:
-    def __init__(self, server: EtcdServer, store: AuthStore) -> None:
-        self._s = server
+    """request: propose an InternalRaftRequest and return its response (raising its error);
+    applied: the member's applied-index waiter; linearizable_read: wait until the member has
+    applied everything committed before the call."""
+
+    def __init__(
+        self,
+        store: AuthStore,
+        *,
+        leases: LeaseLookup,
+        request: Callable[[rpb.InternalRaftRequest], Awaitable[Any]],
+        linearizable_read: Callable[[], Awaitable[None]],
+        applied: WaitTime,
+        request_timeout: float,
+        client_cert_auth: bool,
+    ) -> None:
         self.store = store
+        self._leases = leases
+        self._propose = request
+        self._linearizable_read = linearizable_read
+        self._applied = applied
+        self._timeout = request_timeout
+        self._client_cert_auth = client_cert_auth
 
     # -- who is calling -------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        return self.store.enabled
 
     async def auth_info(self) -> AuthInfo | None:
         """etcd's AuthInfoFromCtx: None when auth is off or the call carries no credentials;
@@ -52,25 +71,18 @@ class ServerAuth:
             if ai is None:
                 raise InvalidAuthTokenError()
             return ai
-        if creds.common_name is not None and self._s.cfg.client_cert_auth:
+        if creds.common_name is not None and self._client_cert_auth:
             return store.auth_info_from_cn(creds.common_name)
         return None
 
     async def _wait_applied(self, index: int) -> bool:
         """etcd's indexWaiter: until this member has applied index (False after the request
         timeout: the token names an entry this member never applied)."""
-        s = self._s
-        if index <= s.applied_index:
-            return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        s._applied_waits.append((index, fut))
         try:
-            async with asyncio.timeout(s.request_timeout):
-                await fut
+            async with asyncio.timeout(self._timeout):
+                await self._applied.wait(index)
             return True
         except TimeoutError:
-            with contextlib.suppress(ValueError):
-                s._applied_waits.remove((index, fut))
             return False
 
     async def require_auth_info(self) -> None:
@@ -109,22 +121,15 @@ class ServerAuth:
         return resp
 
     def txn_check(self, r: pb.TxnRequest) -> Callable[[AuthInfo], None]:
-        return lambda ai: check_txn(self.store, ai, self._s.lessor, r)
+        return lambda ai: check_txn(self.store, ai, self._leases, r)
 
-    async def watch_denied(self, creq: pb.WatchCreateRequest) -> str | None:
-        """Why a watch may not be created (the canceled response's reason: etcd puts the gRPC
-        error's Go string there), or None."""
+    async def watch_denied(self, creq: pb.WatchCreateRequest) -> AuthError | None:
+        """Why the caller may not watch creq's range, or None."""
         try:
             ai = await self.auth_info() or AuthInfo("", 0)
             self.store.is_range_permitted(ai, creq.key or b"\x00", creq.range_end)
-        except InvalidAuthTokenError:
-            return "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"
-        except AuthOldRevisionError:
-            return "rpc error: code = InvalidArgument desc = etcdserver: revision of auth store is old"
-        except UserEmptyError:
-            return "rpc error: code = InvalidArgument desc = etcdserver: user name is empty"
-        except AuthError:
-            return "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+        except AuthError as e:
+            return e
         return None
 
     # -- leases ---------------------------------------------------------------------------------
@@ -142,7 +147,7 @@ class ServerAuth:
         except AuthError:
             return ai
 
-    async def check_lease_renew(self, lease: Lease | None) -> None:
+    async def check_lease_renew(self, lease: LeasedKeys | None) -> None:
         rev = self.store.revision
         ai = await self._lease_user()
         if ai is None:
@@ -152,7 +157,7 @@ class ServerAuth:
         if rev != self.store.revision:
             raise AuthOldRevisionError()
 
-    async def check_lease_time_to_live(self, lease: Lease | None) -> int:
+    async def check_lease_time_to_live(self, lease: LeasedKeys | None) -> int:
         rev = self.store.revision
         ai = await self._lease_user()
         if ai is not None:
@@ -160,7 +165,7 @@ class ServerAuth:
                 self.store.is_range_permitted(ai, key, b"")
         return rev
 
-    async def check_lease_leases(self, leases: Iterable[Lease]) -> None:
+    async def check_lease_leases(self, leases: Iterable[LeasedKeys]) -> None:
         rev = self.store.revision
         ai = await self._lease_user()
         if ai is None:
@@ -174,7 +179,7 @@ class ServerAuth:
     # -- the Auth API (etcd's Authenticator) ----------------------------------------------------
 
     async def _request(self, **field: Any) -> Any:
-        return await self._s._request(rpb.InternalRaftRequest(**field))
+        return await self._propose(rpb.InternalRaftRequest(**field))
 
     async def auth_enable(self, r: pb.AuthEnableRequest) -> pb.AuthEnableResponse:
         resp: pb.AuthEnableResponse = await self._request(auth_enable=r)
@@ -189,7 +194,7 @@ class ServerAuth:
         return resp
 
     async def authenticate(self, r: pb.AuthenticateRequest) -> pb.AuthenticateResponse:
-        await self._s.linearizable_read()
+        await self._linearizable_read()
         store = self.store
         while True:
             # bcrypt is slow: off the event loop (the store only reads the stored hash)

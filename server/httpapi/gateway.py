@@ -35,16 +35,13 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from server.api.etcdserverpb import rpc_pb2 as pb
-from server.embed.config import Config
+from server.config import Config
 from server.errors import EtcdError
 from server.etcdserver.server import EtcdServer
 from server.httpapi import jsonpb
 from server.v3rpc.auth import AuthService
-from server.v3rpc.cluster import ClusterService
 from server.v3rpc.errors import to_grpc_status
-from server.v3rpc.kv import KVService
-from server.v3rpc.lease import LeaseService
-from server.v3rpc.maintenance import MaintenanceService
+from server.v3rpc.registry import servicers
 
 __all__ = ["Gateway", "body_limit", "error_response", "http_status_from_code", "status_of"]
 
@@ -151,8 +148,8 @@ class Gateway:
         self._s = server
         self._ctx = cast(Ctx, _GatewayContext())
         self._interceptors = tuple(interceptors)
-        kv, lease = KVService(server), LeaseService(server)
-        cluster, maint = ClusterService(server), MaintenanceService(server)
+        sv = servicers(server)
+        kv, lease, cluster, maint = sv.kv, sv.lease, sv.cluster, sv.maintenance
         in_process = "streaming calls are not yet supported in the in-process transport"
         no_method = "Method not found!"
         K, L, C, M = (
@@ -207,7 +204,7 @@ class Gateway:
             ),
             "/v3/maintenance/downgrade": _unary(pb.DowngradeRequest, M + "Downgrade", maint.Downgrade),
         }
-        routes.update(_auth_routes(AuthService(server)))
+        routes.update(_auth_routes(sv.auth))
         unserved = [
             "lock/lock",
             "lock/unlock",

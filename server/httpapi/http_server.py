@@ -23,13 +23,14 @@ from urllib.parse import urlsplit
 import grpc
 from aiohttp import web
 
-from server.embed.config import Config
-from server.embed.tls import client_tls
+from server.config import Config
 from server.etcdserver.server import EtcdServer
 from server.httpapi.gateway import Gateway, body_limit
 from server.httpapi.gohttp import not_found, serve_mux_redirects
 from server.httpapi.health import Health, HealthStats
 from server.httpapi.metrics import new_registry, serve_metrics
+from server.tls import client_tls
+from server.urls import host_port
 
 __all__ = ["HttpServer", "HttpServers", "client_app", "metrics_app"]
 
@@ -89,13 +90,6 @@ def metrics_app(server: EtcdServer, stats: HealthStats | None = None) -> web.App
     return app
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    # imported here: server.embed.etcd imports this module
-    from server.embed.etcd import host_port
-
-    return host_port(url)
-
-
 def _ssl_context(cfg: Config) -> ssl.SSLContext:
     tls = client_tls(cfg)
     if tls is None:
@@ -122,7 +116,7 @@ class HttpServer:
         self._runner = runner
         try:
             for url in self.urls:
-                host, port = _host_port(url)
+                host, port = host_port(url)
                 scheme = urlsplit(url).scheme
                 if scheme not in ("http", "https"):
                     raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}")

@@ -260,10 +260,6 @@ class Lessor:
             out.append(lease_id)
         return out
 
-    def next_expiry(self) -> float | None:
-        top = self._queue.peek()
-        return None if top is None else top[0]
-
     # -- queries ----------------------------------------------------------------------------------
 
     def lookup(self, lease_id: int) -> Lease | None:

@@ -5,7 +5,7 @@ Reading is split from writing and views from transactions, as in etcd:
     ReadView  (first_rev, rev, range)          WriteView (put, delete_range)
     TxnRead   = ReadView + end()
     TxnWrite  = TxnRead + WriteView + changes()
-    KV        = read() -> TxnRead, write() -> TxnWrite, compact, hash_by_rev, ...
+    KV        = read() -> TxnRead, write() -> TxnWrite, rev()   (the store: kvstore.KVStore)
 
 Key ranges: end None is the single key; end b"" is every key >= key; otherwise [key, end).
 Stored records are mvccpb.KeyValue, as etcd stores them; nothing here knows about gRPC.
@@ -20,6 +20,7 @@ from server.api.mvccpb.kv_pb2 import KeyValue
 from server.errors import EtcdError
 
 __all__ = [
+    "KV",
     "CompactedError",
     "FutureRevError",
     "KeyValue",
@@ -99,3 +100,13 @@ class TxnRead(ReadView, Protocol):
 class TxnWrite(TxnRead, WriteView, Protocol):
     def changes(self) -> list[KeyValue]:
         """The records written so far (a delete is KeyValue(key=...))."""
+
+
+class KV(Protocol):
+    """The store as its users see it: a read view or a write transaction at a time."""
+
+    def read(self) -> TxnRead: ...
+
+    def write(self) -> TxnWrite: ...
+
+    def rev(self) -> int: ...

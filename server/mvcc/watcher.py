@@ -10,13 +10,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from server.api.mvccpb.kv_pb2 import Event
 from server.errors import EtcdError
-
-if TYPE_CHECKING:
-    from server.mvcc.watchable_store import WatchableStore
 
 __all__ = [
     "AUTO_WATCH_ID",
@@ -27,6 +24,7 @@ __all__ = [
     "FilterFunc",
     "WatchResponse",
     "WatchStream",
+    "Watchable",
     "Watcher",
     "WatcherNotExistError",
 ]
@@ -147,11 +145,31 @@ class Watcher:
         return self.ch.try_send(wr)
 
 
+class Watchable(Protocol):
+    """What a watch stream needs from the store (etcd's watchable interface)."""
+
+    def watch(
+        self,
+        key: bytes,
+        end: bytes | None,
+        start_rev: int,
+        watch_id: int,
+        ch: Channel,
+        filters: tuple[FilterFunc, ...] = (),
+    ) -> Watcher: ...
+
+    def cancel_watcher(self, w: Watcher) -> None: ...
+
+    def progress_if_sync(self, watchers: dict[int, Watcher], response_id: int) -> bool: ...
+
+    def rev(self) -> int: ...
+
+
 @dataclass(eq=False)
 class WatchStream:
     """A client stream's watchers (etcd's watchStream)."""
 
-    store: WatchableStore
+    store: Watchable
     ch: Channel
     next_id: int = 0
     closed: bool = False

@@ -208,9 +208,6 @@ class Raft:
 
     # -- state accessors ---------------------------------------------------------------------
 
-    def has_leader(self) -> bool:
-        return self.lead != NONE
-
     def soft_state(self) -> SoftState:
         return SoftState(lead=self.lead, raft_state=self.state)
 

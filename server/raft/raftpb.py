@@ -1,7 +1,7 @@
 """Raft's values: log entries, hard state, snapshots, configuration and messages.
 
 These mirror etcd-io/raft's raftpb (same names, same fields) as immutable dataclasses, so the
-pure core never touches protobuf. server/wal/raftcodec.py converts them to and from the raftpb
+pure core never touches protobuf. server/api/raftpb/raftcodec.py converts them to and from the raftpb
 wire encoding (server/api/raftpb/raft.proto) where they cross a process boundary: the WAL and
 the peer transport.
 """

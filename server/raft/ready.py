@@ -38,18 +38,6 @@ class Ready:
     messages: tuple[Message, ...] = ()
     must_sync: bool = False
 
-    def contains_updates(self) -> bool:
-        """Whether there is anything at all to do."""
-        return (
-            self.soft_state is not None
-            or not self.hard_state.is_empty()
-            or not self.snapshot.is_empty()
-            or bool(self.entries)
-            or bool(self.committed_entries)
-            or bool(self.messages)
-            or bool(self.read_states)
-        )
-
 
 def must_sync(st: HardState, prev: HardState, num_entries: int) -> bool:
     """Whether the write must be synchronous (fsync'ed) before messages go out.

@@ -346,10 +346,6 @@ class ProgressTracker:
         """Sorted IDs of all voters (both halves)."""
         return sorted(self.config.voters.ids())
 
-    def learner_nodes(self) -> list[int]:
-        """Sorted IDs of the learners."""
-        return sorted(self.config.learners)
-
     def reset_votes(self) -> None:
         """Start a new election."""
         self.votes = {}

@@ -28,6 +28,7 @@ from typing import Protocol
 
 import crc32c
 
+from server.api.raftpb import raftcodec
 from server.raft.raftpb import Snapshot
 from server.snap import snappb
 from server.snap.errors import (
@@ -37,7 +38,6 @@ from server.snap.errors import (
     SnapshotCorruptError,
     SnapshotCRCMismatchError,
 )
-from server.wal import raftcodec
 from server.wal.record import WALSnapshot
 
 __all__ = ["SNAP_SUFFIX", "Reader", "Snapshotter", "read"]

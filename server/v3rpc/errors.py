@@ -15,8 +15,10 @@ from server.etcdserver import errors as se
 from server.etcdserver import membership as ms
 from server.lease import lessor as le
 from server.mvcc import kv as mvcc
+from server.mvcc import watcher
+from server.urls import BadURLsError
 
-__all__ = ["GRPC_ERRORS", "to_grpc_status"]
+__all__ = ["GRPC_ERRORS", "WATCH_CANCEL_REASONS", "go_status_text", "to_grpc_status"]
 
 
 class EmptyKeyError(EtcdError):
@@ -104,7 +106,7 @@ GRPC_ERRORS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
     ms.PeerURLExistsError: (C.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists"),
     ms.MemberNotLearnerError: (C.FAILED_PRECONDITION, "etcdserver: can only promote a learner member"),
     ms.TooManyLearnersError: (C.FAILED_PRECONDITION, "etcdserver: too many learner members in cluster"),
-    ms.BadURLsError: (C.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid"),
+    BadURLsError: (C.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid"),
     # auth
     ae.RootUserNotExistError: (C.FAILED_PRECONDITION, "etcdserver: root user does not exist"),
     ae.RootRoleNotExistError: (C.FAILED_PRECONDITION, "etcdserver: root user does not have root role"),
@@ -134,9 +136,24 @@ GRPC_ERRORS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
 }
 
 
+# watch creation refusals: the watch is created canceled with mvcc's own words (no gRPC status)
+WATCH_CANCEL_REASONS: dict[type[Exception], str] = {
+    watcher.EmptyWatcherRangeError: "mvcc: watcher range is empty",
+    watcher.DuplicateWatchIDError: "mvcc: duplicate watch ID provided on the WatchStream",
+}
+
+
 def to_grpc_status(e: BaseException) -> tuple[grpc.StatusCode, str]:
     for cls in type(e).__mro__:
         hit = GRPC_ERRORS.get(cls)
         if hit is not None:
             return hit
     return C.UNKNOWN, str(e)
+
+
+def go_status_text(e: BaseException) -> str:
+    """The error as grpc-go prints a status ("rpc error: code = PermissionDenied desc = ..."):
+    what etcd puts in a canceled watch's cancel_reason."""
+    code, message = to_grpc_status(e)
+    name = "".join(part.capitalize() for part in code.name.split("_"))
+    return f"rpc error: code = {name} desc = {message}"

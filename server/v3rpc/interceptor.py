@@ -21,8 +21,8 @@ import grpc
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.errors import EtcdError
+from server.etcdserver.api import Admission, RaftStatus
 from server.etcdserver.errors import NoLeaderError
-from server.etcdserver.server import EtcdServer
 from server.v3rpc.auth import CredentialsInterceptor
 from server.v3rpc.errors import NotSupportedForLearnerError, to_grpc_status
 
@@ -39,11 +39,15 @@ def _supported_for_learner(request: object) -> bool:
 
 
 class EtcdInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, server: EtcdServer) -> None:
-        self._s = server
+    def __init__(
+        self, status: RaftStatus, auth: Admission, *, election_timeout_s: float, client_cert_auth: bool
+    ) -> None:
+        self._s = status
+        self._auth = auth
+        self._election_timeout = election_timeout_s
         # wrapped handlers, built once per (method handler, hasleader)
         self._wrapped: dict[tuple[int, bool], grpc.RpcMethodHandler[Any, Any]] = {}
-        self._credentials = CredentialsInterceptor(server)
+        self._credentials = CredentialsInterceptor(client_cert_auth=client_cert_auth)
 
     def _error(self, request: object, require_leader: bool) -> EtcdError | None:
         s = self._s
@@ -61,7 +65,7 @@ class EtcdInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        if self._s.auth_store.enabled:
+        if self._auth.enabled:
             handler = self._credentials.intercept(handler, details)  # auth: the call's credentials
         require_leader = any(
             k == REQUIRE_LEADER_KEY and v == "true" for k, v in (details.invocation_metadata or ())
@@ -123,7 +127,7 @@ class EtcdInterceptor(grpc.aio.ServerInterceptor):
             await queue.put((False, None))
 
         task = asyncio.create_task(pump())
-        period = s.cfg.election_timeout_ms / 1000
+        period = self._election_timeout
         leaderless_since: float | None = None
         loop = asyncio.get_running_loop()
         try:

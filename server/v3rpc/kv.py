@@ -9,7 +9,7 @@ import grpc
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from server.etcdserver.server import EtcdServer
+from server.etcdserver.api import Admission, RaftKV
 from server.v3rpc.errors import (
     DuplicateKeyError,
     EmptyKeyError,
@@ -19,7 +19,7 @@ from server.v3rpc.errors import (
     TooManyOpsError,
     ValueProvidedError,
 )
-from server.v3rpc.header import fill
+from server.v3rpc.header import Header
 from server.v3rpc.util import unary
 
 __all__ = ["KVService", "check_txn_request"]
@@ -28,45 +28,48 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class KVService(pb_grpc.KVServicer):
-    def __init__(self, server: EtcdServer) -> None:
-        self._s = server
+    def __init__(self, kv: RaftKV, auth: Admission, hdr: Header, *, max_txn_ops: int) -> None:
+        self._kv = kv
+        self._auth = auth
+        self._hdr = hdr
+        self._max_txn_ops = max_txn_ops
 
     @unary
     async def Range(self, request: pb.RangeRequest, context: Ctx) -> pb.RangeResponse:
         check_range_request(request)
-        resp = await self._s.range(request)
-        fill(self._s, resp.header)
+        resp = await self._kv.range(request)
+        self._hdr.fill(resp.header)
         return resp
 
     @unary
     async def Put(self, request: pb.PutRequest, context: Ctx) -> pb.PutResponse:
         check_put_request(request)
-        resp = await self._s.put(request)
-        fill(self._s, resp.header)
+        resp = await self._kv.put(request)
+        self._hdr.fill(resp.header)
         return resp
 
     @unary
     async def DeleteRange(self, request: pb.DeleteRangeRequest, context: Ctx) -> pb.DeleteRangeResponse:
         if not request.key:
             raise EmptyKeyError()
-        resp = await self._s.delete_range(request)
-        fill(self._s, resp.header)
+        resp = await self._kv.delete_range(request)
+        self._hdr.fill(resp.header)
         return resp
 
     @unary
     async def Txn(self, request: pb.TxnRequest, context: Ctx) -> pb.TxnResponse:
-        check_txn_request(request, self._s.cfg.max_txn_ops)
+        check_txn_request(request, self._max_txn_ops)
         check_intervals(request.success)
         check_intervals(request.failure)
-        resp = await self._s.txn(request)
-        fill(self._s, resp.header)
+        resp = await self._kv.txn(request)
+        self._hdr.fill(resp.header)
         return resp
 
     @unary
     async def Compact(self, request: pb.CompactionRequest, context: Ctx) -> pb.CompactionResponse:
-        await self._s.auth.check_admin()  # auth: root only
-        resp = await self._s.compact(request)
-        fill(self._s, resp.header)
+        await self._auth.check_admin()  # auth: root only
+        resp = await self._kv.compact(request)
+        self._hdr.fill(resp.header)
         return resp
 
 

@@ -15,6 +15,7 @@ and txns nested deeper than the C protobuf decoder goes are decoded by txn_codec
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -25,19 +26,22 @@ from server.etcdserver import txn_codec
 from server.etcdserver.server import EtcdServer
 from server.v3rpc.auth import AuthService
 from server.v3rpc.cluster import ClusterService
+from server.v3rpc.errors import TooManyOpsError, to_grpc_status
+from server.v3rpc.header import Header
+from server.v3rpc.interceptor import EtcdInterceptor
 from server.v3rpc.kv import KVService
 from server.v3rpc.lease import LeaseService
 from server.v3rpc.maintenance import MaintenanceService
 from server.v3rpc.watch import WatchService
 
-__all__ = ["Services", "add_to", "services"]
+__all__ = ["Servicers", "Services", "add_to", "interceptor", "servicers", "services"]
 
 # service name -> method name -> handler
 Services = dict[str, dict[str, "grpc.RpcMethodHandler[Any, Any]"]]
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 C = grpc.StatusCode
-TOO_MANY_OPS = (C.INVALID_ARGUMENT, "etcdserver: too many operations in txn request")
+TOO_MANY_OPS = to_grpc_status(TooManyOpsError())
 
 
 class _Undecodable:
@@ -133,14 +137,53 @@ def _checked(handler: Any, request_cls: Any, max_bytes: int) -> Any:
     return grpc.stream_stream_rpc_method_handler(stream, **opts)
 
 
+@dataclass(frozen=True)
+class Servicers:
+    kv: KVService
+    watch: WatchService
+    lease: LeaseService
+    cluster: ClusterService
+    maintenance: MaintenanceService
+    auth: AuthService
+
+
+def servicers(s: EtcdServer) -> Servicers:
+    """The six services over one member, each given the parts of it that it uses."""
+    cfg = s.cfg
+    hdr = Header(s, s.kv.rev)
+    return Servicers(
+        kv=KVService(s, s.auth, hdr, max_txn_ops=cfg.max_txn_ops),
+        watch=WatchService(
+            s.kv,
+            s.auth,
+            hdr,
+            kv_wake=s.kv_wake,
+            progress_notify_interval_s=cfg.watch_progress_notify_interval_s,
+            max_bytes=cfg.max_recv_bytes,
+        ),
+        lease=LeaseService(s, s.auth, hdr),
+        cluster=ClusterService(s, s.auth, hdr),
+        maintenance=MaintenanceService(s, hdr),
+        auth=AuthService(s.auth, hdr),
+    )
+
+
+def interceptor(s: EtcdServer) -> EtcdInterceptor:
+    cfg = s.cfg
+    return EtcdInterceptor(
+        s, s.auth, election_timeout_s=cfg.election_timeout_ms / 1000, client_cert_auth=cfg.client_cert_auth
+    )
+
+
 def services(server: EtcdServer) -> Services:
+    sv = servicers(server)
     rec: Any = _Recorder()
-    pb_grpc.add_KVServicer_to_server(KVService(server), rec)
-    pb_grpc.add_WatchServicer_to_server(WatchService(server), rec)
-    pb_grpc.add_LeaseServicer_to_server(LeaseService(server), rec)
-    pb_grpc.add_ClusterServicer_to_server(ClusterService(server), rec)
-    pb_grpc.add_MaintenanceServicer_to_server(MaintenanceService(server), rec)
-    pb_grpc.add_AuthServicer_to_server(AuthService(server), rec)
+    pb_grpc.add_KVServicer_to_server(sv.kv, rec)
+    pb_grpc.add_WatchServicer_to_server(sv.watch, rec)
+    pb_grpc.add_LeaseServicer_to_server(sv.lease, rec)
+    pb_grpc.add_ClusterServicer_to_server(sv.cluster, rec)
+    pb_grpc.add_MaintenanceServicer_to_server(sv.maintenance, rec)
+    pb_grpc.add_AuthServicer_to_server(sv.auth, rec)
     max_bytes = server.cfg.max_recv_bytes
     out: Services = {}
     for svc, handlers in rec.services.items():

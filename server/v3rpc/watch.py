@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import grpc
 
@@ -20,19 +20,17 @@ from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.api.mvccpb.kv_pb2 import Event
 from server.errors import EtcdError
-from server.etcdserver.server import EtcdServer
-from server.mvcc.kv import CompactedError, RangeOptions
+from server.etcdserver.api import Admission
+from server.mvcc.kv import CompactedError, RangeOptions, TxnRead
 from server.mvcc.watcher import INVALID_WATCH_ID, Channel, FilterFunc, WatchResponse, WatchStream
+from server.v3rpc.errors import WATCH_CANCEL_REASONS, go_status_text, to_grpc_status
+from server.v3rpc.header import Header
 
-__all__ = ["WatchService"]
+__all__ = ["WatchService", "WatchableKV"]
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 MIN_PROGRESS_INTERVAL = 0.1
-_ERR_MESSAGES = {
-    "EmptyWatcherRangeError": "mvcc: watcher range is empty",
-    "DuplicateWatchIDError": "mvcc: duplicate watch ID provided on the WatchStream",
-}
 
 
 def _filter_noput(ev: Event) -> bool:
@@ -55,14 +53,36 @@ def progress_interval(seconds: float) -> float:
     return interval + random.uniform(0, interval / 10)
 
 
+class WatchableKV(Protocol):
+    def new_watch_stream(self, ch: Channel | None = None) -> WatchStream: ...
+
+    def read(self) -> TxnRead: ...
+
+
 class WatchService(pb_grpc.WatchServicer):
-    def __init__(self, server: EtcdServer) -> None:
-        self._s = server
+    """kv_wake: a stream drained its channel (watchers that fell behind may fit again)."""
+
+    def __init__(
+        self,
+        kv: WatchableKV,
+        auth: Admission,
+        hdr: Header,
+        *,
+        kv_wake: Callable[[], None],
+        progress_notify_interval_s: float,
+        max_bytes: int,
+    ) -> None:
+        self._kv = kv
+        self._auth = auth
+        self._hdr = hdr
+        self._kv_wake = kv_wake
+        self._progress_s = progress_notify_interval_s
+        self._max_bytes = max_bytes
 
     async def Watch(
         self, request_iterator: AsyncIterator[pb.WatchRequest], context: Ctx
     ) -> AsyncIterator[pb.WatchResponse]:
-        stream = _ServerWatchStream(self._s)
+        stream = _ServerWatchStream(self)
         reader = asyncio.create_task(stream.recv_loop(request_iterator))
         try:
             async for resp in stream.send_loop(reader):
@@ -75,23 +95,20 @@ class WatchService(pb_grpc.WatchServicer):
 
 
 class _ServerWatchStream:
-    def __init__(self, server: EtcdServer) -> None:
-        self._s = server
+    def __init__(self, svc: WatchService) -> None:
+        self._svc = svc
         self._ready = asyncio.Event()
         self._ch = Channel(on_ready=self._ready.set)
-        self._ws: WatchStream = server.kv.new_watch_stream(self._ch)
+        self._ws: WatchStream = svc._kv.new_watch_stream(self._ch)
         # watch ID -> whether it asked for progress notifications / prev_kv / fragments;
         # progress[id] is reset to False when events were sent since the last tick
         self._progress: dict[int, bool] = {}
         self._prev_kv: set[int] = set()
         self._fragment: set[int] = set()
-        self._max_bytes = server.cfg.max_recv_bytes
+        self._max_bytes = svc._max_bytes
 
     def header(self, rev: int) -> pb.ResponseHeader:
-        s = self._s
-        return pb.ResponseHeader(
-            cluster_id=s.cluster.cluster_id, member_id=s.member_id, revision=rev, raft_term=s.term
-        )
+        return self._svc._hdr.new(rev)
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -101,8 +118,9 @@ class _ServerWatchStream:
             if which == "create_request":
                 creq = req.create_request
                 # auth: a user that may read the watched range (else a canceled watch)
-                denied = await self._s.auth.watch_denied(creq) if self._s.auth_store.enabled else None
-                self._create(creq, denied)
+                auth = self._svc._auth
+                denied = await auth.watch_denied(creq) if auth.enabled else None
+                self._create(creq, None if denied is None else go_status_text(denied))
             elif which == "cancel_request":
                 self._cancel(req.cancel_request.watch_id)
             elif which == "progress_request":
@@ -117,7 +135,7 @@ class _ServerWatchStream:
                     watch_id=INVALID_WATCH_ID,
                     created=True,
                     canceled=True,
-                    cancel_reason="etcdserver: mvcc: required revision has been compacted",
+                    cancel_reason=to_grpc_status(CompactedError())[1],
                 )
             )
             return
@@ -145,7 +163,7 @@ class _ServerWatchStream:
                     watch_id=INVALID_WATCH_ID,
                     created=True,
                     canceled=True,
-                    cancel_reason=_ERR_MESSAGES.get(type(e).__name__, str(e)),
+                    cancel_reason=WATCH_CANCEL_REASONS.get(type(e), str(e)),
                 )
             )
             return
@@ -174,7 +192,7 @@ class _ServerWatchStream:
     # -- responses --------------------------------------------------------------------------------
 
     async def send_loop(self, reader: asyncio.Task[None]) -> AsyncIterator[pb.WatchResponse]:
-        interval = progress_interval(self._s.cfg.watch_progress_notify_interval_s)
+        interval = progress_interval(self._svc._progress_s)
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + interval
         while True:
@@ -201,7 +219,7 @@ class _ServerWatchStream:
                 else:
                     assert isinstance(item, pb.WatchResponse)
                     yield item
-            self._s.kv_wake()
+            self._svc._kv_wake()
 
     def _tick(self) -> None:
         """Periodic progress: watchers that asked and saw no events since the last tick."""
@@ -236,7 +254,7 @@ class _ServerWatchStream:
 
     def _prev(self, ev: Event) -> Any:
         try:
-            kvs = self._s.kv.read().range(ev.kv.key, None, RangeOptions(rev=ev.kv.mod_revision - 1)).kvs
+            kvs = self._svc._kv.read().range(ev.kv.key, None, RangeOptions(rev=ev.kv.mod_revision - 1)).kvs
         except CompactedError:
             return None
         return kvs[0] if kvs else None

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from server.api.raftpb import raftcodec
 from server.api.walpb import record_pb2
 from server.raft.raftpb import ConfState
-from server.wal import raftcodec
 
 __all__ = ["RecordType", "WALSnapshot", "marshal_wal_snapshot", "unmarshal_wal_snapshot"]
 

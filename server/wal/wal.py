@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import NamedTuple
 
+from server.api.raftpb import raftcodec
 from server.raft.raftpb import Entry, HardState
-from server.wal import raftcodec
 from server.wal.decoder import DecodedRecord, Decoder, SegmentSource
 from server.wal.encoder import Encoder
 from server.wal.errors import (

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -168,6 +169,11 @@ async def main(host: str, port: int) -> None:
         except aetcd.RevisionCompactedError as e:
             compacted = str(e)
         report("compaction", compacted_error=compacted, version=status.version)
+
+        # -- snapshot (python-etcd3's and aetcd's test_snapshot: the file is for etcdutl) -----------
+        with tempfile.NamedTemporaryFile(prefix="aetcd-snapshot-", suffix=".db", delete=False) as f:
+            await c.snapshot(f)
+        report("snapshot", path=f.name)
     print("ROUNDTRIP OK", flush=True)
 
 

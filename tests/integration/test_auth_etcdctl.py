@@ -12,7 +12,6 @@ import json
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -20,12 +19,14 @@ import pytest
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from tests.framework.differential import Differential, normalizer
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.normalize import Normalizer
 from tests.harness.procs import Member, free_port
-from tests.integration.test_differential_etcdctl import Cmd, c, normalizer, txn_input
+from tests.integration.test_differential_etcdctl import Cmd, c, txn_input
 
-pytestmark = pytest.mark.integration
+# bcrypt's cost only changes how long hashing takes
+pytestmark = [pytest.mark.integration, pytest.mark.flags("--bcrypt-cost=4")]
 
 ROOT = "--user=root:rootpw"
 ALICE = "--user=alice:alicepw"
@@ -207,13 +208,6 @@ SESSIONS: dict[str, list[Cmd]] = {
 }
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Member, Member]]:
-    # bcrypt's cost only changes how long hashing takes
-    with Member.petcd(tmp_path, "--bcrypt-cost=4") as p, Member.etcd(tmp_path, "--bcrypt-cost=4") as e:
-        yield p, e
-
-
 def _clean(text: str) -> str:
     text = re.sub(r'"took":"[^"]*"', '"took":"T"', text)
     return re.sub(r"took = [^\n]*", "took = T", text)
@@ -222,8 +216,7 @@ def _clean(text: str) -> str:
 def session_mismatches(p: Member, e: Member, cmds: list[Cmd]) -> list[str]:
     """Run the same etcdctl commands against petcd and etcd; what differed."""
     ctl_p, ctl_e = Etcdctl(p.client_url), Etcdctl(e.client_url)
-    norm_p = normalizer(p, ctl_p("endpoint", "status", "-wjson").json()[0]["Status"])
-    norm_e = normalizer(e, ctl_e("endpoint", "status", "-wjson").json()[0]["Status"])
+    norm_p, norm_e = normalizer(p), normalizer(e)
     mismatches = []
     for cmd in cmds:
         rp, re_ = ctl_p(*cmd.args, input=cmd.stdin), ctl_e(*cmd.args, input=cmd.stdin)
@@ -235,8 +228,8 @@ def session_mismatches(p: Member, e: Member, cmds: list[Cmd]) -> list[str]:
 
 
 @pytest.mark.parametrize("session", SESSIONS, ids=list(SESSIONS))
-def test_auth_session(pair: tuple[Member, Member], session: str) -> None:
-    mismatches = session_mismatches(*pair, [*SETUP, *SESSIONS[session]])
+def test_auth_session(pair: Differential, session: str) -> None:
+    mismatches = session_mismatches(pair.petcd, pair.etcd, [*SETUP, *SESSIONS[session]])
     assert not mismatches, "\n".join(mismatches)
 
 
@@ -314,8 +307,8 @@ def _grpc_probe(m: Member) -> list[object]:
         )
         call("put ignore_value", kv.Put, pb.PutRequest(key=b"b", ignore_value=True), tok)
         # leases: a user may keep alive / revoke / look into a lease only if it may use its keys
-        lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=100), metadata=[("token", root)]).ID
-        kv.Put(pb.PutRequest(key=b"a", value=b"leased", lease=lid), metadata=[("token", root)])
+        lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=100), metadata=(("token", root),)).ID
+        kv.Put(pb.PutRequest(key=b"a", value=b"leased", lease=lid), metadata=(("token", root),))
         call("ttl keys alice", lease.LeaseTimeToLive, pb.LeaseTimeToLiveRequest(ID=lid, keys=True), tok)
         call("ttl alice", lease.LeaseTimeToLive, pb.LeaseTimeToLiveRequest(ID=lid), tok)
         call("leases alice", lease.LeaseLeases, pb.LeaseLeasesRequest(), tok)
@@ -340,7 +333,7 @@ def _grpc_probe(m: Member) -> list[object]:
                 pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"b")),
                 pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"p/", range_end=b"p0")),
             ]
-            md = [("token", token)] if token else []
+            md = (("token", token),) if token else ()
             stream = watch.Watch(iter(reqs), metadata=md, timeout=5)
             try:
                 for _ in reqs:
@@ -464,24 +457,26 @@ def test_tokens_and_permissions_across_members(tmp_path: Path) -> None:
         # a token minted through one member works on every member
         for m in (m0, m1, m2):
             assert (
-                stub(m).Range(pb.RangeRequest(key=b"a"), metadata=[("token", tok)], timeout=10).kvs[0].value
+                stub(m).Range(pb.RangeRequest(key=b"a"), metadata=(("token", tok),), timeout=10).kvs[0].value
                 == b"1"
             )
         # a permission revoked through one member is refused by the others
         Etcdctl(m1.client_url).ok(ROOT, "role", "revoke-permission", "r1", "a")
         for m in (m0, m2):
             with pytest.raises(grpc.RpcError) as err:
-                stub(m).Range(pb.RangeRequest(key=b"a"), metadata=[("token", tok)], timeout=10)
+                stub(m).Range(pb.RangeRequest(key=b"a"), metadata=(("token", tok),), timeout=10)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         # the leader revokes expired leases as root, with auth enabled
         lease = pb_grpc.LeaseStub(grpc.insecure_channel(m2.client_url.split("://", 1)[1]))
-        lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=2), metadata=[("token", root)], timeout=10).ID
+        lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=2), metadata=(("token", root),), timeout=10).ID
         stub(m2).Put(
-            pb.PutRequest(key=b"p/leased", value=b"v", lease=lid), metadata=[("token", root)], timeout=10
+            pb.PutRequest(key=b"p/leased", value=b"v", lease=lid), metadata=(("token", root),), timeout=10
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            kvs = stub(m1).Range(pb.RangeRequest(key=b"p/leased"), metadata=[("token", root)], timeout=10).kvs
+            kvs = (
+                stub(m1).Range(pb.RangeRequest(key=b"p/leased"), metadata=(("token", root),), timeout=10).kvs
+            )
             if not kvs:
                 break
             time.sleep(0.5)

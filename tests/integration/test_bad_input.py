@@ -47,13 +47,13 @@ from google.protobuf.message import Message
 from server.api.etcdserverpb import raft_internal_pb2 as rpb
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from tests.framework.differential import Differential
 from tests.harness.procs import Member
-
-pytestmark = pytest.mark.integration
 
 MAX_REQUEST = 100_000
 RECV_LIMIT = MAX_REQUEST + 512 * 1024
 FLAGS = (f"--max-request-bytes={MAX_REQUEST}",)
+pytestmark = [pytest.mark.integration, pytest.mark.flags(*FLAGS)]
 OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
@@ -99,21 +99,23 @@ class Server:
         return int(r.header.revision), int(r.hash)
 
 
-def _open(member: Member) -> Server:
-    member.start()
+def _connect(member: Member) -> Server:
     return Server(member, grpc.insecure_channel(member.client_url.split("://")[1], options=OPTIONS))
 
 
+def _open(member: Member) -> Server:
+    member.start()
+    return _connect(member)
+
+
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    """(etcd, petcd), started with the same flags; the module's tests send both the same requests
+def pair(module_pair: Differential) -> Iterator[tuple[Server, Server]]:
+    """(petcd, etcd), started with the same flags; the module's tests send both the same requests
     in the same order, so their revisions stay equal."""
-    etcd = _open(Member.etcd(tmp_path_factory.mktemp("etcd"), *FLAGS))
-    petcd = _open(Member.petcd(tmp_path_factory.mktemp("petcd"), *FLAGS))
-    yield etcd, petcd
-    for s in (etcd, petcd):
+    servers = [_connect(m) for m in module_pair]
+    yield servers[0], servers[1]
+    for s in servers:
         s.channel.close()
-        s.member.stop()
 
 
 @pytest.fixture
@@ -193,7 +195,7 @@ def normalize(msg: Message) -> str:
     """The response as text, with only the revision of its header."""
     m = type(msg)()
     m.CopyFrom(msg)
-    if m.DESCRIPTOR.fields_by_name.get("header") is not None and m.HasField("header"):  # type: ignore[attr-defined]
+    if m.DESCRIPTOR.fields_by_name.get("header") is not None and m.HasField("header"):
         rev = m.header.revision  # type: ignore[attr-defined]
         m.header.Clear()  # type: ignore[attr-defined]
         m.header.revision = rev  # type: ignore[attr-defined]
@@ -216,8 +218,9 @@ def outcome(fn: Callable[[], Any], norm: Callable[[Any], str] = normalize) -> Ou
 def both(
     pair: tuple[Server, Server], call: Callable[[Server], Any], norm: Callable[[Any], str] = normalize
 ) -> tuple[Outcome, Outcome]:
-    etcd, petcd = pair
-    got = outcome(lambda: call(etcd), norm), outcome(lambda: call(petcd), norm)
+    """(petcd's outcome, etcd's outcome); both must still be alive."""
+    petcd, etcd = pair
+    got = outcome(lambda: call(petcd), norm), outcome(lambda: call(etcd), norm)
     assert etcd.alive(), f"etcd died: {etcd.member.log()[-3000:]}"
     assert petcd.alive(), f"petcd died: {petcd.member.log()[-5000:]}"
     return got
@@ -229,11 +232,11 @@ def assert_like_etcd(
     norm: Callable[[Any], str] = normalize,
     writes: bool = False,
 ) -> Outcome:
-    before = pair[1].fingerprint()
-    e, p = both(pair, call, norm)
+    before = pair[0].fingerprint()
+    p, e = both(pair, call, norm)
     assert p == e, f"petcd answered\n  {p}\netcd answered\n  {e}"
     if not writes:
-        assert pair[1].fingerprint() == before, "a request that writes nothing changed the store"
+        assert pair[0].fingerprint() == before, "a request that writes nothing changed the store"
     return e
 
 
@@ -296,17 +299,17 @@ def test_sizes_around_max_request_bytes(pair: tuple[Server, Server]) -> None:
 
 @pytest.mark.parametrize("n", [RECV_LIMIT + 10, 5 * 1024 * 1024])
 def test_over_grpc_receive_limit_is_refused(pair: tuple[Server, Server], n: int) -> None:
-    before = pair[1].fingerprint()
-    e, p = both(pair, put_of(n))
+    before = pair[0].fingerprint()
+    p, e = both(pair, put_of(n))
     assert e[:2] == ("error", "RESOURCE_EXHAUSTED")
     assert p[:2] == e[:2], p
-    assert pair[1].fingerprint() == before
+    assert pair[0].fingerprint() == before
 
 
 def test_over_grpc_receive_limit_message_is_etcds(pair: tuple[Server, Server]) -> None:
     """etcd (grpc-go): "grpc: received message larger than max (N vs. M)"; grpcio's own text
     differs ("SERVER: Received message larger than max ..."): petcd must say what etcd says."""
-    e, p = both(pair, put_of(RECV_LIMIT + 10))
+    p, e = both(pair, put_of(RECV_LIMIT + 10))
     assert e[2].startswith("grpc: received message larger than max (")
     assert p == e
 
@@ -325,9 +328,9 @@ def test_ranges_over_50k_keys(pair: tuple[Server, Server]) -> None:
             ]
             s.kv.Txn(pb.TxnRequest(success=ops), timeout=30)
     assert pair[0].fingerprint()[0] == pair[1].fingerprint()[0]
-    first_rev = pair[1].fingerprint()[0] - BIG // 128
+    first_rev = pair[0].fingerprint()[0] - BIG // 128
     R = pb.RangeRequest
-    big = {"key": b"big/", "range_end": b"big0"}
+    big: dict[str, Any] = {"key": b"big/", "range_end": b"big0"}
     requests = {
         "all": R(**big),
         "limit 10": R(**big, limit=10),
@@ -354,7 +357,7 @@ def test_ranges_over_50k_keys(pair: tuple[Server, Server]) -> None:
             norm = lambda r, f=tie_fields[name]: str(  # type: ignore[misc]  # noqa: E731
                 (r.count, r.more, [getattr(kv, f) for kv in r.kvs])
             )
-        e, p = both(pair, lambda s, req=req: s.kv.Range(req, timeout=60), norm)  # type: ignore[misc]
+        p, e = both(pair, lambda s, req=req: s.kv.Range(req, timeout=60), norm)  # type: ignore[misc]
         assert e[0] == "ok", (name, e)
         assert p == e, f"{name}: petcd and etcd differ"
     # the same data: HashKV over both stores is the same number
@@ -663,11 +666,11 @@ def test_watch_odd_requests_like_etcd(pair: tuple[Server, Server]) -> None:
             done.set()
         return got
 
-    before = pair[1].fingerprint()
-    e, p = run(pair[0]), run(pair[1])
-    assert pair[1].alive()
+    before = pair[0].fingerprint()
+    p, e = run(pair[0]), run(pair[1])
+    assert pair[0].alive()
     assert p == e
-    assert pair[1].fingerprint() == before
+    assert pair[0].fingerprint() == before
 
 
 def test_watch_survives_client_half_close(pair: tuple[Server, Server]) -> None:
@@ -720,7 +723,7 @@ def test_alarm_of_unknown_type(fresh_etcd: Server, fresh_petcd: Server) -> None:
         time.sleep(0.5)
         assert s.alive(), f"{s.kind} died on an alarm of type 99:\n{s.member.log()[-3000:]}"
         g = outcome(lambda s=s, get=get: s.mt.Alarm(get, timeout=10), alarms)  # type: ignore[misc]
-        st = outcome(lambda s=s: s.mt.Status(pb.StatusRequest(), timeout=5), lambda r: "status")
+        st = outcome(lambda s=s: s.mt.Status(pb.StatusRequest(), timeout=5), lambda r: "status")  # type: ignore[misc]
         deact = pb.AlarmRequest(action=pb.AlarmRequest.DEACTIVATE, memberID=mid, alarm=99)  # type: ignore[arg-type]
         d = outcome(lambda s=s, deact=deact: s.mt.Alarm(deact, timeout=10), alarms)  # type: ignore[misc]
         outs[s.kind] = (a, g, st, d)
@@ -765,7 +768,7 @@ def test_malformed_protobuf_gets_etcds_error(pair: tuple[Server, Server]) -> Non
     """etcd answers INTERNAL "grpc: error unmarshalling request: <Go's decoder message>"; petcd must
     answer INTERNAL with the same prefix (the decoder's own words cannot be Go's), never UNKNOWN
     with a Python exception."""
-    etcd, petcd = pair
+    petcd, etcd = pair
     before = petcd.fingerprint()
     wrong = []
     tried = 0
@@ -785,9 +788,9 @@ def test_malformed_protobuf_gets_etcds_error(pair: tuple[Server, Server]) -> Non
 
 
 def test_malformed_watch_request_gets_etcds_error(pair: tuple[Server, Server]) -> None:
-    outs = []
+    outs: list[tuple[str, ...]] = []
     for s in pair:
-        call = s.channel.stream_stream("/etcdserverpb.Watch/Watch")
+        call: Any = s.channel.stream_stream("/etcdserverpb.Watch/Watch")
         try:
             list(call(iter([b"\xff\xff\xff"]), timeout=5))
             outs.append(("ok",))
@@ -801,7 +804,7 @@ def test_malformed_watch_request_gets_etcds_error(pair: tuple[Server, Server]) -
 
 @pytest.mark.parametrize("method", ["/etcdserverpb.KV/Nope", "/nope.X/Y", "/etcdserverpb.KV/"])
 def test_unknown_method_like_etcd(pair: tuple[Server, Server], method: str) -> None:
-    e, p = both(pair, lambda s: s.raw(method)(b"", timeout=5))
+    p, e = both(pair, lambda s: s.raw(method)(b"", timeout=5))
     assert e[:2] == ("error", "UNIMPLEMENTED")
     assert p == e
 
@@ -812,10 +815,10 @@ def test_range_stream_probe_like_kube_apiserver(pair: tuple[Server, Server]) -> 
     req = pb.RangeRequest(key=b"a", range_end=b"b").SerializeToString()
 
     def probe(s: Server) -> Any:
-        call = s.channel.unary_stream("/etcdserverpb.KV/RangeStream")
+        call: Any = s.channel.unary_stream("/etcdserverpb.KV/RangeStream")
         return list(call(req, timeout=5, metadata=(("hasleader", "true"),)))
 
-    e, p = both(pair, probe)
+    p, e = both(pair, probe)
     assert p == e
     assert e[:2] == ("error", "UNIMPLEMENTED")
 
@@ -825,6 +828,6 @@ def test_range_stream_probe_like_kube_apiserver(pair: tuple[Server, Server]) -> 
 
 def test_same_data_as_etcd_at_the_end(pair: tuple[Server, Server]) -> None:
     """Everything above wrote the same things into both: the same revision and HashKV."""
-    etcd, petcd = pair
+    petcd, etcd = pair
     assert petcd.alive() and etcd.alive()
     assert petcd.fingerprint() == etcd.fingerprint()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,7 +26,8 @@ STREAMS = 2500
 CHANNELS = 25
 
 
-async def _watch_created(stub: pb_grpc.WatchStub, key: bytes) -> str:
+async def _watch_created(stub: Any, key: bytes) -> str:
+    """stub: a grpc.aio WatchStub (the stubs are typed for the synchronous API)."""
     """Open a Watch stream, create one watcher, return "" once it is created, else the error."""
     done = asyncio.Event()
 

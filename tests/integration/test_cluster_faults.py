@@ -28,7 +28,8 @@ import pytest
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from tests.harness.cluster import Cluster, ClusterMember, poll
+from tests.framework.wait import wait_until
+from tests.harness.cluster import Cluster, ClusterMember
 from tests.harness.history import CHANNEL_OPTIONS
 
 pytestmark = pytest.mark.integration
@@ -67,13 +68,13 @@ def test_partitioned_leader_steps_down_and_majority_continues(cluster: Cluster) 
     new = c.wait_leader(among=majority, timeout=20)
     assert new is not old
     # etcd reports the term of the last applied entry: poll until the new leader applied one
-    poll(lambda: new.status().raftTerm > term, 10, what="the new leader's term")
+    wait_until(lambda: new.status().raftTerm > term, 10, what="the new leader's term")
     for m in majority:
         m.put("k", f"during-{m.name}")
         assert m.ctl().ok("put", f"on/{m.name}", "v") == "OK\n"
 
     # CheckQuorum: the old leader steps down within an election timeout or so
-    st = poll(lambda: (s := old.status()).leader == 0 and s, 10, what="the old leader stepping down")
+    st = wait_until(lambda: (s := old.status()).leader == 0 and s, 10, what="the old leader stepping down")
     assert list(st.errors) == ["etcdserver: no leader"]
     fails(lambda t: old.put("k", "lost", timeout=t))
     fails(lambda t: old.get("k", timeout=t))
@@ -92,7 +93,7 @@ def test_partitioned_follower_falls_behind_then_catches_up(cluster: Cluster) -> 
     term = leader.status().raftTerm
     follower, other = c.others(leader)
     leader.put("f/0", "v")
-    poll(lambda: follower.get("f/0", serializable=True).count == 1, 10)
+    wait_until(lambda: follower.get("f/0", serializable=True).count == 1, 10)
     c.net.isolate(follower.name)  # type: ignore[union-attr]
     last = 0
     for i in range(1, 101):
@@ -102,7 +103,7 @@ def test_partitioned_follower_falls_behind_then_catches_up(cluster: Cluster) -> 
     fails(lambda t: follower.get("f/100", timeout=t))  # linearizable: needs the leader
 
     c.net.heal()  # type: ignore[union-attr]
-    poll(
+    wait_until(
         lambda: [kv.mod_revision for kv in follower.get("f/100", serializable=True).kvs] == [last],
         20,
         what="the follower catching up",
@@ -138,7 +139,7 @@ def test_write_on_a_member_without_leader_is_held_not_refused(cluster: Cluster) 
     leader = c.wait_leader()
     follower = c.others(leader)[0]
     c.net.isolate(follower.name)  # type: ignore[union-attr]
-    poll(lambda: follower.status().leader == 0, 10, what="the isolated follower losing its leader")
+    wait_until(lambda: follower.status().leader == 0, 10, what="the isolated follower losing its leader")
     healer = threading.Timer(1.0, c.net.heal)  # type: ignore[union-attr]
     healer.start()
     started = time.monotonic()

@@ -8,15 +8,12 @@ them, lease IDs derived from member IDs, database sizes, raft indexes, version s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
+from tests.framework.differential import Differential, normalizer
 from tests.harness.etcdctl import Etcdctl
-from tests.harness.normalize import Normalizer
-from tests.harness.procs import Member
 
 pytestmark = pytest.mark.integration
 
@@ -147,24 +144,6 @@ SESSIONS: dict[str, list[Cmd]] = {
 }
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Member, Member]]:
-    with Member.petcd(tmp_path) as p, Member.etcd(tmp_path) as e:
-        yield p, e
-
-
-def normalizer(m: Member, status: dict[str, object]) -> Normalizer:
-    header = status["header"]
-    assert isinstance(header, dict)
-    return (
-        Normalizer()
-        .name(m.client_port, "<client-port>")
-        .name(m.peer_port, "<peer-port>")
-        .name(int(header["member_id"]), "<member-id>")
-        .name(int(header["cluster_id"]), "<cluster-id>")
-    )
-
-
 def _health_line(text: str) -> str:
     # endpoint health prints the time it took
     import re
@@ -173,11 +152,10 @@ def _health_line(text: str) -> str:
 
 
 @pytest.mark.parametrize("session", SESSIONS, ids=list(SESSIONS))
-def test_session(pair: tuple[Member, Member], session: str) -> None:
+def test_session(pair: Differential, session: str) -> None:
     p, e = pair
     ctl_p, ctl_e = Etcdctl(p.client_url), Etcdctl(e.client_url)
-    norm_p = normalizer(p, ctl_p("endpoint", "status", "-wjson").json()[0]["Status"])
-    norm_e = normalizer(e, ctl_e("endpoint", "status", "-wjson").json()[0]["Status"])
+    norm_p, norm_e = normalizer(p), normalizer(e)
     mismatches = []
     for cmd in SESSIONS[session]:
         rp, re_ = ctl_p(*cmd.args, input=cmd.stdin), ctl_e(*cmd.args, input=cmd.stdin)

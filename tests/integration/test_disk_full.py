@@ -39,7 +39,7 @@ import pytest
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from tests.harness.cluster import poll
+from tests.framework.wait import wait_until
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.procs import Member
 
@@ -180,7 +180,7 @@ class Load:
         return time.monotonic() - t0
 
 
-def _kv(m: Member) -> tuple[grpc.Channel, object]:
+def _kv(m: Member) -> tuple[grpc.Channel, pb_grpc.KVStub]:
     ch = grpc.insecure_channel(
         m.client_url.split("://")[1], options=[("grpc.max_receive_message_length", -1)]
     )
@@ -190,7 +190,7 @@ def _kv(m: Member) -> tuple[grpc.Channel, object]:
 def _found(m: Member, serializable: bool = False) -> dict[bytes, int]:
     ch, kv = _kv(m)
     with ch:
-        r = kv.Range(  # type: ignore[attr-defined]
+        r = kv.Range(
             pb.RangeRequest(key=b"full/", range_end=b"full0", keys_only=True, serializable=serializable),
             timeout=15,
         )
@@ -250,7 +250,7 @@ def fill_and_recover(m: Member, disk: SmallDisk, log_writable: bool) -> None:
     victim = next(iter(load.acked))
     ch, kv = _kv(m)
     with ch:
-        d = _try(lambda t: kv.DeleteRange(pb.DeleteRangeRequest(key=victim), timeout=t))  # type: ignore[attr-defined]
+        d = _try(lambda t: kv.DeleteRange(pb.DeleteRangeRequest(key=victim), timeout=t))
     deleted = {victim}  # applied or maybe applied later: not counted as lost either way
     if d != ("OK",):
         assert d in (NOSPACE, TIMED_OUT), f"a delete on the full disk: {d}"
@@ -268,7 +268,7 @@ def fill_and_recover(m: Member, disk: SmallDisk, log_writable: bool) -> None:
     else:
         # injected ENOSPC leaves not a byte for the WAL, so the restarted member cannot even vote
         # for itself (a new term is a WAL record): only a serializable read can answer
-        found = poll(
+        found = wait_until(
             lambda: _found(m, serializable=not disk.mounted),
             30,
             what="a read after the restart on the full disk",
@@ -286,19 +286,19 @@ def fill_and_recover(m: Member, disk: SmallDisk, log_writable: bool) -> None:
     ctl = Etcdctl(m.client_url)
     ch, kv = _kv(m)
     with ch:
-        rev = poll(lambda: kv.Range(pb.RangeRequest(key=b"x"), timeout=10).header.revision, 30)  # type: ignore[attr-defined]
+        rev = wait_until(lambda: kv.Range(pb.RangeRequest(key=b"x"), timeout=10).header.revision, 30)
         for args in (("compact", str(rev)), ("defrag",), ("alarm", "disarm")):
             r = ctl(*args, timeout=60)
             assert r.rc == 0, f"etcdctl {' '.join(args)}: {r.err}"
-        after = poll(
-            lambda: kv.Put(pb.PutRequest(key=b"full/after", value=b"space is back"), timeout=10),  # type: ignore[attr-defined]
+        after = wait_until(
+            lambda: kv.Put(pb.PutRequest(key=b"full/after", value=b"space is back"), timeout=10),
             30,
             what="a put after compact + defrag + disarm",
         )
     assert "NOSPACE" not in _alarms(m)
     m.kill()
     m.start(timeout=60)
-    found = poll(lambda: _found(m), 30, what="a read after the last restart")
+    found = wait_until(lambda: _found(m), 30, what="a read after the last restart")
     lost = _lost(load.acked, found, deleted)
     assert not lost, f"{len(lost)} acknowledged puts lost, e.g. {lost[:3]}"
     assert found.get(b"full/after") == after.header.revision
@@ -341,7 +341,7 @@ def _member_with_writes(tmp_path: Path, n: int = 300) -> tuple[Member, dict[byte
             key = b"full/%04d" % i
             acked[key] = int(
                 kv.Put(pb.PutRequest(key=key, value=os.urandom(200)), timeout=10).header.revision
-            )  # type: ignore[attr-defined]
+            )
     return m, acked
 
 
@@ -392,7 +392,7 @@ def test_wal_torn_tail_is_repaired(tmp_path: Path, how: str) -> None:
     m, acked = _member_with_writes(tmp_path)
     ch, kv = _kv(m)
     with ch:  # a last put whose record will be torn: as if the crash came before its fsync
-        kv.Put(pb.PutRequest(key=b"unacked", value=b"x" * 1000), timeout=10)  # type: ignore[attr-defined]
+        kv.Put(pb.PutRequest(key=b"unacked", value=b"x" * 1000), timeout=10)
     m.kill()
     seg, end = _segment(m)
     if how == "zeroed":
@@ -402,7 +402,7 @@ def test_wal_torn_tail_is_repaired(tmp_path: Path, how: str) -> None:
     else:
         os.truncate(seg, end - 12)
     m.start(timeout=30)
-    found = poll(lambda: _found(m), 30, what="a read after the repair")
+    found = wait_until(lambda: _found(m), 30, what="a read after the repair")
     lost = _lost(acked, found, set())
     assert not lost, f"{len(lost)} acknowledged puts lost to the tail repair, e.g. {lost[:3]}"
     assert "torn tail" in m.log()
@@ -439,7 +439,7 @@ def test_lmdb_damage_is_a_clear_error(tmp_path: Path, how: str) -> None:
         assert str(db) in line, f"the error does not name the file: {line}"
         return
     # it started: then nothing may be missing
-    found = poll(lambda: _found(m), 30, what="a read")
+    found = wait_until(lambda: _found(m), 30, what="a read")
     lost = _lost(acked, found, set())
     m.stop()
     assert not lost, f"petcd started on a damaged db with {len(lost)} acknowledged puts missing"

@@ -164,7 +164,7 @@ delete_requests = st.builds(pb.DeleteRangeRequest, key=keys, range_end=range_end
 
 @st.composite
 def compares(draw: st.DrawFn) -> pb.Compare:
-    c = pb.Compare(key=draw(keys), range_end=draw(range_ends), result=draw(enums), target=draw(enums))
+    c = pb.Compare(key=draw(keys), range_end=draw(range_ends), result=draw(enums), target=draw(enums))  # type: ignore[arg-type]
     which = draw(st.sampled_from(["version", "create_revision", "mod_revision", "value", "lease", None]))
     if which == "value":
         c.value = draw(values)

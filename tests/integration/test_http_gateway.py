@@ -15,11 +15,11 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.framework.differential import Differential
 from tests.harness.normalize import Normalizer
 from tests.harness.procs import Member, free_port
 
@@ -79,8 +79,7 @@ def _normalizer(m: Member, ids: dict[str, Any]) -> Normalizer:
     return n
 
 
-def _start(m: Member, http_url: str, metrics_url: str) -> Side:
-    m.start()
+def _side(m: Member, http_url: str, metrics_url: str) -> Side:
     conn = http.client.HTTPConnection(http_url.removeprefix("http://"), timeout=30)
     conn.request("POST", "/v3/maintenance/status", body=b"{}")
     ids = json.loads(conn.getresponse().read())["header"]
@@ -92,17 +91,15 @@ def _start(m: Member, http_url: str, metrics_url: str) -> Side:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Side, Side]]:
-    tmp: Path = tmp_path_factory.mktemp("http-gateway")
+    """(petcd, etcd) over HTTP: etcd serves its gateway on the client URL, petcd on a
+    --listen-client-http-urls of its own (gRPC and HTTP/1.1 cannot share a grpcio port)."""
     http_url, p_metrics, e_metrics = (f"http://127.0.0.1:{free_port()}" for _ in range(3))
-    p = Member.petcd(tmp, f"--listen-client-http-urls={http_url}", f"--listen-metrics-urls={p_metrics}")
-    e = Member.etcd(tmp, f"--listen-metrics-urls={e_metrics}")
-    try:
-        petcd = _start(p, http_url, p_metrics)
-        etcd = _start(e, e.client_url, e_metrics)
-        yield petcd, etcd
-    finally:
-        p.stop()
-        e.stop()
+    with Differential.start(
+        tmp_path_factory.mktemp("http-gateway"),
+        petcd_flags=(f"--listen-client-http-urls={http_url}", f"--listen-metrics-urls={p_metrics}"),
+        etcd_flags=(f"--listen-metrics-urls={e_metrics}",),
+    ) as d:
+        yield _side(d.petcd, http_url, p_metrics), _side(d.etcd, d.etcd.client_url, e_metrics)
 
 
 # what differs between two members holding the same data
@@ -408,7 +405,7 @@ def test_health_version_and_routing_match_etcd(pair: tuple[Side, Side]) -> None:
 
 
 def test_streams_match_etcd_in_shape(pair: tuple[Side, Side]) -> None:
-    """Snapshots differ in content (bbolt vs LMDB) but not in framing."""
+    """Snapshots differ in content (member and cluster IDs, etcd's own meta keys) but not in framing."""
     for side in pair:
         a = side.post("/v3/maintenance/snapshot", "{}")
         assert a.status == 200

@@ -23,8 +23,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,37 +32,16 @@ import pytest
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from tests.framework.differential import Differential
+from tests.framework.wait import wait_until
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.normalize import Normalizer
 from tests.harness.paths import peer
-from tests.harness.procs import Member, running_pair
+from tests.harness.procs import Member
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Member, Member]]:
-    with running_pair(tmp_path) as p:
-        yield p
-
-
-def on_both(pair: tuple[Member, Member], fn: Callable[[Member], T]) -> tuple[T, T]:
-    with ThreadPoolExecutor(2) as ex:
-        fp, fe = ex.submit(fn, pair[0]), ex.submit(fn, pair[1])
-        return fp.result(), fe.result()
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- differential sessions --------------------------------------------------------------------------
@@ -138,7 +116,7 @@ def _ttl(granted: int, remaining: int) -> str:
     return "R" if granted - 3 <= remaining <= granted else f"{remaining}?"
 
 
-def run_session(pair: tuple[Member, Member], cmds: list[tuple[str, ...]]) -> list[str]:
+def run_session(pair: Differential, cmds: list[tuple[str, ...]]) -> list[str]:
     sp, se = Session(pair[0]), Session(pair[1])
     mismatches = []
     for cmd in cmds:
@@ -146,13 +124,13 @@ def run_session(pair: tuple[Member, Member], cmds: list[tuple[str, ...]]) -> lis
         def step(m: Member, cmd: tuple[str, ...] = cmd) -> tuple[int, str, str]:
             return (sp if m is pair[0] else se).run(*cmd)
 
-        got, want = on_both(pair, step)
+        got, want = pair.run_concurrently(step)
         if got != want:
             mismatches.append(f"etcdctl {' '.join(cmd)}\n  petcd: {got}\n  etcd:  {want}")
     return mismatches
 
 
-def test_lease_commands_differential(pair: tuple[Member, Member]) -> None:
+def test_lease_commands_differential(pair: Differential) -> None:
     cmds = [
         ("lease", "grant", "100"),  # L0
         ("lease", "grant", "1"),  # L1: etcd's minimum TTL
@@ -209,7 +187,7 @@ def test_lease_commands_differential(pair: tuple[Member, Member]) -> None:
     assert not mismatches, "\n".join(mismatches)
 
 
-def test_lease_in_txn_differential(pair: tuple[Member, Member]) -> None:
+def test_lease_in_txn_differential(pair: Differential) -> None:
     sp, se = Session(pair[0]), Session(pair[1])
     mismatches = []
     steps: list[tuple[tuple[str, ...], str | None]] = [
@@ -229,7 +207,7 @@ def test_lease_in_txn_differential(pair: tuple[Member, Member]) -> None:
             text = None if stdin is None else stdin.replace("{L0}", f"{side.leases[0]:x}")
             return side.run(*args, stdin=text)
 
-        got, want = on_both(pair, step)
+        got, want = pair.run_concurrently(step)
         if got != want:
             mismatches.append(f"etcdctl {' '.join(args)} <<< {stdin!r}\n  petcd: {got}\n  etcd:  {want}")
     assert not mismatches, "\n".join(mismatches)
@@ -276,7 +254,7 @@ class Watch:
             self.proc.wait(10)
 
 
-def test_expiry_deletes_all_keys_in_one_revision(pair: tuple[Member, Member], tmp_path: Path) -> None:
+def test_expiry_deletes_all_keys_in_one_revision(pair: Differential, tmp_path: Path) -> None:
     """A TTL-2 lease with 5 keys: after expiry the keys are gone, the lease too, and a watcher got
     one response with the 5 DELETE events, all at the same revision (petcd and etcd alike)."""
 
@@ -290,12 +268,12 @@ def test_expiry_deletes_all_keys_in_one_revision(pair: tuple[Member, Member], tm
             for i in range(5):
                 ctl.ok("put", f"exp/{i}", str(i), f"--lease={lid:x}")
             t0 = time.monotonic()
-            wait_until(lambda: keys(ctl, "exp/") == ["exp/keep"], 10, "the lease's keys to be deleted")
+            wait_until(lambda: keys(ctl, "exp/") == ["exp/keep"], 10, what="the lease's keys to be deleted")
             elapsed = time.monotonic() - t0
             deletes = wait_until(
                 lambda: [r for r in w.responses() if any(ev.get("type") == 1 for ev in r["Events"])],
                 10,
-                "the watcher to see the deletes",
+                what="the watcher to see the deletes",
             )
             ttl = timetolive(ctl, lid)
         finally:
@@ -310,7 +288,7 @@ def test_expiry_deletes_all_keys_in_one_revision(pair: tuple[Member, Member], tm
             "ttl": ttl["ttl"],
         }
 
-    got, want = on_both(pair, scenario)
+    got, want = pair.run_concurrently(scenario)
     for name, res in (("petcd", got), ("etcd", want)):
         revs = {rev for _, rev in res["delete_events"]}
         assert res["delete_responses"] == 1 and len(res["delete_events"]) == 5, (name, res)
@@ -320,7 +298,7 @@ def test_expiry_deletes_all_keys_in_one_revision(pair: tuple[Member, Member], tm
     assert got["delete_events"] == want["delete_events"]
 
 
-def test_keep_alive_keeps_the_lease(pair: tuple[Member, Member]) -> None:
+def test_keep_alive_keeps_the_lease(pair: Differential) -> None:
     """`etcdctl lease keep-alive` on a TTL-2 lease keeps its key well past 2 s; once it stops the
     lease expires within its TTL (plus the expiry check's slack)."""
 
@@ -346,20 +324,22 @@ def test_keep_alive_keeps_the_lease(pair: tuple[Member, Member]) -> None:
             ka.send_signal(signal.SIGTERM)
             out = ka.communicate(timeout=10)[0].decode()
         stopped = time.monotonic()
-        wait_until(lambda: keys(ctl, "ka/") == [], 8, f"{m.kind}: the key to expire after keep-alive stopped")
+        wait_until(
+            lambda: keys(ctl, "ka/") == [], 8, what=f"{m.kind}: the key to expire after keep-alive stopped"
+        )
         return {
             "expired_after": time.monotonic() - stopped,
             "checks": checks,
             "lines": sorted({re.sub(r"[0-9a-f]{16}", "<id>", ln) for ln in out.splitlines()}),
         }
 
-    got, want = on_both(pair, scenario)
+    got, want = pair.run_concurrently(scenario)
     for name, res in (("petcd", got), ("etcd", want)):
         assert res["checks"] >= 8 and res["expired_after"] <= 4.5, (name, res)
     assert got["lines"] == want["lines"] == ["lease <id> keepalived with TTL(2)"]
 
 
-def test_min_ttl_and_lease_ids_grpc(pair: tuple[Member, Member]) -> None:
+def test_min_ttl_and_lease_ids_grpc(pair: Differential) -> None:
     """LeaseGrant over gRPC: TTL 1 becomes etcd's minimum; a client-chosen ID is kept; granting it
     again fails with FAILED_PRECONDITION "etcdserver: lease already exists"; revoking an unknown
     lease fails with NOT_FOUND "etcdserver: requested lease not found"."""
@@ -389,7 +369,7 @@ def test_min_ttl_and_lease_ids_grpc(pair: tuple[Member, Member]) -> None:
             out.append(sorted(le.ID for le in leases.leases))
         return out
 
-    got, want = on_both(pair, scenario)
+    got, want = pair.run_concurrently(scenario)
     assert want[0] == ["ok", 0x1234, 2, None]  # etcd's minimum TTL with the default election timeout
     assert want[1] == ["error", "FAILED_PRECONDITION", "etcdserver: lease already exists"]
     assert got == want
@@ -411,7 +391,7 @@ def test_restart_keeps_leases_and_keys(tmp_path: Path) -> None:
 
         for how in ("sigterm", "kill9"):
             # let the short leases run down to their last 2 seconds
-            wait_until(lambda: timetolive(ctl, short[0])["ttl"] <= 2, 10, "the short leases to run down")
+            wait_until(lambda: timetolive(ctl, short[0])["ttl"] <= 2, 10, what="the short leases to run down")
             if how == "sigterm":
                 m.stop()
             else:
@@ -430,11 +410,11 @@ def test_restart_keeps_leases_and_keys(tmp_path: Path) -> None:
             assert ttl["granted-ttl"] == 60 and ttl["ttl"] >= 58, (how, ttl)
             # no mass expiry right after the start: the short leases live on for a while
             until = restarted + 2.0
-            wait_until(lambda: time.monotonic() > until, 3, "two seconds")  # noqa: B023 - used at once
+            time.sleep(max(0.0, until - time.monotonic()))
             assert keys(ctl, "r/") == all_keys, f"after {how}: leases expired right after the restart"
 
         # not kept alive, the short leases expire normally: about 6 s after the restart
-        wait_until(lambda: keys(ctl, "r/") == ["r/long", "r/plain"], 12, "the short leases to expire")
+        wait_until(lambda: keys(ctl, "r/") == ["r/long", "r/plain"], 12, what="the short leases to expire")
         assert time.monotonic() - restarted >= 4.0
         assert ctl.ok("lease", "list").splitlines()[0] == "found 1 leases"
         assert timetolive(ctl, long_lease)["keys"] == [b64("r/long")]

@@ -14,25 +14,19 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.framework.differential import Differential
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.paths import peer
-from tests.harness.procs import Member, running_pair
+from tests.harness.procs import Member
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180), pytest.mark.flags("--unsafe-no-fsync")]
 
 BASE_KEYS = 1100  # more than make-mirror's page of 1000 keys
 BIG = "x" * (100 * 1024)
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Member, Member]]:
-    with running_pair(tmp_path, "--unsafe-no-fsync") as p:
-        yield p
 
 
 def txn(ctl: Etcdctl, ops: list[str]) -> None:
@@ -138,11 +132,11 @@ def mirror_roundtrip(src: Member, dest: Member, tmp: Path) -> None:
     assert len(keys) == BASE_KEYS - 1 - 10 + 2 + 3 + 50 + 5 + 1 - 1 - 100 - 1 + 1
 
 
-def test_mirror_petcd_into_etcd(pair: tuple[Member, Member], tmp_path: Path) -> None:
+def test_mirror_petcd_into_etcd(pair: Differential, tmp_path: Path) -> None:
     petcd, etcd = pair
     mirror_roundtrip(petcd, etcd, tmp_path)
 
 
-def test_mirror_etcd_into_petcd(pair: tuple[Member, Member], tmp_path: Path) -> None:
+def test_mirror_etcd_into_petcd(pair: Differential, tmp_path: Path) -> None:
     petcd, etcd = pair
     mirror_roundtrip(etcd, petcd, tmp_path)

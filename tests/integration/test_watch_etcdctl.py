@@ -26,7 +26,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,32 +34,15 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.framework.differential import Differential, normalizer
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.normalize import Normalizer
 from tests.harness.paths import peer
-from tests.harness.procs import Member, running_pair
-
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+from tests.harness.procs import Member
 
 FLAGS = ("--watch-progress-notify-interval=500ms", "--unsafe-no-fsync")
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180), pytest.mark.flags(*FLAGS)]
 T = TypeVar("T")
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Member, Member]]:
-    with running_pair(tmp_path, *FLAGS) as p:
-        yield p
-
-
-def normalizer(m: Member) -> Normalizer:
-    header = Etcdctl(m.client_url)("endpoint", "status", "-wjson").json()[0]["Status"]["header"]
-    return (
-        Normalizer()
-        .name(m.client_port, "<client-port>")
-        .name(m.peer_port, "<peer-port>")
-        .name(int(header["member_id"]), "<member-id>")
-        .name(int(header["cluster_id"]), "<cluster-id>")
-    )
 
 
 def stderr_messages(err: str) -> list[str]:
@@ -142,7 +125,7 @@ class Side:
             w.stop()
 
 
-def both(pair: tuple[Member, Member], tmp_path: Path, script: Callable[[Side], T]) -> tuple[T, T]:
+def both(pair: Differential, tmp_path: Path, script: Callable[[Side], T]) -> tuple[T, T]:
     """Run script against petcd and etcd in parallel; results normalized (str parts)."""
     sides = []
     for m in pair:
@@ -243,7 +226,7 @@ def _shows(name: str, value: str) -> str:
     return f"foo\n{value}\n"
 
 
-def test_watch_output_formats_live_and_from_history(pair: tuple[Member, Member], tmp_path: Path) -> None:
+def test_watch_output_formats_live_and_from_history(pair: Differential, tmp_path: Path) -> None:
     def script(side: Side) -> dict[str, Any]:
         # the same watches live (from revision 2, started before the writes) and from history
         # (started after them)
@@ -278,7 +261,7 @@ def _exec_lines(out: str) -> list[str]:
     return [ln for ln in out.splitlines() if ln.startswith('"')]
 
 
-def test_watch_from_now(pair: tuple[Member, Member], tmp_path: Path) -> None:
+def test_watch_from_now(pair: Differential, tmp_path: Path) -> None:
     def script(side: Side) -> dict[str, Any]:
         side.ctl.ok("put", "now/old", "before")
         w = side.watch("now", "--prefix", "--prev-kv", "now/")
@@ -307,7 +290,7 @@ def test_watch_from_now(pair: tuple[Member, Member], tmp_path: Path) -> None:
     assert got == want
 
 
-def test_watch_compacted_and_negative_revision(pair: tuple[Member, Member], tmp_path: Path) -> None:
+def test_watch_compacted_and_negative_revision(pair: Differential, tmp_path: Path) -> None:
     def script(side: Side) -> dict[str, Any]:
         for i in range(5):
             side.ctl.ok("put", "c", f"v{i}")  # 2..6
@@ -340,7 +323,7 @@ def test_watch_compacted_and_negative_revision(pair: tuple[Member, Member], tmp_
     assert_same(got, want)
 
 
-def test_watch_interactive(pair: tuple[Member, Member], tmp_path: Path) -> None:
+def test_watch_interactive(pair: Differential, tmp_path: Path) -> None:
     def script(side: Side) -> dict[str, Any]:
         ctl = side.ctl
         w = side.watch("interactive", "-i", interactive=True)
@@ -378,7 +361,7 @@ def test_watch_interactive(pair: tuple[Member, Member], tmp_path: Path) -> None:
     assert got == want
 
 
-def test_watch_progress_notify(pair: tuple[Member, Member], tmp_path: Path) -> None:
+def test_watch_progress_notify(pair: Differential, tmp_path: Path) -> None:
     """Periodic progress notifications (both servers: --watch-progress-notify-interval=500ms)."""
 
     def script(side: Side) -> dict[str, Any]:

@@ -40,14 +40,14 @@ import pytest
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.api.mvccpb import kv_pb2
-from tests.harness.procs import Member, running_pair
-
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+from tests.framework.differential import Differential
+from tests.harness.procs import Member
 
 # both servers get the same flags: periodic progress every 500 ms (only watchers that ask get
 # them), a 64 KiB request limit (fragmenting watch responses above 64 KiB + 512 KiB of gRPC
 # overhead), and no fsync (thousands of revisions quickly)
 FLAGS = ("--watch-progress-notify-interval=500ms", "--max-request-bytes=65536", "--unsafe-no-fsync")
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180), pytest.mark.flags(*FLAGS)]
 FRAGMENT_LIMIT = 65536 + 512 * 1024
 DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 EMPTY_RANGE = "mvcc: watcher range is empty"
@@ -57,12 +57,6 @@ T = TypeVar("T")
 
 
 # -- processes --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Member, Member]]:
-    with running_pair(tmp_path, *FLAGS) as p:
-        yield p
 
 
 @pytest.fixture
@@ -194,22 +188,17 @@ class Stream:
             await self.task
 
 
-async def both(pair: tuple[Member, Member], script: Callable[[Client], Awaitable[T]]) -> tuple[T, T]:
+async def both(pair: Differential, script: Callable[[Client], Awaitable[T]]) -> tuple[T, T]:
     """Run script against petcd and etcd concurrently; (petcd's result, etcd's result)."""
-    cp, ce = Client(pair[0]), Client(pair[1])
 
-    async def run(c: Client) -> T:
+    async def run(m: Member) -> T:
+        c = Client(m)
         try:
             return await script(c)
-        except AssertionError as e:  # say which server broke the script's own checks
-            raise AssertionError(f"[{c.member.kind}] {e}") from e
+        finally:
+            await c.close()
 
-    try:
-        got, want = await asyncio.gather(run(cp), run(ce))
-    finally:
-        await cp.close()
-        await ce.close()
-    return got, want
+    return await pair.arun(run)
 
 
 # -- formatting responses for comparison ------------------------------------------------------------
@@ -269,7 +258,7 @@ def has_key(key: str) -> Callable[[pb.WatchResponse], bool]:
 # -- tests ------------------------------------------------------------------------------------------
 
 
-async def test_created_in_request_order_then_history(pair: tuple[Member, Member]) -> None:
+async def test_created_in_request_order_then_history(pair: Differential) -> None:
     async def script(c: Client) -> dict[str, Any]:
         for i in range(3):
             await c.put(f"a{i}", f"x{i}")  # revisions 2..4
@@ -289,7 +278,7 @@ async def test_created_in_request_order_then_history(pair: tuple[Member, Member]
     assert got == want
 
 
-async def test_synced_watcher_one_response_per_revision(pair: tuple[Member, Member]) -> None:
+async def test_synced_watcher_one_response_per_revision(pair: Differential) -> None:
     async def script(c: Client) -> list[str]:
         s = c.stream()
         await s.create_ok("k", range_end=b"l")
@@ -318,7 +307,7 @@ async def test_synced_watcher_one_response_per_revision(pair: tuple[Member, Memb
     assert got == want
 
 
-async def test_start_revision_history_then_live(pair: tuple[Member, Member]) -> None:
+async def test_start_revision_history_then_live(pair: Differential) -> None:
     async def script(c: Client) -> list[str]:
         for i in range(6):
             await c.put("h", f"v{i}")  # revisions 2..7
@@ -343,7 +332,7 @@ async def test_start_revision_history_then_live(pair: tuple[Member, Member]) -> 
     assert got == want
 
 
-async def test_many_watchers_on_one_stream(pair: tuple[Member, Member]) -> None:
+async def test_many_watchers_on_one_stream(pair: Differential) -> None:
     """100 create requests sent back to back: 100 created responses in request order (IDs 0..99,
     every other one from history), then one write reaches every watcher once."""
 
@@ -363,7 +352,7 @@ async def test_many_watchers_on_one_stream(pair: tuple[Member, Member]) -> None:
     assert got == want
 
 
-async def test_start_revision_zero_and_future(pair: tuple[Member, Member]) -> None:
+async def test_start_revision_zero_and_future(pair: Differential) -> None:
     async def script(c: Client) -> list[str]:
         for i in range(3):
             await c.put("f", f"old{i}")  # 2..4
@@ -391,7 +380,7 @@ async def test_start_revision_zero_and_future(pair: tuple[Member, Member]) -> No
     assert got == want
 
 
-async def test_watch_ids_client_chosen_and_duplicate(pair: tuple[Member, Member]) -> None:
+async def test_watch_ids_client_chosen_and_duplicate(pair: Differential) -> None:
     async def script(c: Client) -> list[str]:
         s = c.stream()
         out = []
@@ -421,7 +410,7 @@ async def test_watch_ids_client_chosen_and_duplicate(pair: tuple[Member, Member]
     assert got == want
 
 
-async def test_create_errors_keep_the_stream(pair: tuple[Member, Member]) -> None:
+async def test_create_errors_keep_the_stream(pair: Differential) -> None:
     async def script(c: Client) -> list[str]:
         await c.put("k", "v")
         s = c.stream()
@@ -447,7 +436,7 @@ async def test_create_errors_keep_the_stream(pair: tuple[Member, Member]) -> Non
     assert got == want
 
 
-async def test_cancel(pair: tuple[Member, Member]) -> None:
+async def test_cancel(pair: Differential) -> None:
     async def script(c: Client) -> list[str]:
         s = c.stream()
         out = []
@@ -470,7 +459,7 @@ async def test_cancel(pair: tuple[Member, Member]) -> None:
     assert got == want
 
 
-async def test_compacted_start_revision(pair: tuple[Member, Member]) -> None:
+async def test_compacted_start_revision(pair: Differential) -> None:
     async def script(c: Client) -> dict[str, Any]:
         for i in range(10):
             await c.put("k", f"v{i}")  # 2..11
@@ -493,7 +482,7 @@ async def test_compacted_start_revision(pair: tuple[Member, Member]) -> None:
     assert got == want
 
 
-async def test_filters(pair: tuple[Member, Member]) -> None:
+async def test_filters(pair: Differential) -> None:
     noput, nodelete = pb.WatchCreateRequest.NOPUT, pb.WatchCreateRequest.NODELETE
 
     async def script(c: Client) -> dict[int, list[str]]:
@@ -518,7 +507,7 @@ async def test_filters(pair: tuple[Member, Member]) -> None:
     assert got == want
 
 
-async def test_prev_kv(pair: tuple[Member, Member]) -> None:
+async def test_prev_kv(pair: Differential) -> None:
     async def script(c: Client) -> list[str]:
         s = c.stream()
         await s.create_ok("p", range_end=b"q", prev_kv=True)
@@ -537,7 +526,7 @@ async def test_prev_kv(pair: tuple[Member, Member]) -> None:
     assert got == want
 
 
-async def test_progress_request_zero_synced_and_future(pair: tuple[Member, Member]) -> None:
+async def test_progress_request_zero_synced_and_future(pair: Differential) -> None:
     async def script(c: Client) -> list[str]:
         await c.put("x", "1")
         s = c.stream()
@@ -571,7 +560,7 @@ async def test_progress_request_zero_synced_and_future(pair: tuple[Member, Membe
     assert got == want
 
 
-async def test_progress_request_with_unsynced_watcher_far_behind(pair: tuple[Member, Member]) -> None:
+async def test_progress_request_with_unsynced_watcher_far_behind(pair: Differential) -> None:
     """A watcher from revision 1 with 2400 revisions of history needs three catch-up passes 100 ms
     apart (1000 revisions per watcher per pass): a progress request sent right behind its create
     request finds it unsynced and gets no response; once it has caught up, one gets the current
@@ -612,7 +601,7 @@ async def test_progress_request_with_unsynced_watcher_far_behind(pair: tuple[Mem
     assert got == want
 
 
-async def test_periodic_progress_notify(pair: tuple[Member, Member]) -> None:
+async def test_periodic_progress_notify(pair: Differential) -> None:
     """--watch-progress-notify-interval=500ms: idle watchers that asked get a progress response about
     every 0.5 s with the current revision (never 0, never going back); others get nothing."""
 
@@ -642,7 +631,7 @@ async def test_periodic_progress_notify(pair: tuple[Member, Member]) -> None:
     assert got == want
 
 
-async def test_fragments(pair: tuple[Member, Member]) -> None:
+async def test_fragments(pair: Differential) -> None:
     """Responses above --max-request-bytes + 512 KiB of gRPC overhead are split for watchers that
     asked for fragments (never splitting one event): the catch-up of 70 x 10 KiB values from
     revision 1, and one revision deleting them all with prev_kv (about 700 KiB)."""

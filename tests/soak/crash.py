@@ -39,7 +39,8 @@ import grpc
 
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from tests.harness.cluster import FAST_ELECTIONS, Cluster, ClusterMember, poll
+from tests.framework.wait import wait_until
+from tests.harness.cluster import FAST_ELECTIONS, Cluster, ClusterMember
 from tests.harness.procs import Member
 
 __all__ = ["CrashReport", "Ledger", "Writers", "run_cluster", "run_single"]
@@ -203,7 +204,7 @@ def run_single(
                 member.start()
             # the member was restarted under the writers' retries; now quiet: check it
             rev = check_store(
-                poll(lambda: _range(member), 30, what="a range after restart"),
+                wait_until(lambda: _range(member), 30, what="a range after restart"),
                 ledger,
                 last_rev,
                 f"cycle {cycle}",
@@ -233,7 +234,7 @@ def _converge_and_check(c: Cluster, ledger: Ledger, last_rev: int, where: str) -
     for m in c.members:
         if m is leader:
             continue
-        r = poll(lambda m=m: _range(m, serializable=True), 30, what=f"a range on {m.name}")  # type: ignore[misc]
+        r = wait_until(lambda m=m: _range(m, serializable=True), 30, what=f"a range on {m.name}")  # type: ignore[misc]
         check_store(r, ledger, last_rev, f"{where} ({m.name})")
     return rev
 

@@ -67,7 +67,7 @@ class Conn:
         self.error: str = ""
         self.task: asyncio.Task[None] | None = None
 
-    async def _requests(self):  # type: ignore[no-untyped-def]
+    async def _requests(self):
         while True:
             r = await self.queue.get()
             if r is None:

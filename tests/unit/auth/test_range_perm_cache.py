@@ -16,7 +16,7 @@ from server.auth.range_perm_cache import (
 READ, WRITE, READWRITE = authpb.Permission.READ, authpb.Permission.WRITE, authpb.Permission.READWRITE
 
 
-def perms_of(*ps: tuple[int, bytes, bytes]) -> object:
+def perms_of(*ps: tuple[authpb.Permission.Type.ValueType, bytes, bytes]) -> object:
     role = authpb.Role(
         name=b"r", keyPermission=[authpb.Permission(permType=t, key=k, range_end=e) for t, k, e in ps]
     )

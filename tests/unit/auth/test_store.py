@@ -13,7 +13,7 @@ import pytest
 from server.api.authpb import auth_pb2 as authpb
 from server.api.etcdserverpb import rpc_pb2 as pb
 from server.auth import errors as ae
-from server.auth.apply_auth import AuthApplier, check_txn
+from server.auth.apply_auth import check_txn
 from server.auth.simple_token import TokenSimple, token_index
 from server.auth.store import AuthInfo, AuthStore, hash_password
 from server.backend.lmdb_backend import LmdbBackend
@@ -57,7 +57,7 @@ def add_user(s: AuthStore, name: str, pw: str = "pw", *roles: str) -> None:
         s.user_grant_role(pb.AuthUserGrantRoleRequest(user=name, role=r))
 
 
-def grant(s: AuthStore, role: str, t: int, key: bytes, end: bytes = b"") -> None:
+def grant(s: AuthStore, role: str, t: authpb.Permission.Type.ValueType, key: bytes, end: bytes = b"") -> None:
     s.role_grant_permission(
         pb.AuthRoleGrantPermissionRequest(
             name=role, perm=authpb.Permission(permType=t, key=key, range_end=end)
@@ -253,7 +253,7 @@ def test_txn_checks_every_key_nested(store: AuthStore) -> None:
             pb.RequestOp(request_txn=txn(success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"a"))]))
         ],
     )
-    check_txn(store, ai, NoLeases(), ok)  # type: ignore[arg-type]
+    check_txn(store, ai, NoLeases(), ok)
     for bad in (
         txn(compare=[pb.Compare(key=b"b")]),
         txn(success=[pb.RequestOp(request_put=pb.PutRequest(key=b"b", prev_kv=True))]),
@@ -265,7 +265,7 @@ def test_txn_checks_every_key_nested(store: AuthStore) -> None:
         ),
     ):
         with pytest.raises(ae.PermissionDeniedError):
-            check_txn(store, ai, NoLeases(), bad)  # type: ignore[arg-type]
+            check_txn(store, ai, NoLeases(), bad)
 
 
 def test_authenticate_and_passwords(store: AuthStore) -> None:
@@ -360,30 +360,3 @@ def test_persistence_and_recover(be: LmdbBackend, tmp_path: Path) -> None:
 def test_invalid_bcrypt_cost_falls_back_to_default(be: LmdbBackend) -> None:
     assert AuthStore(be, bcrypt_cost=3).bcrypt_cost == 10
     assert AuthStore(be, bcrypt_cost=32).bcrypt_cost == 10
-
-
-def test_applier_admin_entries_and_own_user_or_role(store: AuthStore) -> None:
-    from server.api.etcdserverpb import raft_internal_pb2 as rpb
-
-    store.role_add(pb.AuthRoleAddRequest(name="r"))
-    add_user(store, "alice", "pw", "r")
-    enabled(store)
-    a = AuthApplier(store, lambda: None)  # type: ignore[arg-type,return-value]
-    alice = rpb.RequestHeader(username="alice", auth_revision=store.revision)
-    with pytest.raises(ae.PermissionDeniedError):
-        a.begin(
-            rpb.InternalRaftRequest(header=alice, auth_user_list=pb.AuthUserListRequest()), "auth_user_list"
-        )
-    with pytest.raises(ae.UserEmptyError):
-        a.begin(rpb.InternalRaftRequest(auth_status=pb.AuthStatusRequest()), "auth_status")
-    a.begin(rpb.InternalRaftRequest(header=alice), "auth_user_get")
-    assert list(a.apply("auth_user_get", pb.AuthUserGetRequest(name="alice"), 1).roles) == ["r"]  # type: ignore[attr-defined]
-    with pytest.raises(ae.PermissionDeniedError):
-        a.apply("auth_user_get", pb.AuthUserGetRequest(name="root"), 1)
-    a.apply("auth_role_get", pb.AuthRoleGetRequest(role="r"), 1)
-    with pytest.raises(ae.PermissionDeniedError):
-        a.apply("auth_role_get", pb.AuthRoleGetRequest(role="root"), 1)
-    root = rpb.RequestHeader(username="root", auth_revision=store.revision)
-    a.begin(rpb.InternalRaftRequest(header=root), "auth_status")
-    resp = a.apply("auth_status", pb.AuthStatusRequest(), 1)
-    assert (resp.enabled, resp.authRevision) == (True, store.revision)  # type: ignore[attr-defined]

@@ -57,7 +57,7 @@ class FakeKube:
         page = self.lists.pop(0)
         if isinstance(page, Exception):
             raise page
-        return page  # type: ignore[no-any-return]
+        return page
 
     def watch(self, res: Any, namespace: Any = None, resource_version: Any = None, **kw: Any) -> Stream:
         self.watch_calls.append(resource_version)

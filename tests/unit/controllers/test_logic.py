@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from controllers import counter, replicator
+from controllers import counter, replicator, storm
 from controllers.checkpoint import Checkpointer, FileCheckpoint
 from controllers.conditions import get_condition, set_condition
 from controllers.metrics import Metrics
@@ -105,10 +105,10 @@ def test_with_status_keeps_resource_version() -> None:
 
 
 def test_parse_storm() -> None:
-    assert counter.parse_storm("8x25") == (8, 25)
+    assert storm.parse_storm("8x25") == (8, 25)
     for bad in ("8", "x", "0x1", "ax2"):
         with pytest.raises(ValueError):
-            counter.parse_storm(bad)
+            storm.parse_storm(bad)
 
 
 # -- replicator ------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def test_controller_outcomes(outcome: Any, result: str, requeued: bool) -> None:
     def reconcile(key: str) -> Result | None:
         if isinstance(outcome, Exception):
             raise outcome
-        return outcome  # type: ignore[no-any-return]
+        return outcome
 
     m = Metrics("t")
     kube: Any = NoKube()

@@ -12,6 +12,7 @@ We test these aspects:
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -21,6 +22,7 @@ from controllers.workqueue import (
     MaxOfRateLimiter,
     WorkQueue,
 )
+from tests.framework.wait import wait_until
 
 
 class FakeClock:
@@ -157,7 +159,8 @@ def test_shutdown_wakes_blocked_getters() -> None:
     ts = [threading.Thread(target=lambda: got.append(q.get())) for _ in range(3)]
     for t in ts:
         t.start()
-    time.sleep(0.05)
+    # every getter blocked in get() (CPython's Condition keeps its waiters in _waiters)
+    wait_until(lambda: len(q._cond._waiters) == 3, 5, what="three blocked getters")  # type: ignore[attr-defined]
     q.shutdown()
     for t in ts:
         t.join(2)
@@ -184,11 +187,15 @@ def test_shutdown_with_drain_waits_for_processing() -> None:
 
 
 def test_concurrent_workers_never_share_an_item() -> None:
+    """No item is processed by two workers at once, and an item added again while it was
+    processed is processed once more afterwards (client-go's dirty/processing sets)."""
     q: WorkQueue[int] = WorkQueue()
     active: set[int] = set()
     lock = threading.Lock()
     overlaps = []
-    handled = [0]
+    clock = itertools.count()
+    last_added: dict[int, int] = {}
+    last_started: dict[int, int] = {}
 
     def worker() -> None:
         while (item := q.get()) is not None:
@@ -196,22 +203,24 @@ def test_concurrent_workers_never_share_an_item() -> None:
                 if item in active:
                     overlaps.append(item)
                 active.add(item)
-            time.sleep(0.001)
+                last_started[item] = next(clock)
+            time.sleep(0.001)  # work takes a while: adds land while the item is processed
             with lock:
                 active.discard(item)
-                handled[0] += 1
             q.done(item)
 
     ts = [threading.Thread(target=worker) for _ in range(4)]
     for t in ts:
         t.start()
     for i in range(300):
+        with lock:
+            last_added[i % 5] = next(clock)
         q.add(i % 5)
         if i % 7 == 0:
             time.sleep(0.001)
-    time.sleep(0.2)
+    wait_until(lambda: len(q) == 0 and q.processing == 0, 10, what="the queue drained")
     q.shutdown(drain=True, timeout=5)
     for t in ts:
         t.join(5)
     assert not overlaps
-    assert 5 <= handled[0] <= 300
+    assert all(last_started[k] > last_added[k] for k in range(5)), (last_added, last_started)

@@ -13,7 +13,8 @@ import asyncio
 
 import pytest
 
-from server.etcdserver.compactor import Compactor, parse_retention
+from server.config import parse_retention
+from server.etcdserver.compactor import Compactor
 from server.mvcc.kv import CompactedError, FutureRevError
 
 

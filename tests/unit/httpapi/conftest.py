@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.embed.config import Config
+from server.config import Config
 from server.embed.etcd import Etcd
 from server.httpapi.health import HealthStats
 from server.httpapi.http_server import client_app, metrics_app

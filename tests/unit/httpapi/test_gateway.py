@@ -19,7 +19,7 @@ from server.embed.etcd import Etcd
 from server.httpapi.gateway import http_status_from_code
 from server.httpapi.http_server import client_app
 from server.httpapi.jsonpb import marshal, parse_first
-from server.v3rpc.kv import KVService
+from server.v3rpc.registry import servicers
 
 Client = TestClient[web.Request, web.Application]
 
@@ -67,7 +67,7 @@ async def test_response_is_the_grpc_servicers_byte_for_byte(client: Client, etcd
         async def abort(self, code: Any, details: str) -> None:
             raise AssertionError(details)
 
-    grpc_resp = await KVService(etcd.server).Range(pb.RangeRequest(key=b"k"), Ctx())  # type: ignore[arg-type]
+    grpc_resp = await servicers(etcd.server).kv.Range(pb.RangeRequest(key=b"k"), Ctx())  # type: ignore[arg-type]
     r = await client.post("/v3/kv/range", data=json.dumps({"key": b64("k")}))
     assert r.headers["Content-Type"] == "application/json"
     assert r.headers["Grpc-Metadata-Content-Type"] == "application/grpc"

@@ -31,6 +31,7 @@ async def test_etcd_serves_http_on_its_own_listeners(tmp_path: Path) -> None:
         listen_metrics_urls=("http://127.0.0.1:0",),
     )
     async with Etcd(cfg) as e:
+        assert e.http is not None
         client_ports, metrics_ports = e.http.client_http_ports, e.http.metrics_ports
         assert len(client_ports) == 2 and len(metrics_ports) == 1
         assert 0 not in client_ports + metrics_ports
@@ -53,6 +54,7 @@ async def test_etcd_serves_http_on_its_own_listeners(tmp_path: Path) -> None:
 
 async def test_no_http_urls_no_listeners(tmp_path: Path) -> None:
     async with Etcd(member_config(tmp_path)) as e:
+        assert e.http is not None
         assert e.http.client_http_ports == [] and e.http.metrics_ports == []
 
 
@@ -69,6 +71,7 @@ async def test_failed_http_start_leaves_nothing_running(tmp_path: Path) -> None:
         e = Etcd(cfg)
         with pytest.raises(OSError):
             await e.start()
+    assert e.http is not None
     assert e.http.client_http_ports == [] and e.http.metrics_ports == []
     # the member was stopped: its data directory can be opened again
     async with Etcd(member_config(tmp_path)) as again:
@@ -96,15 +99,20 @@ async def test_https(tmp_path: Path) -> None:
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
     async with Etcd(cfg) as e:
+        assert e.http is not None
         (port,) = e.http.client_http_ports
         assert (await _get(f"https://127.0.0.1:{port}/livez", ssl=client_ctx)) == (200, "ok\n")
 
 
 async def test_http_servers_construct_without_starting(tmp_path: Path) -> None:
     e = Etcd(member_config(tmp_path, listen_client_http_urls=("http://127.0.0.1:0",)))
-    servers = HttpServers(e.cfg, e.server)
-    assert servers.client_http_ports == []
-    await servers.stop()  # stopping what never started is a no-op
+    await e.server.start()
+    try:
+        servers = HttpServers(e.cfg, e.server)
+        assert servers.client_http_ports == []
+        await servers.stop()  # stopping what never started is a no-op
+    finally:
+        await e.server.stop()
 
 
 async def test_stop_ends_open_streams(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -112,6 +120,7 @@ async def test_stop_ends_open_streams(tmp_path: Path, caplog: pytest.LogCaptureF
     cfg = member_config(tmp_path, listen_client_http_urls=("http://127.0.0.1:0",))
     e = Etcd(cfg)
     await e.start()
+    assert e.http is not None
     (port,) = e.http.client_http_ports
     await e.server.lease_grant(pb.LeaseGrantRequest(ID=5, TTL=30))
     forever = asyncio.Event()
@@ -141,6 +150,7 @@ async def test_client_going_away_mid_stream_is_quiet(
 ) -> None:
     cfg = member_config(tmp_path, listen_client_http_urls=("http://127.0.0.1:0",))
     async with Etcd(cfg) as e:
+        assert e.http is not None
         (port,) = e.http.client_http_ports
         await e.server.lease_grant(pb.LeaseGrantRequest(ID=6, TTL=30))
         forever = asyncio.Event()

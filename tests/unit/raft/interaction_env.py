@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from server.raft.describe import describe_entries, describe_message, describe_ready
 from server.raft.raft import Config, RaftError
 from server.raft.raftpb import (
     ConfChange,
@@ -44,7 +45,7 @@ from server.raft.raw_node import RawNode
 from server.raft.read_only import ReadOnlyOption
 from server.raft.status import StateType
 from server.raft.storage import MemoryStorage
-from server.raft.util import NO_LIMIT, describe_entries, describe_message, describe_ready
+from server.raft.util import NO_LIMIT
 
 from .datadriven import DataDrivenError, TestData
 

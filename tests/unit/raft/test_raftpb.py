@@ -21,7 +21,7 @@ changes = st.builds(
 
 
 def pb_encode(cc: ConfChange) -> bytes:
-    m = raft_pb2.ConfChange(id=cc.id, type=int(cc.type), node_id=cc.node_id)
+    m = raft_pb2.ConfChange(id=cc.id, type=raft_pb2.ConfChangeType.ValueType(cc.type), node_id=cc.node_id)
     if cc.context:
         m.context = cc.context
     return m.SerializeToString()
@@ -70,7 +70,7 @@ def test_unmarshal_rejects_malformed(data: bytes) -> None:
 @settings(max_examples=100, deadline=None)
 @given(term=u64, index=u64, data=st.binary(max_size=300), typ=st.sampled_from(list(EntryType)))
 def test_entry_size_matches_protobuf(term: int, index: int, data: bytes, typ: EntryType) -> None:
-    m = raft_pb2.Entry(Term=term, Index=index, Type=int(typ))
+    m = raft_pb2.Entry(Term=term, Index=index, Type=raft_pb2.EntryType.ValueType(typ))
     if data:
         m.Data = data
     assert entry_size(Entry(term=term, index=index, type=typ, data=data)) == m.ByteSize()

@@ -1,23 +1,31 @@
-"""Cross-check against etcd-io/raft's own interaction scenarios, when its module is on disk.
+"""Cross-check against etcd-io/raft's own interaction scenarios.
 
-The scripts in etcd-io/raft v3.6.0's testdata/ are run through our InteractionEnv and the
-outputs are compared with etcd's expected outputs, ignoring log lines (whose wording is ours)
-and the text of proposal errors. Only scenarios that stay within what this implementation
-supports are listed (no ConfChangeV2, no asynchronous storage writes). Nothing is copied: the
-files are read in place, and the test is skipped where the module is not available.
+The scripts in etcd-io/raft's testdata/ (the version etcd v3.6 builds with: tools/peers/etcd's
+go.mod) are run through our InteractionEnv and the outputs are compared with etcd's expected
+outputs, ignoring log lines (whose wording is ours) and the text of proposal errors. Only
+scenarios that stay within what this implementation supports are listed (no ConfChangeV2, no
+asynchronous storage writes). Nothing is copied: the files are read in place from the Go module
+cache, where `make raft-testdata` (part of `make peers` and `make test-fast`) downloads them.
+The test is skipped only on a machine without Go.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+from functools import cache
 from pathlib import Path
 
 import pytest
 
+from tests.harness.paths import ROOT
+
 from .datadriven import parse
 from .interaction_env import InteractionEnv
 
-REFERENCE = Path("/root/go/pkg/mod/go.etcd.io/raft/v3@v3.6.0/testdata")
+RAFT_MODULE = "go.etcd.io/raft/v3"
 
 SCENARIOS = [
     "campaign.txt",
@@ -55,10 +63,30 @@ def normalize(out: str) -> str:
     return "ok" if s in ("", "ok") else s
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="etcd-io/raft v3.6.0 module not on disk")
+@cache
+def reference() -> Path:
+    """etcd-io/raft's testdata in the Go module cache (go env GOMODCACHE), as resolved by the
+    module that builds etcd."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("Go is not installed: etcd-io/raft's scenarios cannot be located")
+    env = {**os.environ, "GOFLAGS": "-mod=readonly", "GOTOOLCHAIN": "local"}
+    found = subprocess.run(
+        [go, "list", "-m", "-f", "{{.Dir}}", RAFT_MODULE],
+        cwd=ROOT / "tools" / "peers" / "etcd",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    testdata = Path(found) / "testdata"
+    assert found and testdata.is_dir(), f"{RAFT_MODULE} is not in the module cache: run `make raft-testdata`"
+    return testdata
+
+
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_matches_etcd_raft(name: str) -> None:
-    _, cases = parse(REFERENCE / name)
+    _, cases = parse(reference() / name)
     env = InteractionEnv()
     for d in cases:
         got = normalize(env.handle(d))

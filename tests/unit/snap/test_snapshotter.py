@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from server.api.raftpb import raftcodec
 from server.raft.raftpb import ConfState, Snapshot, SnapshotMetadata
 from server.snap import (
     EmptySnapshotError,
@@ -24,7 +25,7 @@ from server.snap import (
     read,
     snappb,
 )
-from server.wal import WALSnapshot, raftcodec
+from server.wal import WALSnapshot
 
 
 def snap(term: int, index: int, data: bytes = b"state") -> Snapshot:

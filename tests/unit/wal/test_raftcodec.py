@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.api.raftpb import raft_pb2
+from server.api.raftpb import raft_pb2, raftcodec
+from server.api.raftpb.raftcodec import RaftCodecError
 from server.raft.raftpb import (
     ConfChange,
     ConfChangeType,
@@ -19,8 +20,6 @@ from server.raft.raftpb import (
     Snapshot,
     SnapshotMetadata,
 )
-from server.wal import raftcodec
-from server.wal.raftcodec import RaftCodecError
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 ids = st.tuples(u64) | st.lists(u64, max_size=5).map(tuple)

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from server.api.raftpb import raftcodec
 from server.raft.raftpb import ConfState, Entry, HardState
 from server.wal import (
     WAL,
@@ -23,7 +24,6 @@ from server.wal import (
     WALStateError,
     exist,
     purge_segments,
-    raftcodec,
     valid_snapshot_entries,
     verify,
 )

@@ -16,7 +16,6 @@ import pytest
 
 from server.raft.raftpb import HardState
 from server.wal import WAL
-from server.wal import wal as walmod
 from tests.unit.wal.helpers import ents, read_back, reopen, wal_files
 
 
@@ -30,11 +29,9 @@ def test_failed_batch_rolls_back(waldir: str, monkeypatch: pytest.MonkeyPatch, f
         w.save(HardState(term=1, vote=1, commit=1), ents(1, 2))
         with monkeypatch.context() as m:
             if fail_in == "fdatasync":
-                m.setattr(walmod.os, "fdatasync", _enospc)
+                m.setattr(os, "fdatasync", _enospc)
             else:
-                from server.wal import encoder
-
-                m.setattr(encoder.os, "pwrite", _enospc)
+                m.setattr(os, "pwrite", _enospc)
             with pytest.raises(OSError):
                 w.save(HardState(term=1, vote=1, commit=2), ents(3, 40, data=b"x" * 300))
         w.save(HardState(term=1, vote=1, commit=2), ents(3, 40, data=b"x" * 300))
@@ -57,7 +54,7 @@ def test_failed_batch_then_restart_keeps_earlier_records(
             real(fd)  # the bytes reach the disk, but the call reports failure
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(walmod.os, "fdatasync", flaky)
+        monkeypatch.setattr(os, "fdatasync", flaky)
         with pytest.raises(OSError):
             w.save(HardState(term=1, vote=1, commit=2), ents(3, 5))
         monkeypatch.undo()

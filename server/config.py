@@ -1,4 +1,6 @@
-"""A member's configuration: etcd's flags as one immutable value (etcd's server/embed/config.go).
+"""A member's configuration: etcd's flags as one immutable value (etcd's server/embed/config.go
+and server/config). It sits below everything that reads it: embed builds it, etcdserver, v3rpc
+and httpapi take it.
 
 Defaults are etcd's, so `petcd` with no flags behaves like `etcd` with no flags: member
 `default`, data in `./default.etcd`, clients on http://localhost:2379, peers on :2380.
@@ -7,12 +9,13 @@ Defaults are etcd's, so `petcd` with no flags behaves like `etcd` with no flags:
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
-from server.etcdserver.compactor import parse_retention
-from server.etcdserver.membership import compute_cluster_id, compute_member_id, parse_initial_cluster
+from server.durations import parse_duration
+from server.urls import parse_initial_cluster
 
-__all__ = ["Config", "ConfigError"]
+__all__ = ["Config", "ConfigError", "parse_retention"]
 
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 GRPC_OVERHEAD_BYTES = 512 * 1024
@@ -20,6 +23,17 @@ GRPC_OVERHEAD_BYTES = 512 * 1024
 
 class ConfigError(ValueError):
     """An invalid flag value or combination."""
+
+
+def parse_retention(mode: str, retention: str) -> float:
+    """--auto-compaction-retention: seconds (periodic) or revisions (revision) to retain; 0 when
+    disabled. A bare number is hours in periodic mode."""
+    retention = retention.strip() or "0"
+    if mode == "revision":
+        return float(int(retention))
+    if re.fullmatch(r"\d+", retention):
+        return float(int(retention)) * 3600
+    return parse_duration(retention)
 
 
 @dataclass(frozen=True)
@@ -149,13 +163,3 @@ class Config:
     @property
     def max_recv_bytes(self) -> int:
         return self.max_request_bytes + GRPC_OVERHEAD_BYTES
-
-    def initial_members(self) -> dict[str, tuple[int, tuple[str, ...]]]:
-        """name -> (member ID, peer URLs) of the initial cluster."""
-        return {
-            name: (compute_member_id(urls, self.initial_cluster_token), tuple(urls))
-            for name, urls in parse_initial_cluster(self.initial_cluster).items()
-        }
-
-    def initial_cluster_id(self) -> int:
-        return compute_cluster_id([mid for mid, _ in self.initial_members().values()])

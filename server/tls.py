@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from server.embed.config import Config, ConfigError
+from server.config import Config, ConfigError
 
 __all__ = ["TLSInfo", "client_tls", "peer_tls"]
 

@@ -1,0 +1,1 @@
+"""Authentication and authorization (etcd's server/auth): the auth store, permissions, tokens."""
