@@ -75,11 +75,12 @@ def pods_running(api: Any, ns: str, name: str, replicas: int, timeout: float) ->
     """Seconds from creating the Deployment to every pod Running."""
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     t0 = time.monotonic()
-    apps.create_namespaced_deployment(ns, deployment(name, replicas))
+    body: Any = deployment(name, replicas)  # the client takes plain dicts too
+    apps.create_namespaced_deployment(ns, body)
 
     def available() -> bool:
-        d = apps.read_namespaced_deployment_status(name, ns)
-        return (d.status.available_replicas or 0) == replicas
+        status = apps.read_namespaced_deployment_status(name, ns).status
+        return status is not None and (status.available_replicas or 0) == replicas
 
     wait(f"{replicas} pods available", available, timeout)
     seconds = time.monotonic() - t0
@@ -107,7 +108,7 @@ def one_run(kind: str, base: Path, replicas: int, ns_pods: int, timeout: float, 
         api = config.new_client_from_config(config_file=str(kubeconfig))
         core = client.CoreV1Api(api)
         for ns in ("bench", "doomed"):
-            core.create_namespace({"metadata": {"name": ns}})
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
         result["deployment s"] = pods_running(api, "bench", "big", replicas, timeout)
         pods_running(api, "doomed", "some", ns_pods, timeout)
         t0 = time.monotonic()

@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -45,7 +44,6 @@ __all__ = [
     "free_port",
     "log_tail",
     "running",
-    "running_pair",
     "spawn",
     "wait_ready",
 ]
@@ -328,20 +326,6 @@ def running(kind: str, tmp: Path, *extra: str) -> Iterator[Member]:
     m = Member(kind, tmp / f"{kind}.etcd", extra=extra)
     with m:
         yield m
-
-
-@contextlib.contextmanager
-def running_pair(tmp_path: Path, *flags: str) -> Iterator[tuple[Member, Member]]:
-    """A fresh petcd and a fresh etcd with the same flags, started in parallel."""
-    members = [Member.petcd(tmp_path, *flags), Member.etcd(tmp_path, *flags)]
-    try:
-        with ThreadPoolExecutor(2) as ex:
-            for fut in [ex.submit(m.start) for m in members]:
-                fut.result()
-        yield members[0], members[1]
-    finally:
-        members[0].stop()
-        members[1].kill()  # a real etcd takes a second to stop gracefully after watch streams
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def apply_manifests(env: KubeEnv) -> None:
     assert r.rc == 0, r.err
 
 
-def metric(env: KubeEnv, name: str, **labels: str) -> float:
+def metric(env: KubeEnv | KubeCluster, name: str, **labels: str) -> float:
     """Sum of the samples of a Prometheus metric on the apiserver's /metrics matching labels."""
     status, text = env.client.raw_get("/metrics")
     assert status == 200, text[:500]

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from petcd_harness.controlplane import KubeCluster
-from petcd_harness.raft_cluster import poll
 from tests.e2e.conftest import unique
+from tests.framework.wait import wait_until
 
 LEADER_LEASES = ["kube-controller-manager", "kube-scheduler"]
 
@@ -44,16 +44,17 @@ def lease_path(ns: str, name: str) -> str:
 def stored_as(cluster: KubeCluster, path: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the object from the API, its key from etcdctl) read at the same revision: the API is
     read before and after the datastore, until the object did not change in between."""
-    assert cluster.datastore is not None
+    ds = cluster.datastore
+    assert ds is not None
 
     def consistent() -> tuple[dict[str, Any], dict[str, Any]] | None:
         before = cluster.client.get(path)
-        kvs = cluster.datastore.get_json(key)["kvs"]
+        kvs = ds.get_json(key)["kvs"]
         after = cluster.client.get(path)
         rv = before["metadata"]["resourceVersion"]
         return (after, kvs[0]) if rv == after["metadata"]["resourceVersion"] else None
 
-    return poll(consistent, timeout=30, interval=0.2, what=f"{path} unchanged across a read of {key}")
+    return wait_until(consistent, timeout=30, interval=0.2, what=f"{path} unchanged across a read of {key}")
 
 
 def test_cluster_is_ready_and_its_leases_live_in_the_datastore(cluster: KubeCluster) -> None:
@@ -62,7 +63,7 @@ def test_cluster_is_ready_and_its_leases_live_in_the_datastore(cluster: KubeClus
     for n in nodes:
         ready = {c["type"]: c["status"] for c in n["status"]["conditions"]}["Ready"]
         assert ready == "True", n["metadata"]["name"]
-        assert ipaddress.ip_network(n["spec"]["podCIDR"]).subnet_of(ipaddress.ip_network("10.244.0.0/16"))
+        assert ipaddress.IPv4Network(n["spec"]["podCIDR"]).subnet_of(ipaddress.IPv4Network("10.244.0.0/16"))
         assert not n["spec"].get("taints"), n["spec"]
     cluster.kubectl("get", "serviceaccount", "default", "-n", "default")
 
@@ -79,7 +80,8 @@ def test_cluster_is_ready_and_its_leases_live_in_the_datastore(cluster: KubeClus
     assert cluster.datastore is not None
     ds = cluster.datastore
     for key, rev in first.items():
-        poll(lambda: (ds.mod_revision(key) or 0) > rev, timeout=60, interval=0.5, what=f"a renewal of {key}")  # noqa: B023
+        renewed = lambda key=key, rev=rev: (ds.mod_revision(key) or 0) > rev  # noqa: E731
+        wait_until(renewed, timeout=60, interval=0.5, what=f"a renewal of {key}")
 
 
 def pods(cluster: KubeCluster, ns: str, selector: str) -> list[dict[str, Any]]:
@@ -113,7 +115,7 @@ def test_deployment_pods_run_on_fake_nodes_and_scale_down(cluster: KubeCluster, 
     assert cluster.datastore.mod_revision(f"/registry/pods/{ns}/{name}") == int(rv)
 
     cluster.kubectl("scale", "deployment/web", "--replicas=1", "-n", ns)
-    poll(lambda: len(pods(cluster, ns, "app=web")) == 1, timeout=120, interval=0.5, what="one pod left")
+    wait_until(lambda: len(pods(cluster, ns, "app=web")) == 1, timeout=120, interval=0.5, what="one pod left")
     cluster.kubectl("rollout", "status", "deployment/web", "-n", ns, "--timeout=120s")
     keys = cluster.datastore.ctl().ok("get", f"/registry/pods/{ns}/", "--prefix", "--keys-only").split()
     assert len(keys) == 1, keys

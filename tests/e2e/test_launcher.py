@@ -32,9 +32,9 @@ import pytest
 from petcd_harness.controlplane import ExistingCluster
 from petcd_harness.etcdctl import Etcdctl
 from petcd_harness.paths import PEERS, peer
-from petcd_harness.raft_cluster import poll
 from petcd_harness.state import start_time
 from tests.e2e.conftest import running_under
+from tests.framework.wait import wait_until
 
 LAUNCHER = str(Path(sys.executable).parent / "petcd-harness")
 PEER_NAMES = [
@@ -76,7 +76,7 @@ class Launcher:
             assert self.proc.poll() is None, f"the launcher exited: {self.stderr()}"
             return self.kubeconfig().exists() and self.kubeconfig().read_text() != stale
 
-        poll(ready, timeout=timeout, interval=0.2, what="the kubeconfig")
+        wait_until(ready, timeout=timeout, interval=0.2, what="the kubeconfig")
 
     def pids(self) -> dict[str, int]:
         return {p.stem: int(p.read_text().split()[0]) for p in (self.dir / "pids").glob("*.pid")}
@@ -130,7 +130,7 @@ def test_kill_9_then_up_again_then_sigint(tmp_path: Path) -> None:
 
     first.proc.kill()
     first.wait()
-    poll(lambda: gone(pids), timeout=10, what="every component to die with the launcher")
+    wait_until(lambda: gone(pids), timeout=10, what="every component to die with the launcher")
 
     stale = first.kubeconfig().read_text()  # nothing could remove it
     # other options this time: 3 members over TLS, a controller-manager flag
@@ -167,7 +167,9 @@ def test_sigterm_stops_a_component_that_hangs(tmp_path: Path, peers_with: dict[s
     fake(peers_with, "kwok", f"trap '' TERM\nsleep 1000 &\necho $! > {child}\nexec sleep 1000\n")
     d = tmp_path / "cluster"
     launcher = Launcher(d, "--nodes", "1", env=peers_with)
-    poll(lambda: "kwok" in launcher.pids() and child.exists(), timeout=180, interval=0.2, what="kwok started")
+    wait_until(
+        lambda: "kwok" in launcher.pids() and child.exists(), timeout=180, interval=0.2, what="kwok started"
+    )
     pids = launcher.pids()
     pids["kwok's child"] = int(child.read_text())
     down = subprocess.run([LAUNCHER, "down", "--dir", str(d)], capture_output=True, text=True, timeout=120)

@@ -21,8 +21,8 @@ import time
 from typing import Any
 
 from petcd_harness.controlplane import KubeCluster
-from petcd_harness.raft_cluster import poll
 from tests.e2e.conftest import metric, unique
+from tests.framework.wait import wait_until
 
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
 
@@ -35,13 +35,13 @@ def test_controller_manager_failover(cluster: KubeCluster) -> None:
     standby = cluster.add_controller_manager()
     running = [k for k in cluster.controller_managers if k.process.running]
     assert len(running) == 2
-    poll(standby.healthy, timeout=60, interval=0.2, what="the second controller-manager's /healthz")
+    wait_until(standby.healthy, timeout=60, interval=0.2, what="the second controller-manager's /healthz")
 
     # exactly one leads, and stays the only one
     def leaders() -> list[Any]:
         return [k for k in running if k.is_leader()]
 
-    (leader,) = poll(lambda: leaders() if len(leaders()) == 1 else None, timeout=60, what="one leader")
+    (leader,) = wait_until(lambda: leaders() if len(leaders()) == 1 else None, timeout=60, what="one leader")
     for _ in range(5):
         assert leaders() == [leader]
         time.sleep(0.5)
@@ -54,7 +54,7 @@ def test_controller_manager_failover(cluster: KubeCluster) -> None:
     # a write from a stale read: 409 Conflict, nothing written
     conflicts_before = metric(cluster, "apiserver_request_total", resource="leases", code="409")
     stale = copy.deepcopy(lease)
-    poll(
+    wait_until(
         lambda: (
             cluster.client.get(LEASE)["metadata"]["resourceVersion"] != stale["metadata"]["resourceVersion"]
         ),
@@ -86,7 +86,7 @@ def test_controller_manager_failover(cluster: KubeCluster) -> None:
         s: dict[str, Any] = cluster.client.get(LEASE)["spec"]
         return s if s["holderIdentity"] != last["holderIdentity"] else None
 
-    new = poll(taken_over, timeout=3 * duration, interval=0.2, what="a new holder of the Lease")
+    new = wait_until(taken_over, timeout=3 * duration, interval=0.2, what="a new holder of the Lease")
     seconds = time.monotonic() - killed
     gap = (_time(new["acquireTime"]) - _time(last["renewTime"])).total_seconds()
     print(
@@ -95,7 +95,7 @@ def test_controller_manager_failover(cluster: KubeCluster) -> None:
     )
     assert duration <= gap < 2 * duration, (last, new)
     assert int(new.get("leaseTransitions", 0)) == transitions + 1
-    poll(follower.is_leader, timeout=30, interval=0.2, what="the standby reporting itself leader")
+    wait_until(follower.is_leader, timeout=30, interval=0.2, what="the standby reporting itself leader")
     assert not leader.process.running
 
     # the new leader runs the deployment and replicaset controllers

@@ -23,8 +23,8 @@ import pytest
 from controllers import rollout_stepper
 from controllers.kubeclient import Kube
 from petcd_harness.controlplane import KubeCluster
-from petcd_harness.raft_cluster import poll
 from tests.e2e.conftest import metric, unique
+from tests.framework.wait import wait_until
 
 DEPLOYMENTS, REPLICAS = 3, 4
 PLAN = [f"registry.example/app:v{i}" for i in range(2, 10)]
@@ -104,7 +104,7 @@ def test_stepper_and_deployment_controller_lose_no_update(cluster: KubeCluster, 
             )
             return ds if finished else None
 
-        final = poll(done, timeout=300, interval=0.5, what="every Deployment through its plan")
+        final = wait_until(done, timeout=300, interval=0.5, what="every Deployment through its plan")
     finally:
         ctl.stop()
         kube.close()

@@ -1,5 +1,5 @@
 """Multi-member petcd/etcd clusters (petcd_harness.raft_cluster, re-exported for the test suite)."""
 
-from petcd_harness.raft_cluster import FAST_ELECTIONS, TOKEN, Cluster, ClusterMember, poll
+from petcd_harness.raft_cluster import FAST_ELECTIONS, TOKEN, Cluster, ClusterMember
 
-__all__ = ["FAST_ELECTIONS", "TOKEN", "Cluster", "ClusterMember", "poll"]
+__all__ = ["FAST_ELECTIONS", "TOKEN", "Cluster", "ClusterMember"]
