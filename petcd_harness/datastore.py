@@ -26,7 +26,7 @@ import grpc
 from petcd_harness.certs import PKI, make_pki
 from petcd_harness.errors import ComponentFailed
 from petcd_harness.etcdctl import Etcdctl
-from petcd_harness.procs import Member, spawn, wait_ready
+from petcd_harness.procs import Member, wait_ready
 from petcd_harness.raft_cluster import FAST_ELECTIONS, Cluster, ClusterMember
 
 __all__ = ["Datastore", "wait_ready_tls"]
@@ -66,12 +66,8 @@ class TLSMember(Member):
         assert self.pki is not None
         return [*super().command(), *self.pki.etcd_server_flags()]
 
-    def start(self, timeout: float = 30.0) -> TLSMember:
+    def wait_ready(self, timeout: float = 30.0) -> TLSMember:
         assert self.pki is not None
-        self.log_path = self.data_dir.parent / f"{self.kind}-{self.name}.log"
-        self.proc = spawn(self.command(), self.log_path, self.env, self.supervised, header=False)
-        if self.on_spawn is not None:
-            self.on_spawn(self)
         wait_ready_tls(self.client_url, self.pki, timeout, self.proc, self.log_path)
         return self
 

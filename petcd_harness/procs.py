@@ -238,6 +238,9 @@ class Member:
         self.proc = spawn(self.command(), self.log_path, self.env, self.supervised, header=False)
         if self.on_spawn is not None:
             self.on_spawn(self)
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> Member:
         wait_ready(self.client_url, timeout, self.proc, self.log_path)
         return self
 
