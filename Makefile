@@ -12,7 +12,7 @@ export GOTOOLCHAIN := local
 PY_SOURCES := $(shell find server controllers -name '*.py' -not -name '*_pb2*.py' 2>/dev/null)
 PROTOS := $(shell find server/api -name '*.proto')
 
-.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot cluster raft-cluster clean
+.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot bench-cluster cluster raft-cluster clean
 
 all: venv peers
 
@@ -118,8 +118,8 @@ FORCE:
 
 # --- checks ------------------------------------------------------------------------------------
 lint: venv
-	$(BIN)/ruff check server controllers tests bench scripts
-	$(BIN)/ruff format --check server controllers tests bench scripts
+	$(BIN)/ruff check server controllers petcd_harness tests bench scripts
+	$(BIN)/ruff format --check server controllers petcd_harness tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/mypy tests bench
 	$(BIN)/lint-imports
@@ -142,16 +142,21 @@ bench-kube: venv bench-peers
 bench-snapshot: venv peers
 	$(BIN)/python -m bench.snapshot_bench
 
+bench-cluster: venv peers
+	$(BIN)/python -m bench.cluster_bench
+
 # --- Kubernetes on petcd ----------------------------------------------------------------------
-# make cluster                                    petcd + real kube-apiserver; Ctrl-C stops both
-# make cluster CLUSTER_FLAGS="--members 3 --tls"  (or --datastore etcd to compare)
+# make cluster      petcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok with 3
+#                   fake nodes; .cluster/kubeconfig once ready; Ctrl-C stops everything
+# make cluster CLUSTER_FLAGS="--members 3 --tls --nodes 5"  (or --datastore etcd to compare;
+#                   `.venv/bin/petcd-harness up --help` lists the options)
 CLUSTER_FLAGS ?=
 cluster: venv peers
-	$(BIN)/python -m tests.harness.kube up $(CLUSTER_FLAGS)
+	$(BIN)/petcd-harness up $(CLUSTER_FLAGS)
 
 # a 3-member petcd cluster on free ports (no Kubernetes)
 raft-cluster: venv peers
-	$(BIN)/python -m tests.harness.cluster up
+	$(BIN)/python -m petcd_harness.raft_cluster up
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache build *.egg-info

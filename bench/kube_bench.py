@@ -29,7 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.harness.kube import Datastore, KubeAPIServer, KubeClient
+from petcd_harness.apiserver import KubeAPIServer, KubeClient
+from petcd_harness.datastore import Datastore
 from tests.harness.paths import ROOT
 
 RESULTS = ROOT / "bench" / "results"
