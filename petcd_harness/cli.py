@@ -2,11 +2,13 @@
 
     petcd-harness up [--datastore petcd|etcd] [--members 1|3] [--nodes N] [--tls] [-- APISERVER FLAGS]
     petcd-harness down
+    petcd-harness faults conflict|error|latency|watch-cut|partition|leader|list|clear ...
 
 `up` starts petcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok with fake
 nodes on loopback, waits until all are ready, writes DIR/kubeconfig (default .cluster/kubeconfig)
 and stays in the foreground; Ctrl-C or SIGTERM stops everything it started. A launcher killed
-with -9 is cleaned up by the next `up`. `down` stops the launcher running from DIR.
+with -9 is cleaned up by the next `up`. `down` stops the launcher running from DIR. `faults`
+sets, lists and clears faults on the running cluster's petcd (petcd_harness.faults).
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ PROG = "petcd-harness"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, apiserver_flags = _parse(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["faults"]:
+        from petcd_harness.faults import main as faults_main
+
+        return faults_main(argv[1:])
+    args, apiserver_flags = _parse(argv)
     set_peers_dir(getattr(args, "peers_dir", None))
     try:
         if args.command == "up":
@@ -69,11 +76,13 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--scheduler-flag", action="append", default=[], metavar="FLAG", help="a kube-scheduler flag"
     )
     a.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    a.add_argument("--no-faults", action="store_true", help="petcd without its fault surface")
     a.add_argument(
         "--peers-dir", help="where etcd, kube-* and kwok are (else $PETCD_PEERS_DIR, .peers/bin, $PATH)"
     )
     d = sub.add_parser("down", help="stop the launcher running from --dir")
     d.add_argument("--dir", default=".cluster", help="state directory (default .cluster)")
+    sub.add_parser("faults", help="set, list and clear faults on the running cluster (faults --help)")
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
@@ -96,6 +105,7 @@ def up(args: argparse.Namespace, apiserver_flags: list[str]) -> int:
         event_ttl=args.event_ttl,
         keep_data=args.keep,
         timeout=args.timeout,
+        faults=not args.no_faults,
     )
     cluster = KubeCluster(Path(args.dir), config)
     # Ctrl-C and SIGTERM both raise KeyboardInterrupt here (also in the background, where a
@@ -164,6 +174,7 @@ def _ready_text(cluster: KubeCluster, seconds: float) -> str:
         f"{ds.kind} at {ds.endpoints}",
         f"  kubeconfig:  {cluster.kubeconfig}",
         f"  logs:        {', '.join(d + '/*.log' for d in logs)}",
+        *([f"  faults:      {', '.join(ds.fault_urls)} ({PROG} faults --help)"] if ds.fault_urls else []),
         "",
         f"  export KUBECONFIG={cluster.kubeconfig}",
         f"  {kubectl} get nodes",

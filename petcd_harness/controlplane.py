@@ -22,9 +22,13 @@ starts another candidate for the leader Lease), cluster.scheduler, cluster.kwok.
 injection hooks in at the same level: it wraps these parts (members, the apiserver's
 --etcd-servers, processes) and needs nothing else from the cluster.
 
-ExistingCluster is the same surface (kubeconfig, etcd_endpoints, kubectl, api_client) for a
-cluster started elsewhere, from its kubeconfig; kubeconfigs written here carry the etcd
-endpoints in a cluster extension named "petcd".
+cluster.faults makes the hard cases happen on purpose (petcd_harness.faults): 409 conflicts, cut
+watches, etcd errors and latency, partitions and leader loss, through petcd's fault surface,
+which a petcd datastore serves unless ClusterConfig(faults=False).
+
+ExistingCluster is the same surface (kubeconfig, etcd_endpoints, kubectl, api_client, faults)
+for a cluster started elsewhere, from its kubeconfig; kubeconfigs written here carry the etcd
+endpoints and the fault surfaces in a cluster extension named "petcd".
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from petcd_harness.apiserver import (
 from petcd_harness.components import Component, ControllerManager, Kwok, Scheduler
 from petcd_harness.datastore import Datastore
 from petcd_harness.errors import ComponentFailed, HarnessError
+from petcd_harness.faults import Faults, tls_context
 from petcd_harness.paths import kwok_stages, peer
 from petcd_harness.procs import Member, Process
 from petcd_harness.state import StateDir
@@ -77,6 +82,7 @@ class ClusterConfig:
     event_ttl: str = "1h"
     keep_data: bool = False  # reuse the datastore's data from a previous start in the same dir
     timeout: float = 180.0  # for the whole start
+    faults: bool = True  # petcd serves its fault surface (cluster.faults); a real etcd has none
 
     def __post_init__(self) -> None:
         if self.datastore not in ("petcd", "etcd"):
@@ -95,9 +101,26 @@ class ClusterConfig:
 
 
 class _Access:
-    """What a test needs from any cluster: its kubeconfig, kubectl and an ApiClient."""
+    """What a test needs from any cluster: its kubeconfig, kubectl, an ApiClient, faults."""
 
     kubeconfig: Path
+    _faults: Faults | None = None
+
+    @property
+    def faults(self) -> Faults:
+        """The datastore's fault surfaces (petcd_harness.faults.Faults), which resolve resource
+        names through the cluster's discovery (custom resources included)."""
+        if self._faults is None:
+            self._faults = self._new_faults()
+        return self._faults
+
+    def _new_faults(self) -> Faults:
+        raise NotImplementedError
+
+    def _discover(self, plural: str) -> list[str]:
+        """The "plural.group" names the cluster serves plural under (kubectl api-resources)."""
+        names = self.kubectl("api-resources", "-o", "name").out.split()
+        return [n for n in names if n.partition(".")[0] == plural]
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120.0
@@ -126,6 +149,18 @@ class ExistingCluster(_Access):
             cfg = _yaml(self.kubeconfig)
         self.extension = _extension(cfg)
         self.etcd_endpoints: list[str] = list(self.extension.get("etcd-endpoints", []))
+
+    def _new_faults(self) -> Faults:
+        ext = self.extension
+        urls = list(ext.get("faults-urls", []))
+        if not urls:
+            raise HarnessError(
+                f"{self.kubeconfig} names no fault surface (a petcd_harness kubeconfig of petcd has them)"
+            )
+        ssl_ctx = None
+        if "etcd-cacert" in ext:
+            ssl_ctx = tls_context(ext["etcd-cacert"], ext["etcd-cert"], ext["etcd-key"])
+        return Faults(urls, ssl_context=ssl_ctx, discover=self._discover)
 
     def __repr__(self) -> str:
         return f"<ExistingCluster {self.kubeconfig}>"
@@ -182,6 +217,11 @@ class KubeCluster(_Access):
         out.update({c.name: c.log_path for c in self.components})
         return out
 
+    def _new_faults(self) -> Faults:
+        if self.datastore is None:
+            raise HarnessError("the cluster is not started")
+        return self.datastore.faults(discover=self._discover)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> KubeCluster:
@@ -205,8 +245,15 @@ class KubeCluster(_Access):
             _rmtree(ds_dir)
         _rmtree(self.dir / "kube")
         self.datastore = Datastore(
-            cfg.datastore, cfg.members, ds_dir, tls=cfg.tls, supervised=True, on_spawn=self._member_spawned
+            cfg.datastore,
+            cfg.members,
+            ds_dir,
+            tls=cfg.tls,
+            supervised=True,
+            on_spawn=self._member_spawned,
+            faults=cfg.faults,
         )
+        self._faults = None
         self.apiserver = KubeAPIServer(  # (checks the port asked for before anything starts)
             self.datastore,
             self.dir / "kube",
@@ -343,6 +390,8 @@ class KubeCluster(_Access):
         api, ds = self.api, self.datastore
         assert ds is not None
         ext: dict[str, Any] = {"datastore": ds.kind, "etcd-endpoints": ds.urls}
+        if ds.fault_urls:
+            ext["faults-urls"] = ds.fault_urls
         if ds.pki is not None:
             ext.update(
                 {

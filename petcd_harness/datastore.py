@@ -6,8 +6,11 @@ plain or mutual TLS.
         ds.ctl().ok("get", "/registry/", "--prefix", "--keys-only")   # the real etcdctl
         ds.mod_revision("/registry/namespaces/default")
         ds.cluster.wait_leader().kill()  # members=3: the Raft cluster (raft_cluster.Cluster)
+        ds.faults().conflicts("configmaps", n=3)      # faults=True (petcd): petcd_harness.faults
 
 A member that exits or is not ready at start is a ComponentFailed naming it and its log.
+With faults=True each petcd member serves its fault surface (--listen-faults-urls) on a port of
+its own, https:// with the datastore's client certificate under TLS.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from typing import Any
 import grpc
 
 from petcd_harness.certs import PKI, make_pki
-from petcd_harness.errors import ComponentFailed
+from petcd_harness.errors import ComponentFailed, HarnessError
 from petcd_harness.etcdctl import Etcdctl
-from petcd_harness.procs import Member, wait_ready
+from petcd_harness.faults import Faults, tls_context
+from petcd_harness.procs import Member, free_port, wait_ready
 from petcd_harness.raft_cluster import FAST_ELECTIONS, Cluster, ClusterMember
 
 __all__ = ["Datastore", "wait_ready_tls"]
@@ -133,6 +137,7 @@ class Datastore:
         extra: Sequence[str] = (),
         supervised: bool = False,
         on_spawn: Callable[[Member], None] | None = None,
+        faults: bool = False,
     ) -> None:
         if kind not in ("petcd", "etcd"):
             raise ValueError(f"unknown datastore {kind!r}")
@@ -148,6 +153,9 @@ class Datastore:
         self.on_spawn = on_spawn
         self.member: Member | None = None
         self.cluster: Cluster | None = None
+        # petcd's fault surfaces, one per member (a real etcd has none)
+        self.with_faults = faults and kind == "petcd"
+        self.fault_urls: list[str] = []
 
     @property
     def tls(self) -> bool:
@@ -178,6 +186,11 @@ class Datastore:
             else:
                 self.cluster = Cluster(self.kind, self.size, self.dir, flags, **opts)
             members = list(self.cluster.members)
+        if self.with_faults:
+            scheme = "https" if self.pki is not None else "http"
+            self.fault_urls = [f"{scheme}://127.0.0.1:{free_port()}" for _ in members]
+            for m, url in zip(members, self.fault_urls, strict=True):
+                m.extra = (*m.extra, f"--listen-faults-urls={url}")
         try:
             if self.member is not None:
                 self.member.start(timeout)
@@ -230,6 +243,19 @@ class Datastore:
         """The real etcdctl against the running members (with the client certificate under TLS)."""
         eps = self.cluster.endpoints if self.cluster is not None else self.endpoints
         return Etcdctl(eps, env=self.pki.etcdctl_env() if self.pki else None)
+
+    def faults(self, discover: Callable[[str], list[str]] | None = None) -> Faults:
+        """The members' fault surfaces (petcd_harness.faults.Faults)."""
+        if not self.fault_urls:
+            raise HarnessError(
+                "this datastore has no fault surface: faults need petcd started with faults=True"
+                if self.kind == "petcd"
+                else "faults need the petcd datastore (a real etcd has no fault surface)"
+            )
+        ssl_ctx = None
+        if self.pki is not None:
+            ssl_ctx = tls_context(str(self.pki.ca), str(self.pki.client_cert), str(self.pki.client_key))
+        return Faults(self.fault_urls, ssl_context=ssl_ctx, discover=discover)
 
     def logs(self) -> str:
         if self.member is not None:

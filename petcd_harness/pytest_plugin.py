@@ -7,7 +7,13 @@ the test session.
 
 `kube_cluster` (session scope) is a KubeCluster started in a temporary directory, or with
 `--kube-existing=PATH` an ExistingCluster for that kubeconfig (like envtest's
-USE_EXISTING_CLUSTER): .kubeconfig, .etcd_endpoints, .kubectl(*args), .api_client().
+USE_EXISTING_CLUSTER): .kubeconfig, .etcd_endpoints, .kubectl(*args), .api_client(), and .faults
+(petcd_harness.faults: 409 conflicts, cut watches, etcd errors and latency, partitions):
+
+    def test_retries(kube_cluster):
+        with kube_cluster.faults.conflicts("configmaps", namespace="default", n=3) as f:
+            ...
+        assert f.injected == 3
 
 Options: --kube-datastore petcd|etcd, --kube-members 1|3, --kube-nodes N, --kube-tls,
 --kube-existing PATH, --kube-peers-dir DIR (where the peer binaries are; see paths.py).

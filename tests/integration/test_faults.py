@@ -26,11 +26,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from petcd_harness.certs import make_pki
+from petcd_harness.faults import FaultError, Faults
+from petcd_harness.faults import main as faults_main
 from server.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from tests.harness.certs import make_pki
 from tests.harness.etcdctl import Etcdctl
-from tests.harness.faults import FaultError, Faults
-from tests.harness.faults import main as faults_main
 from tests.harness.paths import petcd_command
 from tests.harness.procs import Member, free_port
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness.cluster import Cluster, poll
-from tests.harness.faults import Faults
+from petcd_harness.faults import Faults
+from petcd_harness.raft_cluster import Cluster, poll
 from tests.harness.procs import free_port
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 started with --listen-faults-urls; see server/faults/surface.py), with Kubernetes resources
 translated to the etcd keys kube-apiserver stores them under.
 
-    faults = Faults(["http://127.0.0.1:2381"])          # or kube_cluster.faults in pytest
+    faults = kube_cluster.faults                     # pytest; or cluster.faults, Faults([url, ...])
     with faults.conflicts("configmaps", namespace="default", n=3) as f:
         ...                                          # the next 3 conditional updates get 409
     assert f.injected == 3
@@ -16,6 +16,10 @@ Every call sets the fault on each member (a member sees only its own clients' re
 count is per member; pass member= to target one. A Fault is a context manager that clears it;
 faults.clear() clears everything. Errors from the surface (a bad resource, count, ...) raise
 FaultError with its one-line message.
+
+From a shell: `petcd-harness faults conflict configmaps -N default -n 3` against the cluster
+`petcd-harness up` runs from .cluster (--dir), or against surfaces given with --url
+(repeatable) or $PETCD_FAULTS_URLS; `petcd-harness faults --help` lists the commands.
 
 Resources: "configmaps", "cm", "configmap", "deployments.apps", "counters.petcd.example.com"
 (a custom resource: plural.group), or a raw etcd key prefix starting with "/". With namespace=
@@ -34,10 +38,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Fault", "FaultError", "Faults", "Surface", "main", "registry_key"]
+from petcd_harness.errors import HarnessError
+
+__all__ = ["Fault", "FaultError", "Faults", "Surface", "main", "registry_key", "tls_context"]
 
 # kube-apiserver's storage paths (k8s.io/kubernetes pkg/kubeapiserver SpecialDefaultResourcePrefixes,
 # and the aggregated servers' own resources)
@@ -91,8 +98,16 @@ _ALIASES = {
 Discover = Callable[[str], list[str]]
 
 
-class FaultError(Exception):
+class FaultError(HarnessError):
     """The surface refused a request (its one-line reason), or cannot be reached."""
+
+
+def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
+    """For surfaces of a datastore with client-certificate authentication: its CA verifies
+    them, the client certificate identifies us."""
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 def registry_key(
@@ -176,14 +191,19 @@ class Surface:
 
 @dataclass(eq=False)
 class Fault:
-    """A fault set on some members; clear() (or leaving the with block) removes it."""
+    """A fault set on some members; clear() (or leaving the with block) removes it, after which
+    injected and states() report what it did until then."""
 
     kind: str
     parts: list[tuple[Surface, int]]
     result: list[dict[str, Any]] = field(default_factory=list)  # as each member answered
     on_clear: Callable[[], None] | None = None
+    # each member's last state, once cleared (what it injected stays readable)
+    cleared: list[dict[str, Any]] | None = None
 
     def states(self) -> list[dict[str, Any]]:
+        if self.cleared is not None:
+            return self.cleared
         return [s.get(i) for s, i in self.parts]
 
     @property
@@ -199,12 +219,16 @@ class Fault:
         _poll(lambda: self.injected >= n, timeout, f"{self.kind} injected {n} times")
 
     def clear(self) -> None:
+        if self.cleared is not None:
+            return
+        last = []
         for s, i in self.parts:
             try:
-                s.remove(i)
+                last.append(s.remove(i))
             except FaultError as e:
-                if "no fault" not in str(e):
+                if "no fault" not in str(e):  # cleared meanwhile (faults.clear())
                     raise
+        self.cleared = last
         if self.on_clear is not None:
             self.on_clear()
 
@@ -439,10 +463,11 @@ class Faults:
 # -- the command line ------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None, urls: Sequence[str] = ()) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """petcd-harness faults ...: set, list and clear faults from a shell."""
     ap = argparse.ArgumentParser(prog="petcd-harness faults", description="faults on demand")
     ap.add_argument("--url", action="append", default=[], help="a member's fault surface (repeatable)")
+    ap.add_argument("--dir", default=".cluster", help="the state directory of `petcd-harness up`")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every fault set, with what it did")
     c = sub.add_parser("clear", help="clear one fault (MEMBER ID) or all")
@@ -484,7 +509,7 @@ def main(argv: Sequence[str] | None = None, urls: Sequence[str] = ()) -> int:
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     env = [u for u in os.environ.get("PETCD_FAULTS_URLS", "").split(",") if u]
     try:
-        f = Faults(args.url or urls or env)
+        f = Faults(args.url or env) if args.url or env else _running(Path(args.dir))
         out: Any
         if args.command == "list":
             out = f.list()
@@ -513,10 +538,20 @@ def main(argv: Sequence[str] | None = None, urls: Sequence[str] = ()) -> int:
                 fault = f.watch_cut(args.resource, **common)
             out = fault.result
     except FaultError as e:
-        print(f"petcd-harness faults: {e}", file=sys.stderr)
+        print(f"petcd-harness faults: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _running(dir: Path) -> Faults:
+    """The faults of the cluster `petcd-harness up` runs from dir (from its kubeconfig)."""
+    from petcd_harness.controlplane import ExistingCluster
+
+    kubeconfig = dir / "kubeconfig"
+    if not kubeconfig.is_file():
+        raise FaultError(f"no cluster is running from {dir} (start one with petcd-harness up, or give --url)")
+    return ExistingCluster(kubeconfig).faults
 
 
 def _member_arg(v: str | None) -> int | str | None:
