@@ -256,16 +256,16 @@ def test_watch_cut_as_etcdctl_sees_it(faulty: tuple[Member, str, str]) -> None:
     m, surface, _ = faulty
     ctl = Etcdctl(m.client_url)
     ctl.ok("put", "/w/a", "1")
+    rev = ctl("get", "/w/a", "-w", "json").json()["kvs"][0]["mod_revision"]
     watch = subprocess.Popen(
-        [ctl.binary, f"--endpoints={m.client_url}", "watch", "--prefix", "/w/"],
+        [ctl.binary, f"--endpoints={m.client_url}", "watch", "--prefix", "/w/", f"--rev={rev}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
         faults = Faults([surface])
-        # etcdctl has its watch by the time it prints its first event
-        ctl.ok("put", "/w/b", "2")
+        # etcdctl has its watch by the time it prints its first event (the put at rev)
         assert watch.stdout is not None
         assert watch.stdout.readline().strip() == "PUT"
         cut = faults.watch_cut("/w/").result[0]
