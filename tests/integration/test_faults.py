@@ -27,6 +27,8 @@ import grpc
 import pytest
 
 from petcd_harness.certs import make_pki
+from petcd_harness.datastore import Datastore
+from petcd_harness.errors import HarnessError
 from petcd_harness.faults import FaultError, Faults
 from petcd_harness.faults import main as faults_main
 from server.api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -394,3 +396,16 @@ def test_cli(faulty: tuple[Member, str, str], capsys: pytest.CaptureFixture[str]
     assert "unknown error 'disk'" in capsys.readouterr().err
     assert faults_main(["--url", surface, "clear"]) == 0
     assert json.loads(capsys.readouterr().out) == {"cleared": 2}
+
+
+def test_harness_datastore_over_tls(tmp_path: Path) -> None:
+    """petcd_harness's TLS datastore serves its surfaces on https://, reached with the
+    datastore's client certificate; a real etcd has none."""
+    with Datastore("petcd", 1, tmp_path / "ds", tls=True, faults=True) as ds:
+        assert [u.split("://")[0] for u in ds.fault_urls] == ["https"]
+        faults = ds.faults()
+        with faults.errors("/tls/", error="timeout") as f:
+            assert ds.ctl()("put", "/tls/a", "v").error_line == "Error: etcdserver: request timed out"
+        assert f.injected == 1
+    with pytest.raises(HarnessError, match="a real etcd has no fault surface"):
+        Datastore("etcd", 1, tmp_path / "etcd", faults=True).faults()
