@@ -77,7 +77,7 @@ from server.etcdserver.v3_auth import ServerAuth
 from server.etcdserver.wait import Wait, WaitTime
 from server.failpoint import failpoint
 from server.lease.lessor import LeaseNotFoundError, Lessor, NotPrimaryError
-from server.mvcc.kvstore import Compaction
+from server.mvcc.kvstore import DEFAULT_COMPACTION_SLEEP_MS, Compaction
 from server.mvcc.watchable_store import WATCH_RESYNC_PERIOD, WatchableStore
 from server.raft import (
     ConfChange,
@@ -731,10 +731,11 @@ class EtcdServer:
         return done
 
     async def _compaction_loop(self) -> None:
-        sleep = self.cfg.compaction_sleep_interval_ms / 1000
+        # etcd's NewStore: 0 means the default for both
+        sleep = (self.cfg.compaction_sleep_interval_ms or DEFAULT_COMPACTION_SLEEP_MS) / 1000
         while True:
             job, done = await self._compactions.get()
-            for _ in job.steps():
+            for _ in job.steps(self.cfg.compaction_batch_limit):
                 if FP_COMPACT_BEFORE_COMMIT_BATCH.armed:
                     await FP_COMPACT_BEFORE_COMMIT_BATCH.hit_async()
                 await self._commit_until_done()

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # non-const so tests can shrink it
 COMPACTION_BATCH_LIMIT = 1000
+DEFAULT_COMPACTION_SLEEP_MS = 10
 FP_BEFORE_COMMIT_SCHEDULED = failpoint("compactBeforeCommitScheduledCompact")
 FP_AFTER_COMMIT_SCHEDULED = failpoint("compactAfterCommitScheduledCompact")
 FP_BEFORE_SET_FINISHED = failpoint("compactBeforeSetFinishedCompact")
@@ -55,7 +56,10 @@ class Compaction:
         self.hash: KeyValueHash | None = None
         self._store = store
 
-    def steps(self) -> Iterator[None]:
+    def steps(self, batch_limit: int = 0) -> Iterator[None]:
+        """One step per batch_limit revisions read (etcd's --compaction-batch-limit: 0 is the
+        default, below 0 one step for everything, as etcd's unbounded UnsafeRange)."""
+        limit = max(batch_limit or COMPACTION_BATCH_LIMIT, 0)  # the backend's 0 is no limit
         store = self._store
         keep = store.index.compact(self.rev)
         end = rev_to_bytes(Revision(self.rev + 1, 0))[:8]
@@ -63,12 +67,12 @@ class Compaction:
         last = b""
         tx = store.backend.batch_tx()
         while True:
-            batch = tx.range(Bucket.KEY, last, end, COMPACTION_BATCH_LIMIT)
+            batch = tx.range(Bucket.KEY, last, end, limit)
             for raw_rev, value in batch:
                 if bytes_to_rev(raw_rev) not in keep:
                     tx.delete(Bucket.KEY, raw_rev)
                 hasher.write_key_value(raw_rev, value)
-            if len(batch) < COMPACTION_BATCH_LIMIT:
+            if not limit or len(batch) < limit:
                 if FP_BEFORE_SET_FINISHED.armed:
                     FP_BEFORE_SET_FINISHED.hit()
                 tx.put(Bucket.META, MetaKey.FINISHED_COMPACT_REV, rev_to_bytes(Revision(self.rev, 0)))
