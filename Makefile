@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 # requirements.lock pins every Python package (with hashes), the generators and pip itself. `make lock`
 # adds what pyproject.toml gained; `make lock UPGRADE=1` moves every pin to the newest, on purpose.
 # The venv is built from the lock alone, then checked against it.
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml server/embed/_relay.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .

@@ -1,6 +1,7 @@
-"""A gRPC front-end process (see server/embed/link.py): terminates gRPC on the member's client
-port (SO_REUSEPORT) and relays every call, as raw bytes, to the member over the link. Started by
-the member; exits when the link closes (the member stopped or died).
+"""A gRPC front-end process (see server/embed/link.py): terminates gRPC on private Unix sockets
+the member's client port relays gRPC connections to, and relays every call, as raw bytes, to the
+member over the link. Started by the member; exits when the link closes (the member stopped or
+died).
 
     python -m server.frontend --link @petcd-link-... --spec '{...}'
 """

@@ -3,16 +3,19 @@
     async with Etcd(cfg) as e:      # or: e = Etcd(cfg); await e.start(); ...; await e.stop()
         e.client_ports              # the bound ports, useful with :0 URLs in tests
 
-gRPC is served on --listen-client-urls; grpcio cannot share a port with HTTP/1.1, so the HTTP
-endpoints (/health, /version, /metrics, the JSON gateway) are served on etcd 3.5's separate
-listeners, --listen-client-http-urls and --listen-metrics-urls.
+Every --listen-client-urls URL serves gRPC and HTTP/1.1 on one port, as etcd's does
+(server/embed/serve.py): HTTP/1.1 connections go to the client HTTP server (/health, /livez,
+/readyz, /version, /metrics, the JSON gateway), gRPC connections are relayed to the gRPC server,
+which listens on private Unix sockets only (one for cleartext, one for TLS; with
+--grpc-frontends, a pair per front-end process). etcd's separate listeners,
+--listen-client-http-urls and --listen-metrics-urls, serve HTTP as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+import os
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -20,8 +23,10 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from server.embed._relay import Relay
 from server.embed.config import Config
 from server.embed.frontends import FrontendLink, Frontends
+from server.embed.serve import ClientListener
 from server.embed.tls import TLSInfo, client_tls
 from server.etcdserver.server import EtcdServer
 from server.httpapi.http_server import HttpServers
@@ -42,7 +47,7 @@ def host_port(url: str) -> tuple[str, int]:
     return host, u.port
 
 
-def grpc_server_options(cfg: Config, reuse_port: bool = False) -> list[tuple[str, Any]]:
+def grpc_server_options(cfg: Config) -> list[tuple[str, Any]]:
     """etcd's server settings: receive up to max-request-bytes + 512 KiB, send anything, and
     accept client keepalive pings as often as every --grpc-keepalive-min-time (5 s), with or
     without active calls, so Go clients (kube-apiserver pings every 30 s) are never cut off
@@ -64,8 +69,24 @@ def grpc_server_options(cfg: Config, reuse_port: bool = False) -> list[tuple[str
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_time_ms", int(cfg.grpc_keepalive_interval_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout_s * 1000)),
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.so_reuseport", 0),
     ]
+
+
+class _Backends:
+    """The private Unix sockets (abstract namespace) the gRPC server or front-ends listen on:
+    one for cleartext and one for TLS per server, as grpc targets and as socket addresses."""
+
+    def __init__(self) -> None:
+        self._prefix = f"petcd-grpc-{os.getpid()}-{id(self):x}"
+        self.plain: list[str] = []
+        self.tls: list[str] = []
+
+    def add(self, tag: str, secure: bool) -> str:
+        """A new address; returns its grpc target."""
+        name = f"{self._prefix}-{tag}-{'tls' if secure else 'plain'}"
+        (self.tls if secure else self.plain).append("\0" + name)
+        return f"unix-abstract:{name}"
 
 
 class Etcd:
@@ -76,7 +97,8 @@ class Etcd:
         self._grpc: grpc.aio.Server | None = None
         self._link: FrontendLink | None = None
         self._frontends: Frontends | None = None
-        self._reserved: list[socket.socket] = []
+        self._relay = Relay()
+        self._listeners: list[ClientListener] = []
         self.client_ports: list[int] = []
 
     async def start(self) -> None:
@@ -85,57 +107,60 @@ class Etcd:
         try:
             await self.server.wait_ready()
             await self.http.start()
-            interceptors = [EtcdInterceptor(self.server)]
-            options = grpc_server_options(cfg, reuse_port=cfg.grpc_frontends > 0)
-            g = grpc.aio.server(interceptors=interceptors, options=options)
-            svcs = services(self.server)
-            add_to(g, svcs)
             tls = client_tls(cfg)
-            listen: list[tuple[str, bool]] = []
-            for url in cfg.listen_client_urls:
-                host, port = host_port(url)
-                secure = url.startswith("https")
-                if cfg.grpc_frontends > 0:
-                    # the front-ends serve the port; the member only holds it (bound, not listening)
-                    bound = self._reserve_port(host, port)
-                elif secure:
+            schemes = {urlsplit(url).scheme for url in cfg.listen_client_urls}
+            interceptors = [EtcdInterceptor(self.server)]
+            options = grpc_server_options(cfg)
+            svcs = services(self.server)
+            backends = _Backends()
+            if cfg.grpc_frontends > 0:
+                await self._start_frontends(svcs, interceptors, options, backends, schemes, tls)
+            else:
+                g = grpc.aio.server(interceptors=interceptors, options=options)
+                add_to(g, svcs)
+                if "http" in schemes:
+                    g.add_insecure_port(backends.add("member", secure=False))
+                if "https" in schemes:
                     assert tls is not None
-                    bound = g.add_secure_port(f"{host}:{port}", tls.grpc_credentials())
-                else:
-                    bound = g.add_insecure_port(f"{host}:{port}")
-                self.client_ports.append(bound)
-                listen.append((f"{host}:{bound}", secure))
-            if cfg.grpc_frontends == 0:
+                    g.add_secure_port(backends.add("member", secure=True), tls.grpc_credentials())
                 await g.start()
                 self._grpc = g
-            if cfg.grpc_frontends > 0:
-                await self._start_frontends(svcs, interceptors, options, listen, tls)
+            self._relay.start()
+            for url in cfg.listen_client_urls:
+                host, port = host_port(url)
+                secure = urlsplit(url).scheme == "https"
+                listener = ClientListener(
+                    host,
+                    port,
+                    http=self.http.client,
+                    backends=backends.tls if secure else backends.plain,
+                    relay=self._relay,
+                    tls=tls.http_context() if secure and tls is not None else None,
+                )
+                await listener.start()
+                self._listeners.append(listener)
+                self.client_ports.append(listener.port)
         except BaseException:
-            await self.http.stop()
-            await self.server.stop()
+            await self.stop()
             raise
         log.info(
             "serving client traffic", extra={"urls": list(cfg.listen_client_urls), "ports": self.client_ports}
         )
-
-    def _reserve_port(self, host: str, port: int) -> int:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        self._reserved.append(sock)
-        return int(sock.getsockname()[1])
 
     async def _start_frontends(
         self,
         svcs: Services,
         interceptors: Sequence[grpc.aio.ServerInterceptor],
         options: list[tuple[str, Any]],
-        listen: list[tuple[str, bool]],
+        backends: _Backends,
+        schemes: set[str],
         tls: TLSInfo | None,
     ) -> None:
         self._link = FrontendLink(svcs, interceptors)
         await self._link.start()
-        spec: dict[str, Any] = {"options": options, "listen": listen, "tls": None}
+        kinds = [secure for secure in (False, True) if ("https" if secure else "http") in schemes]
+        listen = [[(backends.add(f"fe{i}", s), s) for s in kinds] for i in range(self.cfg.grpc_frontends)]
+        spec: dict[str, Any] = {"options": options, "tls": None}
         if tls is not None:
             spec["tls"] = {
                 "cert": tls.cert_file,
@@ -143,7 +168,7 @@ class Etcd:
                 "ca": tls.trusted_ca_file,
                 "client_auth": tls.client_cert_auth,
             }
-        self._frontends = Frontends(self.cfg.grpc_frontends, self._link.address, spec)
+        self._frontends = Frontends(self._link.address, [{**spec, "listen": lst} for lst in listen])
         self._frontends.start()
         try:
             await self._link.wait_connections(self.cfg.grpc_frontends, 30.0)
@@ -151,19 +176,20 @@ class Etcd:
             log.warning("gRPC front-ends did not all connect; serving without them meanwhile")
 
     async def stop(self) -> None:
+        for listener in self._listeners:
+            await listener.stop()
+        self._listeners.clear()
         if self._frontends is not None:
             await self._frontends.stop()
             self._frontends = None
         if self._link is not None:
             await self._link.stop()
             self._link = None
-        await self.http.stop()
-        for sock in self._reserved:
-            sock.close()
-        self._reserved.clear()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
             self._grpc = None
+        self._relay.stop()
+        await self.http.stop()
         await self.server.stop()
 
     async def wait_stopped(self) -> str:
