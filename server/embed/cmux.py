@@ -14,9 +14,8 @@ from the ClientHello, before the handshake:
     gRPC     the client offers ALPN h2 and not http/1.1 (grpc-go, grpcio and other gRPC clients)
     HTTP/1   anything else: http/1.1 offered (curl, Go's net/http), no ALPN, or a ClientHello
              this parser does not understand (the TLS library answers it with its alert)
-    plain    an HTTP request on the TLS port: Go's answer is a 400 "Client sent an HTTP request
-             to an HTTPS server." (PLAIN_HTTP_ANSWER)
-    closed   anything else that is not a TLS handshake record
+    closed   anything that is not a TLS handshake record (etcd's TLS listener closes those,
+             a plain HTTP request included)
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import enum
 __all__ = [
     "HTTP2_PREFACE",
     "MAX_HTTP1_LINE",
-    "PLAIN_HTTP_ANSWER",
     "Route",
     "classify_cleartext",
     "classify_tls",
@@ -36,10 +34,6 @@ __all__ = [
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # cmux's maxHTTPRead: the request line must end within this many bytes
 MAX_HTTP1_LINE = 4096
-# net/http's answer to a plain HTTP request on a TLS listener
-PLAIN_HTTP_ANSWER = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
-# net/http's tlsRecordHeaderLooksLikeHTTP
-_HTTP_RECORD_HEADERS = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO")
 
 _TLS_HANDSHAKE = 0x16
 _CLIENT_HELLO = 1
@@ -51,7 +45,6 @@ _MAX_CLIENT_HELLO = 64 * 1024
 class Route(enum.Enum):
     GRPC = "grpc"
     HTTP = "http"
-    PLAIN_HTTP_ON_TLS = "plain-http-on-tls"
     CLOSE = "close"
 
 
@@ -176,9 +169,7 @@ def classify_tls(data: bytes) -> Route | None:
     if not data:
         return None
     if data[0] != _TLS_HANDSHAKE:
-        if len(data) < 5:
-            return None if any(h.startswith(data) for h in _HTTP_RECORD_HEADERS) else Route.CLOSE
-        return Route.PLAIN_HTTP_ON_TLS if data[:5] in _HTTP_RECORD_HEADERS else Route.CLOSE
+        return Route.CLOSE
     try:
         alpn = client_hello_alpn(data)
     except ValueError:

@@ -148,14 +148,11 @@ class ClientListener:
             elif route is cmux.Route.HTTP:
                 await self._http.adopt(conn, self._tls)
                 owned = True
-            elif route is cmux.Route.PLAIN_HTTP_ON_TLS:
-                with contextlib.suppress(OSError):
-                    conn.send(cmux.PLAIN_HTTP_ANSWER)
         except (OSError, ssl.SSLError) as e:
             log.debug("client connection failed before it was served", extra={"error": str(e)})
         finally:
             if not owned:
-                conn.close()
+                _close(conn)
 
     async def _detect(self, conn: socket.socket) -> cmux.Route:
         """Peek until the first bytes decide the route. The socket stays readable while any
@@ -199,6 +196,15 @@ class ClientListener:
             # the relay owns both descriptors from here on
             self._relay.add(conn.detach(), backend.detach())
             return
+
+
+def _close(conn: socket.socket) -> None:
+    """Close with a FIN, as etcd does, rather than the RST that unread bytes would cause."""
+    with contextlib.suppress(OSError):
+        for _ in range(16):
+            if not conn.recv(PEEK_BYTES):
+                break
+    conn.close()
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:

@@ -1,7 +1,8 @@
-"""Differential tests of the HTTP API: the same gateway requests against petcd (served on
---listen-client-http-urls) and a real etcd v3.6 (gateway on its client port), compared byte for
-byte after normalizing what legitimately differs (member/cluster IDs, ports, db sizes, raft
-indexes, version strings, backend hashes, and lease IDs or TTLs that depend on them or on time).
+"""Differential tests of the HTTP API: the same gateway requests against petcd and a real etcd
+v3.6 (gateway on its client port), compared byte for byte after normalizing what legitimately
+differs (member/cluster IDs, ports, db sizes, raft indexes, version strings, backend hashes, and
+lease IDs or TTLs that depend on them or on time). Every test runs twice: on petcd's client port
+(gRPC and HTTP/1.1 on one port, as etcd) and on its --listen-client-http-urls listener.
 
 Compared: HTTP status, the headers etcd's answers carry (Content-Type, Grpc-Metadata-Content-Type,
 Allow, X-Content-Type-Options, CORS) and the body.
@@ -90,14 +91,16 @@ def _start(m: Member, http_url: str, metrics_url: str) -> Side:
     return side
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Side, Side]]:
-    tmp: Path = tmp_path_factory.mktemp("http-gateway")
+@pytest.fixture(scope="module", params=["client-url", "client-http-url"])
+def pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Side, Side]]:
+    tmp: Path = tmp_path_factory.mktemp(f"http-gateway-{request.param}")
     http_url, p_metrics, e_metrics = (f"http://127.0.0.1:{free_port()}" for _ in range(3))
     p = Member.petcd(tmp, f"--listen-client-http-urls={http_url}", f"--listen-metrics-urls={p_metrics}")
     e = Member.etcd(tmp, f"--listen-metrics-urls={e_metrics}")
     try:
-        petcd = _start(p, http_url, p_metrics)
+        petcd = _start(p, p.client_url if request.param == "client-url" else http_url, p_metrics)
         etcd = _start(e, e.client_url, e_metrics)
         yield petcd, etcd
     finally:
