@@ -14,6 +14,9 @@ Suites:
     watch    benchmark watch-latency (1,000 watchers on one key), watch fan-out, RSS of 10,000 idle watchers
     lease    benchmark lease-keepalive
     cluster  3-member put throughput, check perf m, leader failover time (petcd vs etcd)
+    port     the cost of the shared client port: put, 1 client and 100 clients, on petcd and on
+             petcd at --baseline (default: the commit before the port was shared), in interleaved
+             rounds (--rounds), medians
 
 Results are written to bench/results/<suite>.json and rendered into docs/benchmarks.md.
 """
@@ -25,6 +28,7 @@ import contextlib
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +47,8 @@ from tests.harness.procs import free_port, wait_ready
 RESULTS = ROOT / "bench" / "results"
 FRONTENDS = 2  # petcd-fe: petcd with this many gRPC front-end processes (--grpc-frontends)
 SINGLE = ("null", "petcd", "petcd-fe", "etcd")
+# the last commit whose gRPC server owned the client port itself (suite port's default baseline)
+PORT_BASELINE = "190e108"
 
 
 @dataclass
@@ -64,7 +70,10 @@ class Target:
         return 0.0
 
 
-def _start_member(kind: str, workdir: Path, extra: list[str] | None = None) -> Target:
+def _start_member(
+    kind: str, workdir: Path, extra: list[str] | None = None, source: Path | None = None
+) -> Target:
+    """kind: null, petcd, petcd-fe or etcd; source: run petcd from that source tree instead."""
     port, peer_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     data = workdir / f"{kind}.data"
@@ -74,6 +83,8 @@ def _start_member(kind: str, workdir: Path, extra: list[str] | None = None) -> T
         cmd = [sys.executable, "-m", "bench.null_server", "--listen", f"127.0.0.1:{port}"]
     else:
         exe = petcd_command() if kind.startswith("petcd") else [peer("etcd")]
+        if source is not None:
+            exe = [sys.executable, "-m", "server.etcdmain"]  # run from source (the cwd comes first)
         if kind == "petcd-fe":
             exe = [*exe, f"--grpc-frontends={FRONTENDS}"]
         cmd = [
@@ -86,15 +97,17 @@ def _start_member(kind: str, workdir: Path, extra: list[str] | None = None) -> T
             f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
             *(extra or []),
         ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=source or ROOT)
     log.close()
     wait_ready(url, 30, proc, workdir / f"{kind}.log")
     return Target(kind, url, proc, data)
 
 
 @contextlib.contextmanager
-def member(kind: str, workdir: Path, extra: list[str] | None = None) -> Iterator[Target]:
-    t = _start_member(kind, workdir, extra)
+def member(
+    kind: str, workdir: Path, extra: list[str] | None = None, source: Path | None = None
+) -> Iterator[Target]:
+    t = _start_member(kind, workdir, extra, source)
     try:
         yield t
     finally:
@@ -415,12 +428,53 @@ def _failover(procs: list[subprocess.Popen[bytes]], urls: list[str]) -> dict[str
     return {"seconds": float("nan")}
 
 
+def _source_tree(ref: str, workdir: Path) -> Path:
+    """The files of a git ref, extracted (no checkout, no worktree)."""
+    out = workdir / f"src-{ref}"
+    out.mkdir()
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def suite_port(workdir: Path, quick: bool, baseline: str = PORT_BASELINE, rounds: int = 7) -> dict[str, Any]:
+    """put with 1 client (one request at a time: requests/s is 1 / latency) and with 100 clients
+    on petcd as it is and on petcd at the baseline ref, both running, in interleaved rounds (the
+    order alternates): the machine's noise hits both alike. Medians of the rounds; ratio =
+    median of the per-round ratios."""
+    rounds = 2 if quick else rounds
+    base_src = _source_tree(baseline, workdir)
+    workloads = {
+        "put-1client": ["put", "--key-size=8", "--sequential-keys", "--total=1000", "--val-size=256"],
+        "put": ["--conns=10", "--clients=100", "put", "--key-size=8", "--sequential-keys", "--total=5000"],
+    }
+    runs: dict[str, list[dict[str, float]]] = {}
+    with member("petcd-base", workdir, source=base_src) as base, member("petcd", workdir) as cur:
+        for r in range(rounds):
+            for w, args in workloads.items():
+                for t in (base, cur) if r % 2 == 0 else (cur, base):
+                    runs.setdefault(f"{w}/{t.name}", []).append(benchmark(t, *args))
+            print(f"port round {r + 1}/{rounds}", flush=True)
+    out: dict[str, Any] = {"baseline": baseline, "rounds": rounds}
+    for w in workloads:
+        b, c = runs[f"{w}/petcd-base"], runs[f"{w}/petcd"]
+        out[w] = {
+            "base_rps": statistics.median(x["rps"] for x in b),
+            "rps": statistics.median(x["rps"] for x in c),
+            "ratio": statistics.median(y["rps"] / x["rps"] for x, y in zip(b, c, strict=True)),
+            "per_round": [[x["rps"], y["rps"]] for x, y in zip(b, c, strict=True)],
+        }
+        print(w, out[w], flush=True)
+    return out
+
+
 SUITES = {
     "perf": suite_perf,
     "kv": suite_kv,
     "watch": suite_watch,
     "lease": suite_lease,
     "cluster": suite_cluster,
+    "port": suite_port,
 }
 
 
@@ -575,6 +629,18 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         fo = {k: cl.get(f"failover/{k}", {}) for k in ("petcd", "etcd")}
         rows.append(["leader failover", *(f"{fo[k].get('seconds')} s" for k in ("petcd", "etcd")), ""])
         rep.add("3-member cluster", ["workload", "petcd", "etcd", "petcd/etcd"], rows)
+    port = results.get("port", {})
+    if port:
+        rows = [
+            [w, f"{port[w]['base_rps']:.0f}", f"{port[w]['rps']:.0f}", f"{port[w]['ratio']:.3f}"]
+            for w in ("put-1client", "put")
+            if w in port
+        ]
+        rep.add(
+            f"shared client port: cost (requests/s, medians of {port['rounds']} interleaved rounds)",
+            ["workload", f"petcd at {port['baseline']}", "petcd", "petcd/baseline"],
+            rows,
+        )
     return "\n\n".join(rep.sections)
 
 
@@ -582,12 +648,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suites", default=",".join(SUITES))
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--baseline", default=PORT_BASELINE, help="suite port: the git ref to compare with")
+    p.add_argument("--rounds", type=int, default=7, help="suite port: interleaved rounds")
     args = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.suites.split(","):
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as d:
             started = time.time()
-            data = SUITES[name](Path(d), args.quick)
+            if name == "port":
+                data = suite_port(Path(d), args.quick, args.baseline, args.rounds)
+            else:
+                data = SUITES[name](Path(d), args.quick)
             data["_meta"] = {
                 "when": time.strftime("%Y-%m-%d %H:%M"),
                 "seconds": round(time.time() - started),

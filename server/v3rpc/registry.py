@@ -18,11 +18,18 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
+from server.api import services as api
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from server.api.v3electionpb import v3election_pb2_grpc as election_grpc
+from server.api.v3lockpb import v3lock_pb2_grpc as lock_grpc
 from server.etcdserver import txn_codec
 from server.etcdserver.server import EtcdServer
+from server.v3client import LocalClient
+from server.v3election import ElectionService
+from server.v3lock import LockService
 from server.v3rpc.auth import AuthService
 from server.v3rpc.cluster import ClusterService
 from server.v3rpc.kv import KVService
@@ -141,6 +148,9 @@ def services(server: EtcdServer) -> Services:
     pb_grpc.add_ClusterServicer_to_server(ClusterService(server), rec)
     pb_grpc.add_MaintenanceServicer_to_server(MaintenanceService(server), rec)
     pb_grpc.add_AuthServicer_to_server(AuthService(server), rec)
+    client = LocalClient(server)
+    lock_grpc.add_LockServicer_to_server(LockService(client), rec)
+    election_grpc.add_ElectionServicer_to_server(ElectionService(client), rec)
     max_bytes = server.cfg.max_recv_bytes
     out: Services = {}
     for svc, handlers in rec.services.items():
@@ -152,10 +162,7 @@ def services(server: EtcdServer) -> Services:
 
 
 def _request_class(service: str, method: str) -> Any:
-    from server.api.etcdserverpb import rpc_pb2
-
-    m = rpc_pb2.DESCRIPTOR.services_by_name[service.split(".")[-1]].methods_by_name[method]
-    return getattr(rpc_pb2, m.input_type.name)
+    return message_factory.GetMessageClass(api.service(service).methods_by_name[method].input_type)
 
 
 class _Unknown(grpc.GenericRpcHandler):
