@@ -6,7 +6,8 @@ with --grpc-frontends=2 on http and on https):
 - HTTP/1.1 on the client port: /health, /livez, /readyz, /version, /metrics, the JSON gateway,
   404s, 405s and CORS preflights answer as etcd's (status, etcd's headers, body modulo IDs);
 - gRPC on the same port (the real etcdctl, ALPN h2 on https): put, get, a watch stream, a
-  request of 1.5 MiB and a snapshot stream, while HTTP/1.1 requests come and go;
+  request of 1.5 MiB and a snapshot stream, while HTTP/1.1 requests come and go; Lock and
+  Election;
 - https: curl offering ALPN h2 and http/1.1 gets etcd's status and body (etcd answers over
   HTTP/2, petcd over HTTP/1.1); a plain HTTP request and an h2c preface are closed;
 - --client-cert-auth: without a client certificate the TLS handshake fails on both, for HTTP
@@ -43,6 +44,8 @@ from tests.harness.paths import peer, petcd_command
 from tests.harness.procs import free_port, running_pair, wait_ready
 
 pytestmark = pytest.mark.integration
+
+WAIT = 30.0
 
 COMPARED_HEADERS = (
     "Content-Type",
@@ -288,6 +291,34 @@ def test_grpc_and_http_share_the_port(pair: tuple[Node, Node, Mode], tmp_path: P
         assert len(lines[17]) == len(big)
         out = ctl(*flags, "snapshot", "save", str(tmp_path / f"{node.kind}.db"))
         assert out.rc == 0 and (tmp_path / f"{node.kind}.db").stat().st_size > 0, out.err
+
+
+def test_lock_and_election_on_the_port(pair: tuple[Node, Node, Mode]) -> None:
+    """v3lock and v3election are served on every port mode (front-ends included)."""
+    from server.api.etcdserverpb import rpc_pb2 as pb
+    from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+    from server.api.v3electionpb import v3election_pb2 as epb
+    from server.api.v3electionpb import v3election_pb2_grpc as epb_grpc
+    from server.api.v3lockpb import v3lock_pb2 as lockpb
+    from server.api.v3lockpb import v3lock_pb2_grpc as lockpb_grpc
+
+    for node in pair[:2]:
+        with node.grpc_channel() as ch:
+            lease = pb_grpc.LeaseStub(ch).LeaseGrant(pb.LeaseGrantRequest(TTL=60)).ID
+            lock, election = lockpb_grpc.LockStub(ch), epb_grpc.ElectionStub(ch)
+            key = lock.Lock(lockpb.LockRequest(name=b"port-lock", lease=lease), timeout=WAIT).key
+            assert key == f"port-lock/{lease:x}".encode(), node.kind
+            lock.Unlock(lockpb.UnlockRequest(key=key), timeout=WAIT)
+            won = election.Campaign(
+                epb.CampaignRequest(name=b"port-e", lease=lease, value=b"v"), timeout=WAIT
+            )
+            observe = election.Observe(epb.LeaderRequest(name=b"port-e"), timeout=WAIT)
+            assert next(observe).kv.value == b"v", node.kind
+            observe.cancel()
+            election.Resign(epb.ResignRequest(leader=won.leader), timeout=WAIT)
+            with pytest.raises(grpc.RpcError) as e:
+                election.Leader(epb.LeaderRequest(name=b"port-e"), timeout=WAIT)
+            assert (e.value.code(), e.value.details()) == (grpc.StatusCode.UNKNOWN, "election: no leader")
 
 
 def _curl(node: Node, path: str) -> tuple[str, str, str]:
