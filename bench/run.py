@@ -17,6 +17,8 @@ Suites:
     port     the cost of the shared client port: put, 1 client and 100 clients, on petcd and on
              petcd at --baseline (default: the commit before the port was shared), in interleaved
              rounds (--rounds), medians
+    relay    the ways a shared port can hand gRPC connections on (bench/relay.py), in front of the
+             null server: its own port, the native relay, a Python os.splice relay (--rounds)
 
 Results are written to bench/results/<suite>.json and rendered into docs/benchmarks.md.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shutil
 import statistics
@@ -444,26 +447,73 @@ def suite_port(workdir: Path, quick: bool, baseline: str = PORT_BASELINE, rounds
     median of the per-round ratios."""
     rounds = 2 if quick else rounds
     base_src = _source_tree(baseline, workdir)
-    workloads = {
-        "put-1client": ["put", "--key-size=8", "--sequential-keys", "--total=1000", "--val-size=256"],
-        "put": ["--conns=10", "--clients=100", "put", "--key-size=8", "--sequential-keys", "--total=5000"],
-    }
-    runs: dict[str, list[dict[str, float]]] = {}
     with member("petcd-base", workdir, source=base_src) as base, member("petcd", workdir) as cur:
-        for r in range(rounds):
-            for w, args in workloads.items():
-                for t in (base, cur) if r % 2 == 0 else (cur, base):
-                    runs.setdefault(f"{w}/{t.name}", []).append(benchmark(t, *args))
-            print(f"port round {r + 1}/{rounds}", flush=True)
+        runs = _rounds([base, cur], {"put-1client": _PUT_1, "put": _PUT_100}, rounds)
     out: dict[str, Any] = {"baseline": baseline, "rounds": rounds}
-    for w in workloads:
-        b, c = runs[f"{w}/petcd-base"], runs[f"{w}/petcd"]
-        out[w] = {
-            "base_rps": statistics.median(x["rps"] for x in b),
-            "rps": statistics.median(x["rps"] for x in c),
-            "ratio": statistics.median(y["rps"] / x["rps"] for x, y in zip(b, c, strict=True)),
-            "per_round": [[x["rps"], y["rps"]] for x, y in zip(b, c, strict=True)],
-        }
+    for w in ("put-1client", "put"):
+        out[w] = _compare(runs, w, "petcd-base", "petcd")
+        print(w, out[w], flush=True)
+    return out
+
+
+_PUT_1 = ["put", "--key-size=8", "--sequential-keys", "--total=1000", "--val-size=256"]
+_PUT_100 = ["--conns=10", "--clients=100", "put", "--key-size=8", "--sequential-keys", "--total=5000"]
+
+
+def _rounds(
+    targets: list[Target], workloads: dict[str, list[str]], rounds: int
+) -> dict[str, list[dict[str, float]]]:
+    """Each workload on each target, round after round, the targets' order rotating."""
+    runs: dict[str, list[dict[str, float]]] = {}
+    for r in range(rounds):
+        order = targets[r % len(targets) :] + targets[: r % len(targets)]
+        for w, args in workloads.items():
+            for t in order:
+                runs.setdefault(f"{w}/{t.name}", []).append(benchmark(t, *args))
+        print(f"round {r + 1}/{rounds}", flush=True)
+    return runs
+
+
+def _compare(runs: dict[str, list[dict[str, float]]], w: str, base: str, other: str) -> dict[str, Any]:
+    """Medians of requests/s, and the median of the per-round ratios other/base."""
+    b, c = runs[f"{w}/{base}"], runs[f"{w}/{other}"]
+    return {
+        "base_rps": statistics.median(x["rps"] for x in b),
+        "rps": statistics.median(x["rps"] for x in c),
+        "ratio": statistics.median(y["rps"] / x["rps"] for x, y in zip(b, c, strict=True)),
+        "per_round": [[x["rps"], y["rps"]] for x, y in zip(b, c, strict=True)],
+    }
+
+
+def suite_relay(workdir: Path, quick: bool, rounds: int = 7) -> dict[str, Any]:
+    """put with 1 client and with 100 clients on the null server, directly and through each
+    relay candidate of bench/relay.py (all running at once), in interleaved rounds."""
+    rounds = 2 if quick else rounds
+    backend = f"petcd-bench-null-{os.getpid()}"
+    ports = {kind: free_port() for kind in ("direct", "native", "splice")}
+    null = [sys.executable, "-m", "bench.null_server"]
+    relay = [sys.executable, "-m", "bench.relay", "serve", f"--backend={backend}"]
+    procs = {
+        "direct": [*null, f"--listen=127.0.0.1:{ports['direct']}", f"--listen=unix-abstract:{backend}"],
+        **{kind: [*relay, f"--kind={kind}", f"--port={ports[kind]}"] for kind in ("native", "splice")},
+    }
+    targets: list[Target] = []
+    try:
+        for kind, cmd in procs.items():
+            log = workdir / f"relay-{kind}.log"
+            with open(log, "wb") as logf:
+                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
+            url = f"http://127.0.0.1:{ports[kind]}"
+            targets.append(Target(kind, url, proc, workdir))
+            wait_ready(url, 30, proc, log)
+        runs = _rounds(targets, {"put-1client": _PUT_1, "put": _PUT_100}, rounds)
+    finally:
+        for t in targets:
+            t.proc.terminate()
+            t.proc.wait(10)
+    out: dict[str, Any] = {"rounds": rounds}
+    for w in ("put-1client", "put"):
+        out[w] = {kind: _compare(runs, w, "direct", kind) for kind in ("native", "splice")}
         print(w, out[w], flush=True)
     return out
 
@@ -475,6 +525,7 @@ SUITES = {
     "lease": suite_lease,
     "cluster": suite_cluster,
     "port": suite_port,
+    "relay": suite_relay,
 }
 
 
@@ -641,6 +692,26 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             ["workload", f"petcd at {port['baseline']}", "petcd", "petcd/baseline"],
             rows,
         )
+    relay = results.get("relay", {})
+    if relay:
+        rows = []
+        for w in ("put-1client", "put"):
+            if w not in relay:
+                continue
+            r = relay[w]
+            rows.append(
+                [
+                    w,
+                    f"{r['native']['base_rps']:.0f}",
+                    f"{r['native']['rps']:.0f} ({r['native']['ratio']:.3f})",
+                    f"{r['splice']['rps']:.0f} ({r['splice']['ratio']:.3f})",
+                ]
+            )
+        rep.add(
+            f"shared port candidates on the null gRPC server (requests/s (ratio to direct), medians of {relay['rounds']} rounds)",
+            ["workload", "direct", "native relay", "Python os.splice relay"],
+            rows,
+        )
     return "\n\n".join(rep.sections)
 
 
@@ -649,7 +720,7 @@ def main() -> None:
     p.add_argument("--suites", default=",".join(SUITES))
     p.add_argument("--quick", action="store_true")
     p.add_argument("--baseline", default=PORT_BASELINE, help="suite port: the git ref to compare with")
-    p.add_argument("--rounds", type=int, default=7, help="suite port: interleaved rounds")
+    p.add_argument("--rounds", type=int, default=7, help="suites port, relay: interleaved rounds")
     args = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.suites.split(","):
@@ -657,6 +728,8 @@ def main() -> None:
             started = time.time()
             if name == "port":
                 data = suite_port(Path(d), args.quick, args.baseline, args.rounds)
+            elif name == "relay":
+                data = suite_relay(Path(d), args.quick, args.rounds)
             else:
                 data = SUITES[name](Path(d), args.quick)
             data["_meta"] = {
