@@ -8,7 +8,7 @@ request costs least, so what a hop adds shows most).
     splice   the same classification, then a relay in Python on the event loop: os.splice
              through a pipe each way, the kernel moving the bytes (the best Python can do)
 
-    python -m bench.relay serve --kind native|splice --port P --backend NAME   (one relay)
+    python -m bench.relay serve --kind native|splice --port P --backend PATH   (one relay)
 
 Used by `python -m bench.run --suites relay`; not a test.
 """
@@ -97,7 +97,7 @@ async def serve(kind: str, port: int, backend: str) -> None:
         "127.0.0.1",
         port,
         http=_NoHttp(),
-        backends=["\0" + backend],
+        backends=[backend],
         relay=relay,  # type: ignore[arg-type]
     )
     await listener.start()
@@ -110,7 +110,7 @@ def main() -> None:
     s = sub.add_parser("serve")
     s.add_argument("--kind", choices=("native", "splice"), required=True)
     s.add_argument("--port", type=int, required=True)
-    s.add_argument("--backend", required=True, help="abstract Unix socket name of the gRPC server")
+    s.add_argument("--backend", required=True, help="the gRPC server's Unix socket")
     args = p.parse_args()
     asyncio.run(serve(args.kind, args.port, args.backend))
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import shutil
 import statistics
@@ -489,12 +488,12 @@ def suite_relay(workdir: Path, quick: bool, rounds: int = 7) -> dict[str, Any]:
     """put with 1 client and with 100 clients on the null server, directly and through each
     relay candidate of bench/relay.py (all running at once), in interleaved rounds."""
     rounds = 2 if quick else rounds
-    backend = f"petcd-bench-null-{os.getpid()}"
+    backend = str(workdir / "null.sock")
     ports = {kind: free_port() for kind in ("direct", "native", "splice")}
     null = [sys.executable, "-m", "bench.null_server"]
     relay = [sys.executable, "-m", "bench.relay", "serve", f"--backend={backend}"]
     procs = {
-        "direct": [*null, f"--listen=127.0.0.1:{ports['direct']}", f"--listen=unix-abstract:{backend}"],
+        "direct": [*null, f"--listen=127.0.0.1:{ports['direct']}", f"--listen=unix:{backend}"],
         **{kind: [*relay, f"--kind={kind}", f"--port={ports[kind]}"] for kind in ("native", "splice")},
     }
     targets: list[Target] = []

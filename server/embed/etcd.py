@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -74,19 +76,43 @@ def grpc_server_options(cfg: Config) -> list[tuple[str, Any]]:
 
 
 class _Backends:
-    """The private Unix sockets (abstract namespace) the gRPC server or front-ends listen on:
-    one for cleartext and one for TLS per server, as grpc targets and as socket addresses."""
+    """The private Unix sockets the gRPC server or the front-ends listen on, in a directory only
+    this user can enter: one for cleartext and one for TLS per server, as grpc targets (grpcio
+    and pygrpc-native both bind `unix:` paths; pygrpc-native has no abstract namespace). The
+    directory is named after the process, so one left by a killed member is removed by the
+    next member that starts."""
 
     def __init__(self) -> None:
-        self._prefix = f"petcd-grpc-{os.getpid()}-{id(self):x}"
+        _remove_stale_dirs()
+        self.dir = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-")
         self.plain: list[str] = []
         self.tls: list[str] = []
 
     def add(self, tag: str, secure: bool) -> str:
         """A new address; returns its grpc target."""
-        name = f"{self._prefix}-{tag}-{'tls' if secure else 'plain'}"
-        (self.tls if secure else self.plain).append("\0" + name)
-        return f"unix-abstract:{name}"
+        path = os.path.join(self.dir, f"{tag}-{'tls' if secure else 'plain'}.sock")
+        (self.tls if secure else self.plain).append(path)
+        return f"unix:{path}"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_DIR_PREFIX = "petcd-grpc-"
+
+
+def _remove_stale_dirs() -> None:
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        pid = name.removeprefix(_DIR_PREFIX).split("-", 1)[0]
+        if not name.startswith(_DIR_PREFIX) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's)
 
 
 class Etcd:
@@ -98,6 +124,7 @@ class Etcd:
         self._link: FrontendLink | None = None
         self._frontends: Frontends | None = None
         self._relay = Relay()
+        self._backends: _Backends | None = None
         self._listeners: list[ClientListener] = []
         self.client_ports: list[int] = []
 
@@ -112,7 +139,7 @@ class Etcd:
             interceptors = [EtcdInterceptor(self.server)]
             options = grpc_server_options(cfg)
             svcs = services(self.server)
-            backends = _Backends()
+            backends = self._backends = _Backends()
             if cfg.grpc_frontends > 0:
                 await self._start_frontends(svcs, interceptors, options, backends, schemes, tls)
             else:
@@ -189,6 +216,9 @@ class Etcd:
             await self._grpc.stop(grace=1.0)
             self._grpc = None
         self._relay.stop()
+        if self._backends is not None:
+            self._backends.remove()
+            self._backends = None
         await self.http.stop()
         await self.server.stop()
 

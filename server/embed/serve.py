@@ -1,7 +1,7 @@
 """One client port for gRPC and HTTP/1.1 (etcd's embed/serve.go with cmux).
 
-    listener = ClientListener(url, http=http_server, backends=["\\0petcd-grpc-..."], relay=relay,
-                              tls=tls_info)     # tls only for https:// URLs
+    listener = ClientListener(host, port, http=http_server, backends=["/tmp/petcd-grpc-.../member.sock"],
+                              relay=relay, tls=ssl_context)   # tls only for https:// URLs
     await listener.start()                      # binds (port 0 allowed): listener.port
     await listener.stop()
 
@@ -13,7 +13,8 @@ they stay in the socket (server/embed/cmux.py says how):
               /version, /metrics, the JSON gateway.
     gRPC      joined to a new connection to a gRPC server's private Unix socket by the native
               relay (server/embed/_relay.c), which copies the bytes both ways on a thread of its
-              own, TLS records included: the gRPC server terminates TLS as before.
+              own, TLS records included: the gRPC server terminates TLS as before. Several
+              backends (front-ends) take connections in turn.
 
 grpcio and pygrpc-native serve only sockets they accepted themselves (neither can adopt a
 socket, as aiohttp can), so gRPC connections go through the relay; its cost is measured in
