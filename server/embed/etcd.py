@@ -7,8 +7,9 @@ Every --listen-client-urls URL serves gRPC and HTTP/1.1 on one port, as etcd's d
 (server/embed/serve.py): HTTP/1.1 connections go to the client HTTP server (/health, /livez,
 /readyz, /version, /metrics, the JSON gateway), gRPC connections are relayed to the gRPC server,
 which listens on private Unix sockets only (one for cleartext, one for TLS; with
---grpc-frontends, a pair per front-end process). etcd's separate listeners,
---listen-client-http-urls and --listen-metrics-urls, serve HTTP as before.
+--grpc-frontends, a pair per front-end process). With etcd's separate HTTP listeners,
+--listen-client-http-urls, the client URLs serve gRPC only, as etcd's then do: the gRPC server
+binds them itself. --listen-metrics-urls serve /metrics and the health endpoints.
 """
 
 from __future__ import annotations
@@ -134,45 +135,62 @@ class Etcd:
         try:
             await self.server.wait_ready()
             await self.http.start()
-            tls = client_tls(cfg)
-            schemes = {urlsplit(url).scheme for url in cfg.listen_client_urls}
-            interceptors = [EtcdInterceptor(self.server)]
-            options = grpc_server_options(cfg)
-            svcs = services(self.server)
-            backends = self._backends = _Backends()
-            if cfg.grpc_frontends > 0:
-                await self._start_frontends(svcs, interceptors, options, backends, schemes, tls)
-            else:
-                g = grpc.aio.server(interceptors=interceptors, options=options)
-                add_to(g, svcs)
-                if "http" in schemes:
-                    g.add_insecure_port(backends.add("member", secure=False))
-                if "https" in schemes:
-                    assert tls is not None
-                    g.add_secure_port(backends.add("member", secure=True), tls.grpc_credentials())
-                await g.start()
-                self._grpc = g
-            self._relay.start()
-            for url in cfg.listen_client_urls:
-                host, port = host_port(url)
-                secure = urlsplit(url).scheme == "https"
-                listener = ClientListener(
-                    host,
-                    port,
-                    http=self.http.client,
-                    backends=backends.tls if secure else backends.plain,
-                    relay=self._relay,
-                    tls=tls.http_context() if secure and tls is not None else None,
-                )
-                await listener.start()
-                self._listeners.append(listener)
-                self.client_ports.append(listener.port)
+            await self._serve_clients()
         except BaseException:
             await self.stop()
             raise
         log.info(
             "serving client traffic", extra={"urls": list(cfg.listen_client_urls), "ports": self.client_ports}
         )
+
+    async def _serve_clients(self) -> None:
+        """gRPC and HTTP/1.1 on every client URL; with --listen-client-http-urls, gRPC only, as
+        etcd does: then the gRPC server binds the client URLs itself (no relay), or, with
+        front-ends, every connection is relayed to them."""
+        cfg = self.cfg
+        tls = client_tls(cfg)
+        grpc_only = bool(cfg.listen_client_http_urls)
+        schemes = {urlsplit(url).scheme for url in cfg.listen_client_urls}
+        interceptors = [EtcdInterceptor(self.server)]
+        options = grpc_server_options(cfg)
+        svcs = services(self.server)
+        backends = self._backends = _Backends()
+        if cfg.grpc_frontends > 0:
+            await self._start_frontends(svcs, interceptors, options, backends, schemes, tls)
+        else:
+            g = self._grpc = grpc.aio.server(interceptors=interceptors, options=options)
+            add_to(g, svcs)
+            for url in cfg.listen_client_urls if grpc_only else ():
+                host, port = host_port(url)
+                address = f"{host}:{port}"
+                if urlsplit(url).scheme == "https":
+                    assert tls is not None
+                    self.client_ports.append(g.add_secure_port(address, tls.grpc_credentials()))
+                else:
+                    self.client_ports.append(g.add_insecure_port(address))
+            if not grpc_only and "http" in schemes:
+                g.add_insecure_port(backends.add("member", secure=False))
+            if not grpc_only and "https" in schemes:
+                assert tls is not None
+                g.add_secure_port(backends.add("member", secure=True), tls.grpc_credentials())
+            await g.start()
+            if grpc_only:
+                return
+        self._relay.start()
+        for url in cfg.listen_client_urls:
+            host, port = host_port(url)
+            secure = urlsplit(url).scheme == "https"
+            listener = ClientListener(
+                host,
+                port,
+                http=None if grpc_only else self.http.client,
+                backends=backends.tls if secure else backends.plain,
+                relay=self._relay,
+                tls=tls.http_context() if secure and tls is not None else None,
+            )
+            await listener.start()
+            self._listeners.append(listener)
+            self.client_ports.append(listener.port)
 
     async def _start_frontends(
         self,

@@ -58,12 +58,15 @@ class HttpAdopter(Protocol):
 
 
 class ClientListener:
+    """One client URL. http=None: gRPC only (etcd's client URLs beside --listen-client-http-urls
+    with --grpc-frontends): every connection is relayed, unread."""
+
     def __init__(
         self,
         host: str,
         port: int,
         *,
-        http: HttpAdopter,
+        http: HttpAdopter | None,
         backends: Sequence[str],
         relay: Relay,
         tls: ssl.SSLContext | None = None,
@@ -138,15 +141,19 @@ class ClientListener:
     async def _serve(self, conn: socket.socket) -> None:
         owned = False
         try:
-            try:
-                async with asyncio.timeout(DETECT_TIMEOUT):
-                    route = await self._detect(conn)
-            except TimeoutError:
-                route = cmux.Route.CLOSE
+            if self._http is None:
+                route = cmux.Route.GRPC
+            else:
+                try:
+                    async with asyncio.timeout(DETECT_TIMEOUT):
+                        route = await self._detect(conn)
+                except TimeoutError:
+                    route = cmux.Route.CLOSE
             if route is cmux.Route.GRPC:
                 await self._to_grpc(conn)
                 owned = True
             elif route is cmux.Route.HTTP:
+                assert self._http is not None
                 await self._http.adopt(conn, self._tls)
                 owned = True
         except (OSError, ssl.SSLError) as e:

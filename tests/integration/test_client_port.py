@@ -11,7 +11,8 @@ with --grpc-frontends=2 on http and on https):
 - https: curl offering ALPN h2 and http/1.1 gets etcd's status and body (etcd answers over
   HTTP/2, petcd over HTTP/1.1); a plain HTTP request and an h2c preface are closed;
 - --client-cert-auth: without a client certificate the TLS handshake fails on both, for HTTP
-  and for gRPC.
+  and for gRPC;
+- with --listen-client-http-urls (etcd's split mode) the client URLs serve gRPC only, on both.
 
 Bad input on a cleartext client port (test_bad_input_*): garbage, a half-sent HTTP/2 preface,
 a TLS ClientHello, slowloris clients, many connections at once: each is closed or answered
@@ -41,7 +42,7 @@ import trustme
 from tests.harness.etcdctl import Etcdctl
 from tests.harness.normalize import Normalizer
 from tests.harness.paths import peer, petcd_command
-from tests.harness.procs import free_port, running_pair, wait_ready
+from tests.harness.procs import Member, free_port, running_pair, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -386,6 +387,24 @@ def test_without_a_client_certificate_the_handshake_fails(pair: tuple[Node, Node
             f"--cacert={node.certs.ca}", "--dial-timeout=2s", "--command-timeout=3s", "get", "k"
         )
         assert r.rc != 0, node.kind
+
+
+@pytest.mark.parametrize("extra", [(), ("--grpc-frontends=2",)], ids=["member", "frontends"])
+def test_with_client_http_urls_the_client_port_serves_grpc_only(
+    tmp_path: Path, extra: tuple[str, ...]
+) -> None:
+    """etcd's split mode (--listen-client-http-urls): HTTP there, gRPC only on the client URLs
+    (an HTTP/1.1 request gets HTTP/2 frames, no HTTP answer)."""
+    for kind in ("petcd", "etcd"):
+        http_url = f"http://127.0.0.1:{free_port()}"
+        flags = (f"--listen-client-http-urls={http_url}", *(extra if kind == "petcd" else ()))
+        with Member(kind, tmp_path / kind, extra=flags) as m:
+            assert not _raw(m.client_port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/")
+            conn = http.client.HTTPConnection(http_url.removeprefix("http://"), timeout=WAIT)
+            conn.request("GET", "/health")
+            assert conn.getresponse().status == 200, kind
+            conn.close()
+            assert Etcdctl(m.client_url)("put", "split", "yes").out == "OK\n", kind
 
 
 # -- bad input on a cleartext client port -----------------------------------------------------

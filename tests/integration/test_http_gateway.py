@@ -97,10 +97,15 @@ def pair(
 ) -> Iterator[tuple[Side, Side]]:
     tmp: Path = tmp_path_factory.mktemp(f"http-gateway-{request.param}")
     http_url, p_metrics, e_metrics = (f"http://127.0.0.1:{free_port()}" for _ in range(3))
-    p = Member.petcd(tmp, f"--listen-client-http-urls={http_url}", f"--listen-metrics-urls={p_metrics}")
+    split = request.param == "client-http-url"  # then petcd's client URL serves gRPC only, as etcd's
+    p = Member.petcd(
+        tmp,
+        f"--listen-metrics-urls={p_metrics}",
+        *([f"--listen-client-http-urls={http_url}"] if split else []),
+    )
     e = Member.etcd(tmp, f"--listen-metrics-urls={e_metrics}")
     try:
-        petcd = _start(p, p.client_url if request.param == "client-url" else http_url, p_metrics)
+        petcd = _start(p, http_url if split else p.client_url, p_metrics)
         etcd = _start(e, e.client_url, e_metrics)
         yield petcd, etcd
     finally:
