@@ -98,7 +98,7 @@ async def serve(kind: str, port: int, backend: str) -> None:
         port,
         http=_NoHttp(),
         backends=[backend],
-        relay=relay,  # type: ignore[arg-type]
+        relay=relay,
     )
     await listener.start()
     await asyncio.Event().wait()

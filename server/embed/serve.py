@@ -1,8 +1,8 @@
 """One client port for gRPC and HTTP/1.1 (etcd's embed/serve.go with cmux).
 
-    listener = ClientListener(host, port, http=http_server, backends=["/tmp/petcd-grpc-.../member.sock"],
-                              relay=relay, tls=ssl_context)   # tls only for https:// URLs
-    await listener.start()                      # binds (port 0 allowed): listener.port
+    listener = ClientListener(host, port, http=http_server, backends=[socket_path], relay=relay,
+                              tls=ssl_context)     # tls only for https:// URLs
+    await listener.start()                         # binds (port 0 allowed): listener.port
     await listener.stop()
 
 Every connection is accepted here and classified from its first bytes, read with MSG_PEEK so
@@ -37,9 +37,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from server.embed import cmux
-from server.embed._relay import Relay
 
-__all__ = ["DETECT_TIMEOUT", "ClientListener", "HttpAdopter"]
+__all__ = ["DETECT_TIMEOUT", "ByteRelay", "ClientListener", "HttpAdopter"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +56,14 @@ class HttpAdopter(Protocol):
     async def adopt(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None: ...
 
 
+class ByteRelay(Protocol):
+    """What joins a client connection to a gRPC server connection (server/embed/_relay.c)."""
+
+    def add(self, a: int, b: int, /) -> None:
+        """Relay between two connected sockets, taking ownership of both descriptors."""
+        ...
+
+
 class ClientListener:
     """One client URL. http=None: gRPC only (etcd's client URLs beside --listen-client-http-urls
     with --grpc-frontends): every connection is relayed, unread."""
@@ -68,7 +75,7 @@ class ClientListener:
         *,
         http: HttpAdopter | None,
         backends: Sequence[str],
-        relay: Relay,
+        relay: ByteRelay,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
