@@ -188,24 +188,25 @@ class Mutex:
 
 class Election:
     def __init__(
-        self, client: Client, lease: int, prefix: bytes, leader_key: bytes = b"", leader_rev: int = 0
+        self, client: Client, lease: int, prefix: bytes, leader_key: bytes, leader_rev: int, leading: bool
     ) -> None:
         self._c = client
         self._lease = lease
         self.prefix = prefix
         self.key = leader_key
         self.rev = leader_rev
-        self._leading = bool(leader_key)
+        self._leading = leading
         self.header: pb.ResponseHeader | None = None
 
     @classmethod
     def new(cls, client: Client, lease: int, name: bytes) -> Election:
-        return cls(client, lease, name + b"/")
+        return cls(client, lease, name + b"/", b"", 0, leading=False)
 
     @classmethod
     def resume(cls, client: Client, lease: int, name: bytes, key: bytes, rev: int) -> Election:
-        """etcd's ResumeElection (whose prefix is the bare name: only Proclaim and Resign use it)."""
-        return cls(client, lease, name, key, rev)
+        """etcd's ResumeElection: leading with whatever key it is given (whose prefix is the bare
+        name: only Proclaim and Resign use it)."""
+        return cls(client, lease, name, key, rev, leading=True)
 
     async def campaign(self, value: bytes) -> None:
         key = _lease_key(self.prefix, self._lease)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import queue
 import re
 import shutil
 import socket
@@ -34,6 +35,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import grpc
 import pytest
@@ -277,21 +279,38 @@ def test_grpc_and_http_share_the_port(pair: tuple[Node, Node, Mode], tmp_path: P
     for node in pair[:2]:
         ctl, flags = Etcdctl(node.url), node.ctl_flags()
         with subprocess.Popen(
-            [ctl.binary, f"--endpoints={node.url}", *flags, "watch", "shared/", "--prefix"],
+            # from revision 1: the puts below may come before the watch is created
+            [ctl.binary, f"--endpoints={node.url}", *flags, "watch", "shared/", "--prefix", "--rev=1"],
             stdout=subprocess.PIPE,
             text=True,
         ) as watch:
-            for i in range(5):
-                assert ctl(*flags, "put", f"shared/{i}", str(i)).out == "OK\n", node.kind
-                assert node.call("GET", "/health")[0] == 200
-            big = "x" * (1536 * 1024 - 64)  # just under --max-request-bytes
-            assert ctl(*flags, "put", "shared/big", input=big).out == "OK\n", node.kind
-            lines = [watch.stdout.readline().strip() for _ in range(18)]  # type: ignore[union-attr]
-            watch.terminate()
+            try:
+                for i in range(5):
+                    assert ctl(*flags, "put", f"shared/{i}", str(i)).out == "OK\n", node.kind
+                    assert node.call("GET", "/health")[0] == 200
+                big = "x" * (1536 * 1024 - 64)  # just under --max-request-bytes
+                assert ctl(*flags, "put", "shared/big", input=big).out == "OK\n", node.kind
+                assert watch.stdout is not None
+                lines = _read_lines(watch.stdout, 18)
+            finally:
+                watch.terminate()
         assert lines[:3] == ["PUT", "shared/0", "0"] and lines[15:17] == ["PUT", "shared/big"], node.kind
         assert len(lines[17]) == len(big)
         out = ctl(*flags, "snapshot", "save", str(tmp_path / f"{node.kind}.db"))
         assert out.rc == 0 and (tmp_path / f"{node.kind}.db").stat().st_size > 0, out.err
+
+
+def _read_lines(pipe: IO[str], n: int) -> list[str]:
+    """n lines from a child's stdout, failing after WAIT seconds instead of hanging."""
+    got: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [got.put(line) for line in pipe], daemon=True).start()
+    lines: list[str] = []
+    try:
+        while len(lines) < n:
+            lines.append(got.get(timeout=WAIT).strip())
+    except queue.Empty:
+        raise AssertionError(f"{len(lines)} of {n} lines: {[line[:40] for line in lines]}") from None
+    return lines
 
 
 def test_lock_and_election_on_the_port(pair: tuple[Node, Node, Mode]) -> None:

@@ -131,6 +131,7 @@ def test_refusals_match_etcd(sides: tuple[Side, Side]) -> None:
         a = s.grant("a")
         campaign = s.election.Campaign(epb.CampaignRequest(name=b"refusals", lease=a, value=b"v"))
         stale = epb.LeaderKey(name=b"refusals", key=campaign.leader.key, rev=1, lease=a)
+        keyless = epb.LeaderKey(name=b"refusals", rev=1, lease=a)
         return [
             s.call(lambda: s.lock.Lock(lockpb.LockRequest(name=b"refusals-lock", lease=424242))),
             s.call(lambda: s.lock.Unlock(lockpb.UnlockRequest(key=b""))),
@@ -140,6 +141,8 @@ def test_refusals_match_etcd(sides: tuple[Side, Side]) -> None:
             s.call(lambda: s.election.Resign(epb.ResignRequest())),
             s.call(lambda: s.election.Proclaim(epb.ProclaimRequest(leader=stale, value=b"x"))),
             s.call(lambda: s.election.Resign(epb.ResignRequest(leader=stale))),
+            s.call(lambda: s.election.Proclaim(epb.ProclaimRequest(leader=keyless, value=b"x"))),
+            s.call(lambda: s.election.Resign(epb.ResignRequest(leader=keyless))),
             s.call(lambda: s.election.Campaign(epb.CampaignRequest(name=b"refusals2", lease=424242))),
             s.show(campaign),
             s.call(lambda: s.election.Resign(epb.ResignRequest(leader=campaign.leader))),
