@@ -27,9 +27,7 @@ from collections.abc import Callable
 from server.embed._relay import Relay
 from server.embed.serve import ClientListener
 
-__all__ = ["KINDS", "serve"]
-
-KINDS = ("direct", "native", "splice")
+__all__ = ["serve"]
 
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _CHUNK = 1 << 16
