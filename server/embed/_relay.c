@@ -110,8 +110,11 @@ static int keep(half *h, const char *data, size_t len) {
     return 0;
 }
 
-/* Move bytes from fd[i] to fd[1 - i] until either would block. -1: the pair must close. */
-static int pump(Relay *r, pair *p, int i) {
+/* Move bytes from fd[i] to fd[1 - i] until either would block. -1: the pair must close.
+   drain = 0: fd[i] has just signalled new bytes and no end of stream, so a short read emptied
+   it (bytes arriving later raise a new edge): stop there, sparing a recv that would only say
+   EAGAIN, on every request and every response. */
+static int pump(Relay *r, pair *p, int i, int drain) {
     half *h = &p->h[i];
     int src = p->fd[i], dst = p->fd[1 - i];
     if (h->len) {
@@ -144,6 +147,7 @@ static int pump(Relay *r, pair *p, int i) {
             }
             return -1;
         }
+        if (!drain && (size_t)n < CHUNK) break;
     }
     return 0;
 }
@@ -177,9 +181,10 @@ static void on_event(Relay *r, end *e, uint32_t events, pair *graveyard) {
         return;
     }
     int rc = 0;
-    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) rc = pump(r, p, i);
-    /* fd[i] can take more: write what was kept for it, then go on reading its source */
-    if (rc >= 0 && (events & (EPOLLOUT | EPOLLHUP)) && p->h[1 - i].len) rc = pump(r, p, 1 - i);
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) rc = pump(r, p, i, (events & (EPOLLRDHUP | EPOLLHUP)) != 0);
+    /* fd[i] can take more: write what was kept for it, then read its source to the end (its
+       bytes may have waited without a new edge) */
+    if (rc >= 0 && (events & (EPOLLOUT | EPOLLHUP)) && p->h[1 - i].len) rc = pump(r, p, 1 - i, 1);
     if (rc < 0 || finished(p)) close_pair(r, p, graveyard);
 }
 
