@@ -12,7 +12,7 @@ export GOTOOLCHAIN := local
 PY_SOURCES := $(shell find server controllers -name '*.py' -not -name '*_pb2*.py' 2>/dev/null)
 PROTOS := $(shell find server/api -name '*.proto')
 
-.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot bench-cluster cluster raft-cluster clean
+.PHONY: all venv check-lock lock go-lock FORCE run test test-fast test-e2e test-envtest lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot bench-cluster cluster raft-cluster clean
 
 all: venv peers
 
@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 # requirements.lock pins every Python package (with hashes), the generators and pip itself. `make lock`
 # adds what pyproject.toml gained; `make lock UPGRADE=1` moves every pin to the newest, on purpose.
 # The venv is built from the lock alone, then checked against it.
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml server/embed/_relay.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
@@ -67,7 +67,10 @@ PEER_BINS := $(foreach p,$(GO_PEERS),$(PEERS)/$(call peer-field,$(p),1))
 # kwok's own stage files (node Ready and heartbeat, pod Ready/Complete/Delete), as kwokctl uses them
 KWOK_STAGES := $(PEERS)/../kwok/stages.yaml
 
-peers: $(PEER_BINS) $(KWOK_STAGES) raft-testdata debian-etcd
+# controller-runtime's envtest with petcd as its etcd: a Go test binary (tools/envtest)
+ENVTEST := $(PEERS)/envtest.test
+
+peers: $(PEER_BINS) $(KWOK_STAGES) $(ENVTEST) raft-testdata debian-etcd
 
 # etcd-io/raft's interaction scenarios, at the version etcd builds with, into the module cache
 # (go env GOMODCACHE): tests/unit/raft/test_reference_scenarios.py reads them there
@@ -80,10 +83,15 @@ $(PEERS)/$(call peer-field,$(1),1): $(PEERS)/.$(call peer-field,$(1),2).stamp
 endef
 $(foreach p,$(GO_PEERS),$(eval $(call go-peer,$(p))))
 
-$(PEERS)/.%.stamp: FORCE
-	@mkdir -p $(PEERS)
-	@s=$$(cd tools/peers/$* && cat go.mod go.sum $$(find . -name '*.go' | sort) | sha256sum); \
+go-stamp = @mkdir -p $(PEERS); s=$$(cd $(1) && cat go.mod go.sum $$(find . -name '*.go' | sort) | sha256sum); \
 	  [ "$$(cat $@ 2>/dev/null)" = "$$s" ] || echo "$$s" > $@
+$(PEERS)/.%.stamp: FORCE
+	$(call go-stamp,tools/peers/$*)
+$(PEERS)/.envtest-module.stamp: FORCE
+	$(call go-stamp,tools/envtest)
+
+$(ENVTEST): $(PEERS)/.envtest-module.stamp
+	cd tools/envtest && go test -c -o $(CURDIR)/$@ .
 
 $(KWOK_STAGES): $(PEERS)/.kwok.stamp
 	mkdir -p $(@D)
@@ -101,7 +109,7 @@ bench-peers: peers $(PEERS)/kine
 
 # `make go-lock` re-resolves the Go modules on purpose (the builds never change go.mod or go.sum)
 go-lock:
-	for m in tools/peers/*/; do (cd $$m && GOFLAGS=-mod=mod go mod tidy) || exit 1; done
+	for m in tools/peers/*/ tools/envtest/; do (cd $$m && GOFLAGS=-mod=mod go mod tidy) || exit 1; done
 
 # Debian's etcd 3.4 (etcd-server, etcd-client) as a second reference; installed at this version
 # when we may (root).
@@ -126,6 +134,12 @@ lint: venv
 
 test: venv peers
 	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory test-envtest
+
+# envtest (controller-runtime) starting petcd as its etcd and a real kube-apiserver
+test-envtest: venv peers
+	TEST_ASSET_ETCD=$(CURDIR)/$(BIN)/petcd TEST_ASSET_KUBE_APISERVER=$(CURDIR)/$(PEERS)/kube-apiserver \
+	  TEST_ASSET_KUBECTL=$(CURDIR)/$(PEERS)/kubectl $(ENVTEST) -test.v -test.count=1
 
 test-fast: venv raft-testdata
 	$(BIN)/pytest -q tests/unit

@@ -2,7 +2,7 @@
 
     petcd [flags]                         run a member (no flags: like `etcd` with no flags)
     petcd snapshot restore FILE [flags]   restore a data directory from `etcdctl snapshot save`
-    petcd --version
+    petcd --version                       etcd's version lines, then petcd's
 
 Flags take etcd's names and forms (--name=x, --name x, -name x; bool flags alone or =true).
 A flag also comes from the environment as ETCD_<NAME> (e.g. ETCD_DATA_DIR); a command-line flag
@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import resource
 import signal
 import sys
@@ -291,6 +292,25 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+_GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm"}
+
+
+def version_text() -> str:
+    """etcd's four lines first, for tools that read the first version they see (kwokctl,
+    scripts), then petcd's own."""
+    machine = platform.machine().lower()
+    return "\n".join(
+        [
+            f"etcd Version: {SERVER_VERSION}",
+            f"Git SHA: Not provided (petcd {PETCD_VERSION})",
+            f"Go Version: none (petcd runs on Python {platform.python_version()})",
+            f"Go OS/Arch: {sys.platform}/{_GOARCH.get(machine, machine)}",
+            f"petcd Version: {PETCD_VERSION}",
+            f"etcd API Version: {API_VERSION}",
+        ]
+    )
+
+
 def _raise_open_files_limit() -> None:
     """Every client connection and watch stream holds a descriptor: lift the soft limit to the
     hard one, as the Go runtime does for etcd (the usual soft 1024 would refuse connections)."""
@@ -303,9 +323,7 @@ def _raise_open_files_limit() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["--version"], ["-version"]):
-        print(
-            f"petcd Version: {PETCD_VERSION}\netcd API Version: {API_VERSION}\nemulated etcd Version: {SERVER_VERSION}"
-        )
+        print(version_text())
         return 0
     if args[:1] in (["--help"], ["-h"], ["-help"]):
         print(_usage())

@@ -3,24 +3,33 @@
     async with Etcd(cfg) as e:      # or: e = Etcd(cfg); await e.start(); ...; await e.stop()
         e.client_ports              # the bound ports, useful with :0 URLs in tests
 
-gRPC is served on --listen-client-urls; grpcio cannot share a port with HTTP/1.1, so the HTTP
-endpoints (/health, /version, /metrics, the JSON gateway) are served on etcd 3.5's separate
-listeners, --listen-client-http-urls and --listen-metrics-urls.
+Every --listen-client-urls URL serves gRPC and HTTP/1.1 on one port, as etcd's does
+(server/embed/serve.py): HTTP/1.1 connections go to the client HTTP server (/health, /livez,
+/readyz, /version, /metrics, the JSON gateway), gRPC connections are relayed to the gRPC server,
+which listens on private Unix sockets only (one for cleartext, one for TLS; with
+--grpc-frontends, a pair per front-end process). With etcd's separate HTTP listeners,
+--listen-client-http-urls, the client URLs serve gRPC only, as etcd's then do: the gRPC server
+binds them itself. --listen-metrics-urls serve /metrics and the health endpoints.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 
 from server.config import Config
+from server.embed._relay import Relay
 from server.embed.frontends import FrontendLink, Frontends
+from server.embed.serve import ClientListener
 from server.etcdserver.server import EtcdServer
 from server.faults.surface import FaultSurface
 from server.httpapi.http_server import HttpServers
@@ -33,7 +42,7 @@ __all__ = ["Etcd", "grpc_server_options"]
 log = logging.getLogger(__name__)
 
 
-def grpc_server_options(cfg: Config, reuse_port: bool = False) -> list[tuple[str, Any]]:
+def grpc_server_options(cfg: Config) -> list[tuple[str, Any]]:
     """etcd's server settings: receive up to max-request-bytes + 512 KiB, send anything, and
     accept client keepalive pings as often as every --grpc-keepalive-min-time (5 s), with or
     without active calls, so Go clients (kube-apiserver pings every 30 s) are never cut off
@@ -55,8 +64,48 @@ def grpc_server_options(cfg: Config, reuse_port: bool = False) -> list[tuple[str
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_time_ms", int(cfg.grpc_keepalive_interval_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout_s * 1000)),
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.so_reuseport", 0),
     ]
+
+
+class _Backends:
+    """The private Unix sockets the gRPC server or the front-ends listen on, in a directory only
+    this user can enter: one for cleartext and one for TLS per server, as grpc targets (grpcio
+    and pygrpc-native both bind `unix:` paths; pygrpc-native has no abstract namespace). The
+    directory is named after the process, so one left by a killed member is removed by the
+    next member that starts."""
+
+    def __init__(self) -> None:
+        _remove_stale_dirs()
+        self.dir = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-")
+        self.plain: list[str] = []
+        self.tls: list[str] = []
+
+    def add(self, tag: str, secure: bool) -> str:
+        """A new address; returns its grpc target."""
+        path = os.path.join(self.dir, f"{tag}-{'tls' if secure else 'plain'}.sock")
+        (self.tls if secure else self.plain).append(path)
+        return f"unix:{path}"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_DIR_PREFIX = "petcd-grpc-"
+
+
+def _remove_stale_dirs() -> None:
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        pid = name.removeprefix(_DIR_PREFIX).split("-", 1)[0]
+        if not name.startswith(_DIR_PREFIX) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's)
 
 
 class Etcd:
@@ -74,7 +123,9 @@ class Etcd:
         self._grpc: grpc.aio.Server | None = None
         self._link: FrontendLink | None = None
         self._frontends: Frontends | None = None
-        self._reserved: list[socket.socket] = []
+        self._relay = Relay()
+        self._backends: _Backends | None = None
+        self._listeners: list[ClientListener] = []
         self.client_ports: list[int] = []
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
@@ -89,60 +140,77 @@ class Etcd:
             await self.server.wait_ready()
             self.http = HttpServers(cfg, self.server, interceptors=self._interceptors())
             await self.http.start()
-            interceptors = self._interceptors()
-            options = grpc_server_options(cfg, reuse_port=cfg.grpc_frontends > 0)
-            g = grpc.aio.server(interceptors=interceptors, options=options)
-            svcs = services(self.server)
-            add_to(g, svcs)
-            tls = client_tls(cfg)
-            listen: list[tuple[str, bool]] = []
-            for url in cfg.listen_client_urls:
-                host, port = host_port(url)
-                secure = url.startswith("https")
-                if cfg.grpc_frontends > 0:
-                    # the front-ends serve the port; the member only holds it (bound, not listening)
-                    bound = self._reserve_port(host, port)
-                elif secure:
-                    assert tls is not None
-                    bound = g.add_secure_port(f"{host}:{port}", tls.grpc_credentials())
-                else:
-                    bound = g.add_insecure_port(f"{host}:{port}")
-                self.client_ports.append(bound)
-                listen.append((f"{host}:{bound}", secure))
-            if cfg.grpc_frontends == 0:
-                await g.start()
-                self._grpc = g
-            if cfg.grpc_frontends > 0:
-                await self._start_frontends(svcs, interceptors, options, listen, tls)
+            await self._serve_clients(self.http)
         except BaseException:
-            if self.http is not None:
-                await self.http.stop()
-            if self.faults is not None:
-                await self.faults.stop()
-            await self.server.stop()
+            await self.stop()
             raise
         log.info(
             "serving client traffic", extra={"urls": list(cfg.listen_client_urls), "ports": self.client_ports}
         )
 
-    def _reserve_port(self, host: str, port: int) -> int:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        self._reserved.append(sock)
-        return int(sock.getsockname()[1])
+    async def _serve_clients(self, http: HttpServers) -> None:
+        """gRPC and HTTP/1.1 on every client URL; with --listen-client-http-urls, gRPC only, as
+        etcd does: then the gRPC server binds the client URLs itself (no relay), or, with
+        front-ends, every connection is relayed to them."""
+        cfg = self.cfg
+        tls = client_tls(cfg)
+        grpc_only = bool(cfg.listen_client_http_urls)
+        schemes = {urlsplit(url).scheme for url in cfg.listen_client_urls}
+        interceptors = self._interceptors()
+        options = grpc_server_options(cfg)
+        svcs = services(self.server)
+        backends = self._backends = _Backends()
+        if cfg.grpc_frontends > 0:
+            await self._start_frontends(svcs, interceptors, options, backends, schemes, tls)
+        else:
+            g = self._grpc = grpc.aio.server(interceptors=interceptors, options=options)
+            add_to(g, svcs)
+            for url in cfg.listen_client_urls if grpc_only else ():
+                host, port = host_port(url)
+                address = f"{host}:{port}"
+                if urlsplit(url).scheme == "https":
+                    assert tls is not None
+                    self.client_ports.append(g.add_secure_port(address, tls.grpc_credentials()))
+                else:
+                    self.client_ports.append(g.add_insecure_port(address))
+            if not grpc_only and "http" in schemes:
+                g.add_insecure_port(backends.add("member", secure=False))
+            if not grpc_only and "https" in schemes:
+                assert tls is not None
+                g.add_secure_port(backends.add("member", secure=True), tls.grpc_credentials())
+            await g.start()
+            if grpc_only:
+                return
+        self._relay.start()
+        for url in cfg.listen_client_urls:
+            host, port = host_port(url)
+            secure = urlsplit(url).scheme == "https"
+            listener = ClientListener(
+                host,
+                port,
+                http=None if grpc_only else http.client,
+                backends=backends.tls if secure else backends.plain,
+                relay=self._relay,
+                tls=tls.http_context() if secure and tls is not None else None,
+            )
+            await listener.start()
+            self._listeners.append(listener)
+            self.client_ports.append(listener.port)
 
     async def _start_frontends(
         self,
         svcs: Services,
         interceptors: Sequence[grpc.aio.ServerInterceptor],
         options: list[tuple[str, Any]],
-        listen: list[tuple[str, bool]],
+        backends: _Backends,
+        schemes: set[str],
         tls: TLSInfo | None,
     ) -> None:
         self._link = FrontendLink(svcs, interceptors)
         await self._link.start()
-        spec: dict[str, Any] = {"options": options, "listen": listen, "tls": None}
+        kinds = [secure for secure in (False, True) if ("https" if secure else "http") in schemes]
+        listen = [[(backends.add(f"fe{i}", s), s) for s in kinds] for i in range(self.cfg.grpc_frontends)]
+        spec: dict[str, Any] = {"options": options, "tls": None}
         if tls is not None:
             spec["tls"] = {
                 "cert": tls.cert_file,
@@ -150,7 +218,7 @@ class Etcd:
                 "ca": tls.trusted_ca_file,
                 "client_auth": tls.client_cert_auth,
             }
-        self._frontends = Frontends(self.cfg.grpc_frontends, self._link.address, spec)
+        self._frontends = Frontends(self._link.address, [{**spec, "listen": lst} for lst in listen])
         self._frontends.start()
         try:
             await self._link.wait_connections(self.cfg.grpc_frontends, 30.0)
@@ -158,22 +226,26 @@ class Etcd:
             log.warning("gRPC front-ends did not all connect; serving without them meanwhile")
 
     async def stop(self) -> None:
+        for listener in self._listeners:
+            await listener.stop()
+        self._listeners.clear()
         if self._frontends is not None:
             await self._frontends.stop()
             self._frontends = None
         if self._link is not None:
             await self._link.stop()
             self._link = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+            self._grpc = None
+        self._relay.stop()
+        if self._backends is not None:
+            self._backends.remove()
+            self._backends = None
         if self.http is not None:
             await self.http.stop()
         if self.faults is not None:
             await self.faults.stop()
-        for sock in self._reserved:
-            sock.close()
-        self._reserved.clear()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
-            self._grpc = None
         await self.server.stop()
 
     async def wait_stopped(self) -> str:

@@ -221,6 +221,14 @@ class EtcdCollector(Collector):
             max(s.kv.first_rev(), 0),
         )
         yield _gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", _live_keys(s))
+        victims = sum(len(batch) for batch in s.kv.victims)
+        slow = len(s.kv.unsynced) + victims
+        yield _gauge(
+            "etcd_debugging_mvcc_watcher_total", "Total number of watchers.", len(s.kv.synced) + slow
+        )
+        yield _gauge(
+            "etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers.", slow
+        )
 
     def _health_metrics(self) -> Iterator[Metric]:
         h = self._health
