@@ -394,14 +394,17 @@ class Cluster:
         """Wait until the strict reconfiguration check passes (every voter connected for 5 s,
         in etcd and in petcd), so that a membership change meets a healthy cluster. The probe
         adds a member with an existing peer URL: refused either way, with "unhealthy cluster"
-        until the check passes, "Peer URLs already exists" after."""
-        ctl = self.ctl()
+        until the check passes, "Peer URLs already exists" after. Each member checks its own
+        connections, so every running member is asked: the change may reach any of them."""
         probe = ("member", "add", "reconfig-probe", f"--peer-urls={self.running[0].advertise_peer_url}")
         poll(
-            lambda: ctl(*probe).error_line == "Error: etcdserver: Peer URLs already exists",
+            lambda: all(
+                self.ctl(m)(*probe).error_line == "Error: etcdserver: Peer URLs already exists"
+                for m in self.running
+            ),
             timeout,
             interval=0.25,
-            what="etcd accepting membership changes",
+            what="every member accepting membership changes",
         )
 
     # -- membership ---------------------------------------------------------------------------
