@@ -12,7 +12,7 @@ export GOTOOLCHAIN := local
 PY_SOURCES := $(shell find server controllers -name '*.py' -not -name '*_pb2*.py' 2>/dev/null)
 PROTOS := $(shell find server/api -name '*.proto')
 
-.PHONY: all venv check-lock lock go-lock FORCE run test test-grpcio test-fast test-e2e lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot bench-scale bench-ab cluster raft-cluster clean
+.PHONY: all venv check-lock lock go-lock FORCE run test test-grpcio test-fast test-e2e test-envtest lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot bench-cluster bench-scale bench-ab cluster raft-cluster clean
 
 all: venv peers
 
@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 # requirements.lock pins every Python package (with hashes), the generators and pip itself. `make lock`
 # adds what pyproject.toml gained; `make lock UPGRADE=1` moves every pin to the newest, on purpose.
 # The venv is built from the lock alone, then checked against it.
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml server/embed/_relay.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
@@ -67,7 +67,10 @@ PEER_BINS := $(foreach p,$(GO_PEERS),$(PEERS)/$(call peer-field,$(p),1))
 # kwok's own stage files (node Ready and heartbeat, pod Ready/Complete/Delete), as kwokctl uses them
 KWOK_STAGES := $(PEERS)/../kwok/stages.yaml
 
-peers: $(PEER_BINS) $(KWOK_STAGES) raft-testdata debian-etcd
+# controller-runtime's envtest with petcd as its etcd: a Go test binary (tools/envtest)
+ENVTEST := $(PEERS)/envtest.test
+
+peers: $(PEER_BINS) $(KWOK_STAGES) $(ENVTEST) raft-testdata debian-etcd
 
 # etcd-io/raft's interaction scenarios, at the version etcd builds with, into the module cache
 # (go env GOMODCACHE): tests/unit/raft/test_reference_scenarios.py reads them there
@@ -80,10 +83,15 @@ $(PEERS)/$(call peer-field,$(1),1): $(PEERS)/.$(call peer-field,$(1),2).stamp
 endef
 $(foreach p,$(GO_PEERS),$(eval $(call go-peer,$(p))))
 
-$(PEERS)/.%.stamp: FORCE
-	@mkdir -p $(PEERS)
-	@s=$$(cd tools/peers/$* && cat go.mod go.sum $$(find . -name '*.go' | sort) | sha256sum); \
+go-stamp = @mkdir -p $(PEERS); s=$$(cd $(1) && cat go.mod go.sum $$(find . -name '*.go' | sort) | sha256sum); \
 	  [ "$$(cat $@ 2>/dev/null)" = "$$s" ] || echo "$$s" > $@
+$(PEERS)/.%.stamp: FORCE
+	$(call go-stamp,tools/peers/$*)
+$(PEERS)/.envtest-module.stamp: FORCE
+	$(call go-stamp,tools/envtest)
+
+$(ENVTEST): $(PEERS)/.envtest-module.stamp
+	cd tools/envtest && go test -c -o $(CURDIR)/$@ .
 
 $(KWOK_STAGES): $(PEERS)/.kwok.stamp
 	mkdir -p $(@D)
@@ -101,7 +109,7 @@ bench-peers: peers $(PEERS)/kine
 
 # `make go-lock` re-resolves the Go modules on purpose (the builds never change go.mod or go.sum)
 go-lock:
-	for m in tools/peers/*/; do (cd $$m && GOFLAGS=-mod=mod go mod tidy) || exit 1; done
+	for m in tools/peers/*/ tools/envtest/; do (cd $$m && GOFLAGS=-mod=mod go mod tidy) || exit 1; done
 
 # Debian's etcd 3.4 (etcd-server, etcd-client) as a second reference; installed at this version
 # when we may (root).
@@ -118,14 +126,20 @@ FORCE:
 
 # --- checks ------------------------------------------------------------------------------------
 lint: venv
-	$(BIN)/ruff check server controllers tests bench scripts
-	$(BIN)/ruff format --check server controllers tests bench scripts
+	$(BIN)/ruff check server controllers petcd_harness tests bench scripts
+	$(BIN)/ruff format --check server controllers petcd_harness tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/mypy tests bench
 	$(BIN)/lint-imports
 
 test: venv peers
 	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory test-envtest
+
+# envtest (controller-runtime) starting petcd as its etcd and a real kube-apiserver
+test-envtest: venv peers
+	TEST_ASSET_ETCD=$(CURDIR)/$(BIN)/petcd TEST_ASSET_KUBE_APISERVER=$(CURDIR)/$(PEERS)/kube-apiserver \
+	  TEST_ASSET_KUBECTL=$(CURDIR)/$(PEERS)/kubectl $(ENVTEST) -test.v -test.count=1
 
 # the integration tier with http:// client ports on grpcio instead of pygrpc-native (https:// ports are
 # grpcio's on both): the suite's second transport
@@ -154,16 +168,21 @@ bench-scale: venv peers
 bench-ab: venv peers
 	$(BIN)/python -m bench.ab $(if $(WORKLOADS),--workloads $(WORKLOADS)) $(or $(BENCH_AB),main HEAD)
 
+bench-cluster: venv peers
+	$(BIN)/python -m bench.cluster_bench
+
 # --- Kubernetes on petcd ----------------------------------------------------------------------
-# make cluster                                    petcd + real kube-apiserver; Ctrl-C stops both
-# make cluster CLUSTER_FLAGS="--members 3 --tls"  (or --datastore etcd to compare)
+# make cluster      petcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok with 3
+#                   fake nodes; .cluster/kubeconfig once ready; Ctrl-C stops everything
+# make cluster CLUSTER_FLAGS="--members 3 --tls --nodes 5"  (or --datastore etcd to compare;
+#                   `.venv/bin/petcd-harness up --help` lists the options)
 CLUSTER_FLAGS ?=
 cluster: venv peers
-	$(BIN)/python -m tests.harness.kube up $(CLUSTER_FLAGS)
+	$(BIN)/petcd-harness up $(CLUSTER_FLAGS)
 
 # a 3-member petcd cluster on free ports (no Kubernetes)
 raft-cluster: venv peers
-	$(BIN)/python -m tests.harness.cluster up
+	$(BIN)/python -m petcd_harness.raft_cluster up
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache build *.egg-info

@@ -7,7 +7,7 @@ requests/s swing). Not a test: nothing here asserts a time.
     python -m bench.ab --workloads watch-latency,fanout,create,keepalive main HEAD
     python -m bench.ab main HEAD HEAD:--grpc-server=grpcio       # REV:FLAGS adds petcd flags
 
-Each REV is exported with `git archive` and run with this checkout's venv. Workloads are the
+Each REV is exported with `git archive` and run with this checkout's venv (bench.run.source_tree). Workloads are the
 bench.run suites' (etcd's benchmark tool); per round, each target starts on a fresh data dir.
 Results: bench/results/ab.json.
 """
@@ -19,15 +19,13 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import RESULTS, parse_benchmark, parse_sections
-from tests.harness.paths import ROOT, peer
-from tests.harness.procs import free_port, wait_ready
+from bench.run import RESULTS, member, parse_benchmark, parse_sections, source_tree
+from tests.harness.paths import peer
 
 KV = ("put", "put-1client", "range-s", "range-l")
 # requests per run, and what one request is for the CPU figure
@@ -79,43 +77,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start(src: Path | None, flags: list[str], workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port, peer_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
-    data = Path(tempfile.mkdtemp(dir=workdir))
-    cmd = [peer("etcd")] if src is None else [sys.executable, "-m", "server.etcdmain", *flags]
-    cmd += [
-        f"--data-dir={data}",
-        f"--listen-client-urls={url}",
-        f"--advertise-client-urls={url}",
-        f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
-        f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
-    if src is not None:
-        env["PYTHONPATH"] = str(src)
-    log = open(data / "log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=src or workdir, env=env)
-    log.close()
-    wait_ready(url, 60, proc, data / "log")
-    return proc, f"127.0.0.1:{port}"
-
-
 def run_target(
     src: Path | None, flags: list[str], workloads: list[str], total: int, workdir: Path
 ) -> dict[str, Any]:
-    proc, endpoint = _start(src, flags, workdir)
     out: dict[str, Any] = {}
-    try:
+    with member("etcd" if src is None else "petcd", workdir, extra=flags, source=src) as t:
         for w in workloads:
-            before = _cpu_seconds(proc.pid)
-            res, n = _workload(w, endpoint, total)
-            res["cpu_us"] = (_cpu_seconds(proc.pid) - before) / n * 1e6
+            before = _cpu_seconds(t.proc.pid)
+            res, n = _workload(w, t.endpoint, total)
+            res["cpu_us"] = (_cpu_seconds(t.proc.pid) - before) / n * 1e6
             out[w] = res
-    finally:
-        proc.terminate()
-        proc.wait(30)
     return out
 
 
@@ -136,13 +107,7 @@ def main() -> None:
         targets: list[tuple[str, Path | None, list[str]]] = []
         for spec in args.revs:
             rev, _, flags = spec.partition(":")
-            src = workdir / f"src-{len(targets)}"
-            src.mkdir()
-            archive = subprocess.run(
-                ["git", "archive", rev], cwd=ROOT, capture_output=True, check=True
-            ).stdout
-            subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-            targets.append((spec, src, flags.split()))
+            targets.append((spec, source_tree(rev, workdir), flags.split()))
         targets.append(("etcd", None, []))
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in targets}
         load = [_load()]

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from bench.run import Target, member
-from tests.harness.kube import Datastore, KubeAPIServer, KubeClient
+from petcd_harness.apiserver import KubeAPIServer, KubeClient
+from petcd_harness.datastore import Datastore
 from tests.harness.paths import ROOT
 
 RESULTS = ROOT / "bench" / "results"

@@ -2,7 +2,7 @@
 Maintenance RPCs that the benchmarks use with empty (but well-formed) responses, with petcd's
 own server options. Whatever petcd spends beyond this is MVCC, durability and bookkeeping.
 
-    python -m bench.null_server --listen 127.0.0.1:23790
+    python -m bench.null_server --listen 127.0.0.1:23790 [--listen unix-abstract:name ...]
 """
 
 from __future__ import annotations
@@ -44,19 +44,20 @@ class NullMaintenance(pb_grpc.MaintenanceServicer):
         return pb.StatusResponse(header=HEADER, version="3.6.0", leader=1)
 
 
-async def serve(listen: str) -> None:
+async def serve(listen: list[str]) -> None:
     server = grpc.aio.server(options=grpc_server_options(Config()))
     pb_grpc.add_KVServicer_to_server(NullKV(), server)
     pb_grpc.add_MaintenanceServicer_to_server(NullMaintenance(), server)  # type: ignore[abstract]
-    server.add_insecure_port(listen)
+    for address in listen:
+        server.add_insecure_port(address)
     await server.start()
     await server.wait_for_termination()
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--listen", default="127.0.0.1:23790")
-    asyncio.run(serve(p.parse_args().listen))
+    p.add_argument("--listen", action="append", help="grpc address (repeatable); default 127.0.0.1:23790")
+    asyncio.run(serve(p.parse_args().listen or ["127.0.0.1:23790"]))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ Suites:
     watch    (petcd, etcd, kine) benchmark watch-latency (1,000 watchers on one key), watch fan-out, RSS of 10,000 idle watchers
     lease    benchmark lease-keepalive
     cluster  3-member put throughput, check perf m, leader failover time (petcd vs etcd)
+    port     the cost of the shared client port: put, 1 client and 100 clients, on petcd and on
+             petcd at --baseline (default: the commit before the port was shared), in interleaved
+             rounds (--rounds), medians
+    relay    the ways a shared port can hand gRPC connections on (bench/relay.py), in front of the
+             null server: its own port, the native relay, a Python os.splice relay (--rounds)
 
 Results are written to bench/results/<suite>.json and rendered into docs/benchmarks.md.
 """
@@ -26,8 +31,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +56,8 @@ SINGLE = ("null", "petcd", "petcd-grpcio", "petcd-fe", "etcd")
 KV = (*SINGLE, "kine")
 WATCH = ("petcd", "petcd-grpcio", "etcd", "kine")
 LEASE = ("petcd", "petcd-grpcio", "etcd")
+# the last commit whose gRPC server owned the client port itself (suite port's default baseline)
+PORT_BASELINE = "190e108"
 
 
 @dataclass
@@ -71,9 +80,14 @@ class Target:
 
 
 def _start_member(
-    kind: str, workdir: Path, extra: list[str] | None = None, data: Path | None = None
+    kind: str,
+    workdir: Path,
+    extra: list[str] | None = None,
+    data: Path | None = None,
+    source: Path | None = None,
 ) -> Target:
-    """A fresh member of this kind, or (data given) one started again on its data dir."""
+    """A fresh member of this kind (null, petcd, petcd-grpcio, petcd-fe, etcd), or (data given)
+    one started again on its data dir; source: run petcd from that source tree instead."""
     port, peer_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     if data is None:
@@ -93,6 +107,8 @@ def _start_member(
         ]
     else:
         exe = petcd_command() if kind.startswith("petcd") else [peer("etcd")]
+        if source is not None:
+            exe = [sys.executable, "-m", "server.etcdmain"]  # run from source (the cwd comes first)
         if kind == "petcd-fe":
             exe = [*exe, f"--grpc-frontends={FRONTENDS}"]
         elif kind == "petcd-grpcio":
@@ -107,7 +123,9 @@ def _start_member(
             f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
             *(extra or []),
         ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    # a source tree's petcd reads no ETCD_* settings of this environment (make test-grpcio's)
+    env = {k: v for k, v in os.environ.items() if source is None or not k.startswith("ETCD_")}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=source or ROOT, env=env)
     log.close()
     wait_ready(url, 600, proc, workdir / f"{kind}.log")
     return Target(kind, url, proc, data)
@@ -115,9 +133,13 @@ def _start_member(
 
 @contextlib.contextmanager
 def member(
-    kind: str, workdir: Path, extra: list[str] | None = None, data: Path | None = None
+    kind: str,
+    workdir: Path,
+    extra: list[str] | None = None,
+    data: Path | None = None,
+    source: Path | None = None,
 ) -> Iterator[Target]:
-    t = _start_member(kind, workdir, extra, data)
+    t = _start_member(kind, workdir, extra, data, source)
     try:
         yield t
     finally:
@@ -439,12 +461,109 @@ def _failover(procs: list[subprocess.Popen[bytes]], urls: list[str]) -> dict[str
     return {"seconds": float("nan")}
 
 
+def source_tree(ref: str, workdir: Path) -> Path:
+    """The files of a git ref, extracted (no checkout, no worktree), its native extensions
+    (the client port's relay, where the ref has it) built in place with this venv's setuptools."""
+    out = workdir / f"src-{len(list(workdir.glob('src-*')))}"
+    out.mkdir()
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    if (out / "server" / "embed" / "_relay.c").exists():
+        subprocess.run(
+            [sys.executable, "-c", "from setuptools import setup; setup()", "-q", "build_ext", "--inplace"],
+            cwd=out,
+            capture_output=True,
+            check=True,
+        )
+    return out
+
+
+def suite_port(workdir: Path, quick: bool, baseline: str = PORT_BASELINE, rounds: int = 7) -> dict[str, Any]:
+    """put with 1 client (one request at a time: requests/s is 1 / latency) and with 100 clients
+    on petcd as it is and on petcd at the baseline ref, both running, in interleaved rounds (the
+    order alternates): the machine's noise hits both alike. Medians of the rounds; ratio =
+    median of the per-round ratios."""
+    rounds = 2 if quick else rounds
+    base_src = source_tree(baseline, workdir)
+    with member("petcd-base", workdir, source=base_src) as base, member("petcd", workdir) as cur:
+        runs = _rounds([base, cur], {"put-1client": _PUT_1, "put": _PUT_100}, rounds)
+    out: dict[str, Any] = {"baseline": baseline, "rounds": rounds}
+    for w in ("put-1client", "put"):
+        out[w] = _compare(runs, w, "petcd-base", "petcd")
+        print(w, out[w], flush=True)
+    return out
+
+
+_PUT_1 = ["put", "--key-size=8", "--sequential-keys", "--total=1000", "--val-size=256"]
+_PUT_100 = ["--conns=10", "--clients=100", "put", "--key-size=8", "--sequential-keys", "--total=5000"]
+
+
+def _rounds(
+    targets: list[Target], workloads: dict[str, list[str]], rounds: int
+) -> dict[str, list[dict[str, float]]]:
+    """Each workload on each target, round after round, the targets' order rotating."""
+    runs: dict[str, list[dict[str, float]]] = {}
+    for r in range(rounds):
+        order = targets[r % len(targets) :] + targets[: r % len(targets)]
+        for w, args in workloads.items():
+            for t in order:
+                runs.setdefault(f"{w}/{t.name}", []).append(benchmark(t, *args))
+        print(f"round {r + 1}/{rounds}", flush=True)
+    return runs
+
+
+def _compare(runs: dict[str, list[dict[str, float]]], w: str, base: str, other: str) -> dict[str, Any]:
+    """Medians of requests/s, and the median of the per-round ratios other/base."""
+    b, c = runs[f"{w}/{base}"], runs[f"{w}/{other}"]
+    return {
+        "base_rps": statistics.median(x["rps"] for x in b),
+        "rps": statistics.median(x["rps"] for x in c),
+        "ratio": statistics.median(y["rps"] / x["rps"] for x, y in zip(b, c, strict=True)),
+        "per_round": [[x["rps"], y["rps"]] for x, y in zip(b, c, strict=True)],
+    }
+
+
+def suite_relay(workdir: Path, quick: bool, rounds: int = 7) -> dict[str, Any]:
+    """put with 1 client and with 100 clients on the null server, directly and through each
+    relay candidate of bench/relay.py (all running at once), in interleaved rounds."""
+    rounds = 2 if quick else rounds
+    backend = str(workdir / "null.sock")
+    ports = {kind: free_port() for kind in ("direct", "native", "splice")}
+    null = [sys.executable, "-m", "bench.null_server"]
+    relay = [sys.executable, "-m", "bench.relay", "serve", f"--backend={backend}"]
+    procs = {
+        "direct": [*null, f"--listen=127.0.0.1:{ports['direct']}", f"--listen=unix:{backend}"],
+        **{kind: [*relay, f"--kind={kind}", f"--port={ports[kind]}"] for kind in ("native", "splice")},
+    }
+    targets: list[Target] = []
+    try:
+        for kind, cmd in procs.items():
+            log = workdir / f"relay-{kind}.log"
+            with open(log, "wb") as logf:
+                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
+            url = f"http://127.0.0.1:{ports[kind]}"
+            targets.append(Target(kind, url, proc, workdir))
+            wait_ready(url, 30, proc, log)
+        runs = _rounds(targets, {"put-1client": _PUT_1, "put": _PUT_100}, rounds)
+    finally:
+        for t in targets:
+            t.proc.terminate()
+            t.proc.wait(10)
+    out: dict[str, Any] = {"rounds": rounds}
+    for w in ("put-1client", "put"):
+        out[w] = {kind: _compare(runs, w, "direct", kind) for kind in ("native", "splice")}
+        print(w, out[w], flush=True)
+    return out
+
+
 SUITES = {
     "perf": suite_perf,
     "kv": suite_kv,
     "watch": suite_watch,
     "lease": suite_lease,
     "cluster": suite_cluster,
+    "port": suite_port,
+    "relay": suite_relay,
 }
 
 
@@ -620,6 +739,38 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         fo = {k: cl.get(f"failover/{k}", {}) for k in ("petcd", "etcd")}
         rows.append(["leader failover", *(f"{fo[k].get('seconds')} s" for k in ("petcd", "etcd")), ""])
         rep.add("3-member cluster", ["workload", "petcd", "etcd", "petcd/etcd"], rows)
+    port = results.get("port", {})
+    if port:
+        rows = [
+            [w, f"{port[w]['base_rps']:.0f}", f"{port[w]['rps']:.0f}", f"{port[w]['ratio']:.3f}"]
+            for w in ("put-1client", "put")
+            if w in port
+        ]
+        rep.add(
+            f"shared client port: cost (requests/s, medians of {port['rounds']} interleaved rounds)",
+            ["workload", f"petcd at {port['baseline']}", "petcd", "petcd/baseline"],
+            rows,
+        )
+    relay = results.get("relay", {})
+    if relay:
+        rows = []
+        for w in ("put-1client", "put"):
+            if w not in relay:
+                continue
+            r = relay[w]
+            rows.append(
+                [
+                    w,
+                    f"{r['native']['base_rps']:.0f}",
+                    f"{r['native']['rps']:.0f} ({r['native']['ratio']:.3f})",
+                    f"{r['splice']['rps']:.0f} ({r['splice']['ratio']:.3f})",
+                ]
+            )
+        rep.add(
+            f"shared port candidates on the null gRPC server (requests/s (ratio to direct), medians of {relay['rounds']} rounds)",
+            ["workload", "direct", "native relay", "Python os.splice relay"],
+            rows,
+        )
     return "\n\n".join(rep.sections)
 
 
@@ -627,12 +778,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suites", default=",".join(SUITES))
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--baseline", default=PORT_BASELINE, help="suite port: the git ref to compare with")
+    p.add_argument("--rounds", type=int, default=7, help="suites port, relay: interleaved rounds")
     args = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.suites.split(","):
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as d:
             started = time.time()
-            data = SUITES[name](Path(d), args.quick)
+            if name == "port":
+                data = suite_port(Path(d), args.quick, args.baseline, args.rounds)
+            elif name == "relay":
+                data = suite_relay(Path(d), args.quick, args.rounds)
+            else:
+                data = SUITES[name](Path(d), args.quick)
             data["_meta"] = {
                 "when": time.strftime("%Y-%m-%d %H:%M"),
                 "seconds": round(time.time() - started),

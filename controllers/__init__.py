@@ -13,4 +13,6 @@ Controllers (python -m controllers.<name> --kubeconfig PATH, or controllers.main
     counter        Counter status.count up to spec.target, conditional writes, no lost update
     naive_counter  the same, last-write-wins (no resourceVersion): loses updates
     replicator     ReplicatedConfigMap: copies of a ConfigMap in other namespaces
+    rollout_stepper  Deployments through a list of images, against the deployment controller's
+                     own writes: real 409s, each step applied exactly once
 """

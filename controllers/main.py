@@ -4,6 +4,7 @@
     python -m controllers.main naive-counter [flags]        # = python -m controllers.naive_counter
     python -m controllers.main replicatedconfigmap [flags]  # = python -m controllers.replicator
                                (also: replicator)
+    python -m controllers.main rollout-stepper [flags]      # = python -m controllers.rollout_stepper
 
 `python -m controllers.main <controller> --help` lists the controller's flags.
 """
@@ -13,13 +14,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from controllers import counter, naive_counter, replicator
+from controllers import counter, naive_counter, replicator, rollout_stepper
 
 CONTROLLERS: dict[str, Callable[[Sequence[str] | None], int]] = {
     "counter": counter.main,
     "naive-counter": naive_counter.main,
     "replicatedconfigmap": replicator.main,
     "replicator": replicator.main,
+    "rollout-stepper": rollout_stepper.main,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from server.durations import parse_duration
 from server.urls import parse_initial_cluster
@@ -73,6 +74,8 @@ class Config:
     # petcd only: the gRPC server of http:// client URLs, "native" (pygrpc-native) or "grpcio";
     # https:// URLs are always grpcio's (server/embed/grpc_server.py says why)
     grpc_server: str = "native"
+    # petcd only: where the fault-injection control surface listens (none: it does not exist)
+    listen_faults_urls: tuple[str, ...] = ()
 
     # transport security (client and peer)
     cert_file: str = ""
@@ -128,6 +131,7 @@ class Config:
             ) from e
         if self.max_request_bytes <= 0:
             raise ConfigError("--max-request-bytes must be positive")
+        self._validate_faults_urls()
         peers = parse_initial_cluster(self.initial_cluster)
         if self.name not in peers:
             raise ConfigError(f"couldn't find local name {self.name!r} in the initial cluster configuration")
@@ -136,6 +140,35 @@ class Config:
                 f"--initial-cluster has {self.name}={','.join(peers[self.name])} but missing from "
                 f"--initial-advertise-peer-urls={','.join(self.initial_advertise_peer_urls)}"
             )
+
+    def _validate_faults_urls(self) -> None:
+        """The fault surface has a listener of its own, never a client or peer one, and with
+        client certificate authentication only https://, where the client CA verifies callers."""
+        taken: dict[int, str] = {}
+        for flag, urls in (
+            ("--listen-client-urls", self.listen_client_urls),
+            ("--listen-client-http-urls", self.listen_client_http_urls),
+            ("--listen-peer-urls", self.listen_peer_urls),
+            ("--listen-metrics-urls", self.listen_metrics_urls),
+        ):
+            for url in urls:
+                u = urlsplit(url)
+                if u.port:
+                    taken[u.port] = flag
+        for url in self.listen_faults_urls:
+            u = urlsplit(url)
+            if u.scheme not in ("http", "https") or not u.hostname or u.port is None:
+                raise ConfigError(
+                    f"--listen-faults-urls: {url!r} is not an http:// or https:// URL with a port"
+                )
+            clash = taken.get(u.port) if u.port else None
+            if clash is not None:
+                raise ConfigError(f"--listen-faults-urls: {url!r} is a port of {clash}; it needs its own")
+            if self.client_cert_auth and u.scheme != "https":
+                raise ConfigError(
+                    f"--listen-faults-urls: {url!r} must be https:// with --client-cert-auth "
+                    "(callers are verified by --trusted-ca-file)"
+                )
 
     def with_(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
     petcd [flags]                         run a member (no flags: like `etcd` with no flags)
     petcd snapshot restore FILE [flags]   restore a data directory from `etcdctl snapshot save`
-    petcd --version
+    petcd --version                       etcd's version lines, then petcd's
 
 Flags take etcd's names and forms (--name=x, --name x, -name x; bool flags alone or =true).
 A flag also comes from the environment as ETCD_<NAME> (e.g. ETCD_DATA_DIR); a command-line flag
@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import resource
 import signal
 import sys
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server import failpoint
 from server.config import Config, ConfigError
 from server.durations import parse_duration
 from server.errors import EtcdError
@@ -105,6 +107,8 @@ _FLAGS: list[Flag] = [
     # petcd's own: front-end processes terminating gRPC on the client port (see server/embed/link.py)
     Flag("grpc-frontends", "grpc_frontends", int),
     Flag("grpc-server", "grpc_server"),
+    # petcd's own: the fault-injection control surface (server/faults), off without it
+    Flag("listen-faults-urls", "listen_faults_urls", _urls),
     Flag("cert-file", "cert_file"),
     Flag("key-file", "key_file"),
     Flag("trusted-ca-file", "trusted_ca_file"),
@@ -289,6 +293,25 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+_GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm"}
+
+
+def version_text() -> str:
+    """etcd's four lines first, for tools that read the first version they see (kwokctl,
+    scripts), then petcd's own."""
+    machine = platform.machine().lower()
+    return "\n".join(
+        [
+            f"etcd Version: {SERVER_VERSION}",
+            f"Git SHA: Not provided (petcd {PETCD_VERSION})",
+            f"Go Version: none (petcd runs on Python {platform.python_version()})",
+            f"Go OS/Arch: {sys.platform}/{_GOARCH.get(machine, machine)}",
+            f"petcd Version: {PETCD_VERSION}",
+            f"etcd API Version: {API_VERSION}",
+        ]
+    )
+
+
 def _raise_open_files_limit() -> None:
     """Every client connection and watch stream holds a descriptor: lift the soft limit to the
     hard one, as the Go runtime does for etcd (the usual soft 1024 would refuse connections)."""
@@ -301,9 +324,7 @@ def _raise_open_files_limit() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["--version"], ["-version"]):
-        print(
-            f"petcd Version: {PETCD_VERSION}\netcd API Version: {API_VERSION}\nemulated etcd Version: {SERVER_VERSION}"
-        )
+        print(version_text())
         return 0
     if args[:1] in (["--help"], ["-h"], ["-help"]):
         print(_usage())
@@ -323,6 +344,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _raise_open_files_limit()
     for name in ignored:
         log.warning("flag accepted but not implemented by petcd; ignored", extra={"flag": name})
+    try:  # etcd's failpoints: GOFAIL_FAILPOINTS, and GOFAIL_HTTP's endpoint (none without it)
+        gofail = failpoint.serve(os.environ)
+    except failpoint.FailpointError as e:
+        print(f"petcd: GOFAIL_FAILPOINTS: fail to parse failpoint: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"petcd: GOFAIL_HTTP: {e}", file=sys.stderr)
+        return 1
     try:
         return asyncio.run(_serve(cfg))
     except KeyboardInterrupt:
@@ -333,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start", exc_info=not refused, extra={"error": str(e)} if refused else None)
         print(f"petcd: cannot start: {e}", file=sys.stderr)
         return 1
+    finally:
+        if gofail is not None:
+            gofail.stop()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""A gRPC front-end process (see server/embed/link.py): terminates gRPC on the member's client
-port (SO_REUSEPORT) and relays every call, as raw bytes, to the member over the link. Started by
-the member; exits when the link closes (the member stopped or died).
+"""A gRPC front-end process (see server/embed/link.py): terminates gRPC on private Unix sockets
+the member's client port relays gRPC connections to, and relays every call, as raw bytes, to the
+member over the link. Started by the member; exits when the link closes (the member stopped or
+died).
 
     python -m server.frontend --link @petcd-link-... --spec '{...}'
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from server.api.etcdserverpb import rpc_pb2
+from server.api import services as api
 from server.embed import link
 
 ACK = 9
@@ -107,7 +108,8 @@ class _Relay(grpc.GenericRpcHandler):
     def __init__(self, conn: _Link) -> None:
         self.conn = conn
         self.kinds: dict[str, tuple[bool, bool]] = {}
-        for svc in rpc_pb2.DESCRIPTOR.services_by_name.values():
+        for name in api.SERVICE_NAMES:
+            svc = api.service(name)
             for m in svc.methods:
                 self.kinds[f"/{svc.full_name}/{m.name}"] = (m.client_streaming, m.server_streaming)
 

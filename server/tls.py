@@ -71,11 +71,17 @@ class TLSInfo:
         return ":".join(GO_CIPHERS[c] for c in self.cipher_suites)
 
     def server_context(self) -> ssl.SSLContext:
-        """For the HTTP and peer listeners."""
+        """For the peer listeners."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._configure(ctx)
         if self.client_cert_auth:
             ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def http_context(self) -> ssl.SSLContext:
+        """For the HTTP/1.1 servers: ALPN http/1.1 only (aiohttp speaks no HTTP/2)."""
+        ctx = self.server_context()
+        ctx.set_alpn_protocols(["http/1.1"])
         return ctx
 
     def client_context(self) -> ssl.SSLContext:

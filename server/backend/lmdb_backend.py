@@ -19,11 +19,16 @@ import lmdb
 
 from server.backend.backend import BackendError, ReadTx
 from server.backend.schema import Bucket
+from server.failpoint import failpoint
 
 __all__ = ["MAX_KEY_SIZE", "LmdbBackend", "check_length", "fsync_path", "is_lmdb"]
 
 log = logging.getLogger(__name__)
 
+FP_BEFORE_COMMIT = failpoint("beforeCommit")
+FP_AFTER_COMMIT = failpoint("afterCommit")
+FP_DEFRAG_BEFORE_COPY = failpoint("defragBeforeCopy")
+FP_DEFRAG_BEFORE_RENAME = failpoint("defragBeforeRename")
 DEFAULT_MAP_SIZE = 10 * 1024 * 1024 * 1024  # address space reserved, not disk used
 # LMDB's compiled-in key limit (py-lmdb's Environment.max_key_size())
 MAX_KEY_SIZE = 511
@@ -294,10 +299,14 @@ class LmdbBackend:
                                 txn.delete(key, db=db)
                             else:
                                 txn.put(key, value, db=db)
+                if FP_BEFORE_COMMIT.armed:
+                    FP_BEFORE_COMMIT.hit()
                 txn.commit()
             except BaseException:
                 txn.abort()
                 raise
+            if FP_AFTER_COMMIT.armed:
+                FP_AFTER_COMMIT.hit()
         except lmdb.Error as e:
             raise BackendError(f"backend commit failed: {e}") from e
         self._refresh_size()
@@ -339,6 +348,8 @@ class LmdbBackend:
         tmp = f"{self._path}.defrag.tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if FP_DEFRAG_BEFORE_COPY.armed:
+            FP_DEFRAG_BEFORE_COPY.hit()
         try:
             self._env.copy(tmp, compact=True)
             fsync_path(tmp)
@@ -347,6 +358,8 @@ class LmdbBackend:
                 os.unlink(tmp)
             raise BackendError(f"defrag failed: {e}") from e
         self._env.close()
+        if FP_DEFRAG_BEFORE_RENAME.armed:
+            FP_DEFRAG_BEFORE_RENAME.hit()
         os.replace(tmp, self._path)
         fsync_path(os.path.dirname(self._path) or ".")
         self._open()

@@ -3,27 +3,39 @@
     async with Etcd(cfg) as e:      # or: e = Etcd(cfg); await e.start(); ...; await e.stop()
         e.client_ports              # the bound ports, useful with :0 URLs in tests
 
-gRPC is served on --listen-client-urls (by pygrpc-native on http:// URLs unless --grpc-server=grpcio,
-by grpcio on https:// URLs: server/embed/grpc_server.py); grpcio cannot share a port with HTTP/1.1, so the HTTP
-endpoints (/health, /version, /metrics, the JSON gateway) are served on etcd 3.5's separate
-listeners, --listen-client-http-urls and --listen-metrics-urls.
+Every --listen-client-urls URL serves gRPC and HTTP/1.1 on one port, as etcd's does
+(server/embed/serve.py): HTTP/1.1 connections go to the client HTTP server (/health, /livez,
+/readyz, /version, /metrics, the JSON gateway), gRPC connections are relayed to the gRPC servers,
+which listen on private Unix sockets only (one for cleartext, one for TLS; with
+--grpc-frontends, a pair per front-end process). With etcd's separate HTTP listeners,
+--listen-client-http-urls, the client URLs serve gRPC only, as etcd's then do: the gRPC servers
+bind them themselves. --listen-metrics-urls serve /metrics and the health endpoints.
+
+Cleartext gRPC is pygrpc-native's unless --grpc-server=grpcio; TLS is grpcio's
+(server/embed/grpc_server.py says why).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 
 from server.config import Config
+from server.embed._relay import Relay
 from server.embed.frontends import FrontendLink, Frontends
 from server.embed.grpc_server import grpc_server
+from server.embed.serve import ClientListener
 from server.etcdserver.server import EtcdServer
+from server.faults.surface import FaultSurface
 from server.httpapi.http_server import HttpServers
 from server.tls import TLSInfo, client_tls
 from server.urls import host_port
@@ -34,7 +46,7 @@ __all__ = ["Etcd", "grpc_server_options"]
 log = logging.getLogger(__name__)
 
 
-def grpc_server_options(cfg: Config, reuse_port: bool = False) -> list[tuple[str, Any]]:
+def grpc_server_options(cfg: Config) -> list[tuple[str, Any]]:
     """etcd's server settings: receive up to max-request-bytes + 512 KiB, send anything, and
     accept client keepalive pings as often as every --grpc-keepalive-min-time (5 s), with or
     without active calls, so Go clients (kube-apiserver pings every 30 s) are never cut off
@@ -56,63 +68,142 @@ def grpc_server_options(cfg: Config, reuse_port: bool = False) -> list[tuple[str
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_time_ms", int(cfg.grpc_keepalive_interval_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout_s * 1000)),
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.so_reuseport", 0),
     ]
+
+
+class _Backends:
+    """The private Unix sockets the gRPC server or the front-ends listen on, in a directory only
+    this user can enter: one for cleartext and one for TLS per server, as grpc targets (grpcio
+    and pygrpc-native both bind `unix:` paths; pygrpc-native has no abstract namespace). The
+    directory is named after the process, so one left by a killed member is removed by the
+    next member that starts."""
+
+    def __init__(self) -> None:
+        _remove_stale_dirs()
+        self.dir = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-")
+        self.plain: list[str] = []
+        self.tls: list[str] = []
+
+    def add(self, tag: str, secure: bool) -> str:
+        """A new address; returns its grpc target."""
+        path = os.path.join(self.dir, f"{tag}-{'tls' if secure else 'plain'}.sock")
+        (self.tls if secure else self.plain).append(path)
+        return f"unix:{path}"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_DIR_PREFIX = "petcd-grpc-"
+
+
+def _remove_stale_dirs() -> None:
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        pid = name.removeprefix(_DIR_PREFIX).split("-", 1)[0]
+        if not name.startswith(_DIR_PREFIX) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's)
 
 
 class Etcd:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.server = EtcdServer(cfg)
+        # the fault-injection control surface exists only with --listen-faults-urls
+        self.faults = (
+            FaultSurface(cfg, self.server, self.server.stats.faults_injected)
+            if cfg.listen_faults_urls
+            else None
+        )
         # built once the server has started: the services hold the parts it starts with
         self.http: HttpServers | None = None
         self._grpc: list[grpc.aio.Server] = []
         self._grpcio: grpc.aio.Server | None = None
         self._link: FrontendLink | None = None
         self._frontends: Frontends | None = None
-        self._reserved: list[socket.socket] = []
+        self._relay = Relay()
+        self._backends: _Backends | None = None
+        self._listeners: list[ClientListener] = []
         self.client_ports: list[int] = []
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        return [interceptor(self.server, hook=self.faults.hook if self.faults is not None else None)]
 
     async def start(self) -> None:
         cfg = self.cfg
         await self.server.start()
         try:
+            if self.faults is not None:
+                await self.faults.start(self.server.transport)
             await self.server.wait_ready()
-            self.http = HttpServers(cfg, self.server, interceptors=[interceptor(self.server)])
+            self.http = HttpServers(cfg, self.server, interceptors=self._interceptors())
             await self.http.start()
-            interceptors = [interceptor(self.server)]
-            options = grpc_server_options(cfg, reuse_port=cfg.grpc_frontends > 0)
-            svcs = services(self.server)
-            tls = client_tls(cfg)
-            listen: list[tuple[str, bool]] = []
-            for url in cfg.listen_client_urls:
-                host, port = host_port(url)
-                secure = url.startswith("https")
-                if cfg.grpc_frontends > 0:
-                    # the front-ends serve the port; the member only holds it (bound, not listening)
-                    bound = self._reserve_port(host, port)
-                elif secure:
-                    assert tls is not None
-                    bound = self._server("grpcio", svcs, interceptors, options).add_secure_port(
-                        f"{host}:{port}", tls.grpc_credentials()
-                    )
-                else:
-                    g = self._server(cfg.grpc_server, svcs, interceptors, options)
-                    bound = g.add_insecure_port(f"{host}:{port}")
-                self.client_ports.append(bound)
-                listen.append((f"{host}:{bound}", secure))
-            for g in self._grpc:
-                await g.start()
-            if cfg.grpc_frontends > 0:
-                await self._start_frontends(svcs, interceptors, options, listen, tls)
+            await self._serve_clients(self.http)
         except BaseException:
-            if self.http is not None:
-                await self.http.stop()
-            await self.server.stop()
+            await self.stop()
             raise
         log.info(
             "serving client traffic", extra={"urls": list(cfg.listen_client_urls), "ports": self.client_ports}
         )
+
+    async def _serve_clients(self, http: HttpServers) -> None:
+        """gRPC and HTTP/1.1 on every client URL; with --listen-client-http-urls, gRPC only, as
+        etcd does: then the gRPC server binds the client URLs itself (no relay), or, with
+        front-ends, every connection is relayed to them."""
+        cfg = self.cfg
+        tls = client_tls(cfg)
+        grpc_only = bool(cfg.listen_client_http_urls)
+        schemes = {urlsplit(url).scheme for url in cfg.listen_client_urls}
+        interceptors = self._interceptors()
+        options = grpc_server_options(cfg)
+        svcs = services(self.server)
+        backends = self._backends = _Backends()
+        if cfg.grpc_frontends > 0:
+            await self._start_frontends(svcs, interceptors, options, backends, schemes, tls)
+        else:
+            for url in cfg.listen_client_urls if grpc_only else ():
+                host, port = host_port(url)
+                address = f"{host}:{port}"
+                if urlsplit(url).scheme == "https":
+                    assert tls is not None
+                    g = self._server("grpcio", svcs, interceptors, options)
+                    self.client_ports.append(g.add_secure_port(address, tls.grpc_credentials()))
+                else:
+                    g = self._server(cfg.grpc_server, svcs, interceptors, options)
+                    self.client_ports.append(g.add_insecure_port(address))
+            if not grpc_only and "http" in schemes:
+                g = self._server(cfg.grpc_server, svcs, interceptors, options)
+                g.add_insecure_port(backends.add("member", secure=False))
+            if not grpc_only and "https" in schemes:
+                assert tls is not None
+                g = self._server("grpcio", svcs, interceptors, options)
+                g.add_secure_port(backends.add("member", secure=True), tls.grpc_credentials())
+            for g in self._grpc:
+                await g.start()
+            if grpc_only:
+                return
+        self._relay.start()
+        for url in cfg.listen_client_urls:
+            host, port = host_port(url)
+            secure = urlsplit(url).scheme == "https"
+            listener = ClientListener(
+                host,
+                port,
+                http=None if grpc_only else http.client,
+                backends=backends.tls if secure else backends.plain,
+                relay=self._relay,
+                tls=tls.http_context() if secure and tls is not None else None,
+            )
+            await listener.start()
+            self._listeners.append(listener)
+            self.client_ports.append(listener.port)
 
     def _server(
         self,
@@ -121,8 +212,8 @@ class Etcd:
         interceptors: Sequence[grpc.aio.ServerInterceptor],
         options: list[tuple[str, Any]],
     ) -> grpc.aio.Server:
-        """A gRPC server of this kind for one more port: grpcio serves any number of ports,
-        pygrpc-native one each."""
+        """A gRPC server of this kind for one more address: grpcio serves any number of
+        addresses, pygrpc-native one each."""
         if kind == "grpcio" and self._grpcio is not None:
             return self._grpcio
         g = grpc_server(kind, svcs, interceptors, options)
@@ -131,24 +222,20 @@ class Etcd:
         self._grpc.append(g)
         return g
 
-    def _reserve_port(self, host: str, port: int) -> int:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        self._reserved.append(sock)
-        return int(sock.getsockname()[1])
-
     async def _start_frontends(
         self,
         svcs: Services,
         interceptors: Sequence[grpc.aio.ServerInterceptor],
         options: list[tuple[str, Any]],
-        listen: list[tuple[str, bool]],
+        backends: _Backends,
+        schemes: set[str],
         tls: TLSInfo | None,
     ) -> None:
         self._link = FrontendLink(svcs, interceptors)
         await self._link.start()
-        spec: dict[str, Any] = {"options": options, "listen": listen, "tls": None}
+        kinds = [secure for secure in (False, True) if ("https" if secure else "http") in schemes]
+        listen = [[(backends.add(f"fe{i}", s), s) for s in kinds] for i in range(self.cfg.grpc_frontends)]
+        spec: dict[str, Any] = {"options": options, "tls": None}
         if tls is not None:
             spec["tls"] = {
                 "cert": tls.cert_file,
@@ -156,7 +243,7 @@ class Etcd:
                 "ca": tls.trusted_ca_file,
                 "client_auth": tls.client_cert_auth,
             }
-        self._frontends = Frontends(self.cfg.grpc_frontends, self._link.address, spec)
+        self._frontends = Frontends(self._link.address, [{**spec, "listen": lst} for lst in listen])
         self._frontends.start()
         try:
             await self._link.wait_connections(self.cfg.grpc_frontends, 30.0)
@@ -164,21 +251,27 @@ class Etcd:
             log.warning("gRPC front-ends did not all connect; serving without them meanwhile")
 
     async def stop(self) -> None:
+        for listener in self._listeners:
+            await listener.stop()
+        self._listeners.clear()
         if self._frontends is not None:
             await self._frontends.stop()
             self._frontends = None
         if self._link is not None:
             await self._link.stop()
             self._link = None
-        if self.http is not None:
-            await self.http.stop()
-        for sock in self._reserved:
-            sock.close()
-        self._reserved.clear()
         for g in self._grpc:
             await g.stop(grace=1.0)
         self._grpc.clear()
         self._grpcio = None
+        self._relay.stop()
+        if self._backends is not None:
+            self._backends.remove()
+            self._backends = None
+        if self.http is not None:
+            await self.http.stop()
+        if self.faults is not None:
+            await self.faults.stop()
         await self.server.stop()
 
     async def wait_stopped(self) -> str:

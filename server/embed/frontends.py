@@ -1,5 +1,6 @@
 """The member's side of the front-end link (see link.py): a Unix socket that front-end processes
-connect to, and the supervisor that starts them.
+connect to, and the supervisor that starts them. Each front-end serves gRPC on private Unix
+sockets of its own; the client port relays gRPC connections to them in turn (server/embed/serve.py).
 
 Calls arriving over the link run through exactly the handlers and interceptors of the member's
 own gRPC server. A stream's server messages are sent under a credit window: at most
@@ -242,18 +243,18 @@ class FrontendLink:
 
 
 class Frontends:
-    """Starts and supervises the front-end processes."""
+    """Starts and supervises the front-end processes, one per spec (its server options, TLS
+    files and the private addresses it listens on)."""
 
-    def __init__(self, count: int, link_address: str, spec: dict[str, Any]) -> None:
-        self.count = count
+    def __init__(self, link_address: str, specs: list[dict[str, Any]]) -> None:
         self._link = link_address
-        self._spec = spec
+        self._specs = specs
         self._tasks: list[asyncio.Task[None]] = []
         self._procs: list[asyncio.subprocess.Process] = []
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._supervise(i), name=f"frontend-{i}") for i in range(self.count)
+            asyncio.create_task(self._supervise(i), name=f"frontend-{i}") for i in range(len(self._specs))
         ]
 
     async def _supervise(self, index: int) -> None:
@@ -265,7 +266,7 @@ class Frontends:
                 "--link",
                 self._link.replace("\0", "@"),
                 "--spec",
-                json.dumps(self._spec),
+                json.dumps(self._specs[index]),
                 stdin=asyncio.subprocess.DEVNULL,
             )
             self._procs.append(proc)

@@ -34,6 +34,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from server.failpoint import failpoint
 from server.raft import (
     ConfState,
     Entry,
@@ -59,6 +60,18 @@ log = logging.getLogger(__name__)
 
 # seconds between attempts to persist while the disk is full
 DISK_FULL_RETRY = 1.0
+
+# etcd's failpoints of its raft loop (server/failpoint.py)
+FP_BEFORE_SAVE_SNAP = failpoint("raftBeforeSaveSnap")
+FP_BEFORE_WAL_SAVE_SNAP = failpoint("raftBeforeWALSaveSnaphot")
+FP_AFTER_SAVE_SNAP = failpoint("raftAfterSaveSnap")
+FP_BEFORE_SAVE = failpoint("raftBeforeSave")
+FP_AFTER_SAVE = failpoint("raftAfterSave")
+FP_BEFORE_APPLY_SNAP = failpoint("raftBeforeApplySnap")
+FP_AFTER_APPLY_SNAP = failpoint("raftAfterApplySnap")
+FP_BEFORE_LEADER_SEND = failpoint("raftBeforeLeaderSend")
+FP_BEFORE_FOLLOWER_SEND = failpoint("raftBeforeFollowerSend")
+FP_BEFORE_ADVANCE = failpoint("raftBeforeAdvance")
 
 
 @dataclass
@@ -210,7 +223,13 @@ class RaftNode:
         snap = rd.snapshot
         committed = rd.committed_entries
         if not snap.is_empty():
+            if FP_BEFORE_SAVE_SNAP.armed:
+                await FP_BEFORE_SAVE_SNAP.hit_async()
             await self._persist(self._save_snapshot, snap)
+            if FP_AFTER_SAVE_SNAP.armed:
+                await FP_AFTER_SAVE_SNAP.hit_async()
+        if FP_BEFORE_SAVE.armed:
+            await FP_BEFORE_SAVE.hit_async()
         if rd.entries or not rd.hard_state.is_empty():
             if not rd.must_sync or (len(rd.entries) <= 1 and not committed):
                 # a lone request with nothing to apply meanwhile: a thread would only add two
@@ -225,13 +244,22 @@ class RaftNode:
                         committed = ()
                 finally:
                     await write
+        if FP_AFTER_SAVE.armed:
+            await FP_AFTER_SAVE.hit_async()
         if not snap.is_empty():
+            if FP_BEFORE_APPLY_SNAP.armed:
+                await FP_BEFORE_APPLY_SNAP.hit_async()
             self.storage.apply_snapshot(snap)
             self.conf_state = snap.metadata.conf_state
+            if FP_AFTER_APPLY_SNAP.armed:
+                await FP_AFTER_APPLY_SNAP.hit_async()
         if not rd.hard_state.is_empty():
             self.storage.set_hard_state(rd.hard_state)
         if rd.entries:
             self.storage.append(rd.entries)
+        fp_send = FP_BEFORE_LEADER_SEND if self.state == StateType.LEADER else FP_BEFORE_FOLLOWER_SEND
+        if fp_send.armed:
+            await fp_send.hit_async()
         if rd.messages:
             self.cb.send(rd.messages)
         if not snap.is_empty():
@@ -240,6 +268,8 @@ class RaftNode:
             self.cb.apply_entries(committed)
         if rd.read_states:
             self.cb.on_read_states(rd.read_states)
+        if FP_BEFORE_ADVANCE.armed:
+            await FP_BEFORE_ADVANCE.hit_async()
         self.node.advance(rd)
         await self.cb.after_apply()
 
@@ -281,6 +311,8 @@ class RaftNode:
 
     def _save_snapshot(self, snap: Snapshot) -> None:
         self.snapshotter.save_snap(snap)
+        if FP_BEFORE_WAL_SAVE_SNAP.armed:
+            FP_BEFORE_WAL_SAVE_SNAP.hit()  # on the WAL thread
         md = snap.metadata
         self.wal.save_snapshot(WALSnapshot(index=md.index, term=md.term, conf_state=md.conf_state))
 

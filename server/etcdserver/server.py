@@ -76,8 +76,9 @@ from server.etcdserver.stats import ServerStats
 from server.etcdserver.transport import PeerHandler, Transport, TransportError, peer_request
 from server.etcdserver.v3_auth import ServerAuth
 from server.etcdserver.wait import Wait, WaitTime
+from server.failpoint import failpoint
 from server.lease.lessor import LeaseNotFoundError, Lessor, NotPrimaryError
-from server.mvcc.kvstore import Compaction
+from server.mvcc.kvstore import DEFAULT_COMPACTION_SLEEP_MS, Compaction
 from server.mvcc.watchable_store import WATCH_RESYNC_PERIOD, WatchableStore
 from server.raft import (
     ConfChange,
@@ -110,6 +111,13 @@ READ_INDEX_RETRY = 0.5
 EXPIRY_SWEEP = 0.1
 # peers must have been connected this long before a membership change (etcd's HealthInterval)
 HEALTH_INTERVAL = 5.0
+# etcd's failpoints of the apply and compaction steps (server/failpoint.py)
+FP_BEFORE_APPLY_NORMAL = failpoint("beforeApplyOneEntryNormal")
+FP_BEFORE_APPLY_CONF_CHANGE = failpoint("beforeApplyOneConfChange")
+FP_BEFORE_OPEN_SNAPSHOT = failpoint("applyBeforeOpenSnapshot")
+FP_AFTER_OPEN_SNAPSHOT = failpoint("applyAfterOpenSnapshot")
+FP_COMPACT_BEFORE_COMMIT_BATCH = failpoint("compactBeforeCommitBatch")
+FP_COMPACT_AFTER_COMMIT_BATCH = failpoint("compactAfterCommitBatch")
 
 
 class _Expired(Exception):
@@ -510,9 +518,14 @@ class EtcdServer:
         ci = self.consistent_index
         for e in entries:
             if e.type == EntryType.CONF_CHANGE:
+                if FP_BEFORE_APPLY_CONF_CHANGE.armed:
+                    FP_BEFORE_APPLY_CONF_CHANGE.hit()
                 self._apply_conf_change(ConfChange.unmarshal(e.data), e.index > ci)
-            elif e.index > ci and e.data:
-                self._apply_normal(e)
+            else:
+                if FP_BEFORE_APPLY_NORMAL.armed:
+                    FP_BEFORE_APPLY_NORMAL.hit()
+                if e.index > ci and e.data:
+                    self._apply_normal(e)
             if e.index > ci:
                 ci = e.index
             self.applied_index = max(self.applied_index, e.index)
@@ -586,7 +599,11 @@ class EtcdServer:
         if index <= self.consistent_index:
             return
         db = self.raft.snapshotter.db_file_path(index)
+        if FP_BEFORE_OPEN_SNAPSHOT.armed:
+            await FP_BEFORE_OPEN_SNAPSHOT.hit_async()
         self.backend.replace_with(db)
+        if FP_AFTER_OPEN_SNAPSHOT.armed:
+            await FP_AFTER_OPEN_SNAPSHOT.hit_async()
         self.lessor.recover()
         resume = self.kv.restore()
         self.alarms.reload()
@@ -746,11 +763,16 @@ class EtcdServer:
         return done
 
     async def _compaction_loop(self) -> None:
-        sleep = self.cfg.compaction_sleep_interval_ms / 1000
+        # etcd's NewStore: 0 means the default for both
+        sleep = (self.cfg.compaction_sleep_interval_ms or DEFAULT_COMPACTION_SLEEP_MS) / 1000
         while True:
             job, done = await self._compactions.get()
-            for _ in job.steps():
+            for _ in job.steps(self.cfg.compaction_batch_limit):
+                if FP_COMPACT_BEFORE_COMMIT_BATCH.armed:
+                    await FP_COMPACT_BEFORE_COMMIT_BATCH.hit_async()
                 await self._commit_until_done()
+                if FP_COMPACT_AFTER_COMMIT_BATCH.armed:
+                    await FP_COMPACT_AFTER_COMMIT_BATCH.hit_async()
                 await asyncio.sleep(sleep)
             await self._commit_until_done()
             self._compaction_done.pop(job.rev, None)

@@ -16,6 +16,8 @@ class ServerStats:
     proposals_failed: int = 0
     proposals_pending: int = 0
     mvcc: MvccStats = field(default_factory=MvccStats)
+    # faults injected on purpose, by kind (server/faults); empty while that surface is off
+    faults_injected: dict[str, int] = field(default_factory=dict)
 
     @property
     def mvcc_range(self) -> int:

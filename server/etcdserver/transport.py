@@ -16,6 +16,10 @@ Every connection starts with a handshake, then carries one kind of traffic:
 Backpressure: each peer has a bounded outbound queue; when it is full, new messages are dropped
 (raft retransmits) and the peer is reported unreachable, so a slow or dead peer never blocks the
 raft loop or grows memory without bound.
+
+A partition (server/faults): while `drop` is set, traffic to and from the peers it names is
+dropped here -- messages not sent, received ones discarded, snapshots and requests refused -- as
+if the network between them were cut.
 """
 
 from __future__ import annotations
@@ -223,6 +227,8 @@ class Transport:
         self.ports: list[int] = []
         # member ID -> open inbound raft streams (their writer) -> when each connected
         self._inbound: dict[int, dict[asyncio.StreamWriter, float]] = {}
+        # a partition: whether traffic with a peer is dropped (None: nothing is)
+        self.drop: Callable[[int], bool] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -281,11 +287,12 @@ class Transport:
     # -- sending ------------------------------------------------------------------------------
 
     def send(self, messages: tuple[Message, ...] | list[Message]) -> None:
+        drop = self.drop
         for m in messages:
             if m.to == self.member_id:
                 continue
             peer = self.peers.get(m.to)
-            if peer is None:
+            if peer is None or (drop is not None and drop(m.to)):
                 continue
             if m.type == MessageType.MsgSnap:
                 task = asyncio.create_task(self._send_snapshot(peer, m))
@@ -337,13 +344,17 @@ class Transport:
             if kind != KIND_REQUEST and h.is_removed(frm):
                 writer.write(bytes([REMOVED]))
                 return
+            if kind != KIND_RAFT and self.drop is not None and self.drop(frm):
+                return
             writer.write(bytes([OK]))
             await writer.drain()
             if kind == KIND_RAFT:
                 self._inbound.setdefault(frm, {})[writer] = time.monotonic()
                 try:
                     while True:
-                        h.on_message(unmarshal_message(await _read_frame(reader)))
+                        m = unmarshal_message(await _read_frame(reader))
+                        if self.drop is None or not self.drop(frm):
+                            h.on_message(m)
                 finally:
                     streams = self._inbound.get(frm, {})
                     streams.pop(writer, None)

@@ -8,18 +8,17 @@ HTTP headers Grpc-Metadata-<Key> reach the interceptors as metadata, as with grp
 servicer refuses through context.abort(); the gateway hands it a context whose abort() raises
 instead, and maps the status to the HTTP code grpc-gateway uses (runtime.HTTPStatusFromCode).
 
-Routes and wire format are etcd v3.6's (api/v3/etcdserverpb/gw/rpc.pb.gw.go): POST only
-(another method gets 501 {"code":12, "message":"Method Not Allowed"}), unknown paths under /v3/
-get 404 {"code":5, "message":"Not Found"}, /v3beta/ is an alias of /v3/. Server streams
-(snapshot) and the keepalive stream answer with one {"result": ...} line per message; keepalive
-requests are the JSON values of the request body, read as they arrive. With auth enabled, the
-Authorization header carries the token (as metadata "authorization", which etcd reads with or
-without a "Bearer " prefix); /v3/auth/authenticate gives one.
-
-Not served: /v3/watch (a bidirectional stream the gateway would need a websocket or a long
-request body for; petcd answers 501 like grpc-gateway's in-process transport does for streams),
-and the Lock and Election routes, which petcd's gRPC server does not serve either (501,
-"Method not found!" as grpcio answers unknown methods).
+Routes and wire format are etcd v3.6's (api/v3/etcdserverpb/gw/rpc.pb.gw.go, and v3lockpb's and
+v3electionpb's gateways): POST only (another method gets 501 {"code":12, "message":"Method Not
+Allowed"}), unknown paths under /v3/ get 404 {"code":5, "message":"Not Found"}, /v3beta/ is an
+alias of /v3/. Streams answer with one {"result": ...} line per message, the HTTP headers going
+out with the first one (a stream that sends nothing answers nothing until the client leaves, as
+etcd's gateway waits for the gRPC headers): server streams (snapshot, election observe) and the
+bidirectional ones, whose requests are the JSON values of the request body, read as they arrive:
+lease keepalive, and watch (create, cancel and progress requests; the response stream outlives
+the request body, as a watch outlives a half-closed gRPC stream, until the client goes away).
+With auth enabled, the Authorization header carries the token (as metadata "authorization",
+which etcd reads with or without a "Bearer " prefix); /v3/auth/authenticate gives one.
 """
 
 from __future__ import annotations
@@ -35,6 +34,8 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from server.api.etcdserverpb import rpc_pb2 as pb
+from server.api.v3electionpb import v3election_pb2 as epb
+from server.api.v3lockpb import v3lock_pb2 as lockpb
 from server.config import Config
 from server.errors import EtcdError
 from server.etcdserver.server import EtcdServer
@@ -131,9 +132,8 @@ class _CallDetails(grpc.HandlerCallDetails):
 class _Route:
     request: type[Message]
     # the full gRPC method name and its handler (built once: interceptors cache by handler)
-    method: str = ""
-    handler: Any = None
-    unimplemented: str = ""
+    method: str
+    handler: Any
 
 
 def _unary(request: type[Message], method: str, fn: Unary) -> _Route:
@@ -150,14 +150,14 @@ class Gateway:
         self._interceptors = tuple(interceptors)
         sv = servicers(server)
         kv, lease, cluster, maint = sv.kv, sv.lease, sv.cluster, sv.maintenance
-        in_process = "streaming calls are not yet supported in the in-process transport"
-        no_method = "Method not found!"
+        lock, election = sv.lock, sv.election
         K, L, C, M = (
             "/etcdserverpb.KV/",
             "/etcdserverpb.Lease/",
             "/etcdserverpb.Cluster/",
             "/etcdserverpb.Maintenance/",
         )
+        E = "/v3electionpb.Election/"
         lease_revoke = _unary(pb.LeaseRevokeRequest, L + "LeaseRevoke", lease.LeaseRevoke)
         lease_ttl = _unary(pb.LeaseTimeToLiveRequest, L + "LeaseTimeToLive", lease.LeaseTimeToLive)
         lease_leases = _unary(pb.LeaseLeasesRequest, L + "LeaseLeases", lease.LeaseLeases)
@@ -167,7 +167,11 @@ class Gateway:
             "/v3/kv/deleterange": _unary(pb.DeleteRangeRequest, K + "DeleteRange", kv.DeleteRange),
             "/v3/kv/txn": _unary(pb.TxnRequest, K + "Txn", kv.Txn),
             "/v3/kv/compaction": _unary(pb.CompactionRequest, K + "Compact", kv.Compact),
-            "/v3/watch": _Route(pb.WatchRequest, unimplemented=in_process),
+            "/v3/watch": _Route(
+                pb.WatchRequest,
+                "/etcdserverpb.Watch/Watch",
+                grpc.stream_stream_rpc_method_handler(sv.watch.Watch),
+            ),
             "/v3/lease/grant": _unary(pb.LeaseGrantRequest, L + "LeaseGrant", lease.LeaseGrant),
             "/v3/lease/revoke": lease_revoke,
             "/v3/kv/lease/revoke": lease_revoke,
@@ -203,15 +207,17 @@ class Gateway:
                 pb.MoveLeaderRequest, M + "MoveLeader", maint.MoveLeader
             ),
             "/v3/maintenance/downgrade": _unary(pb.DowngradeRequest, M + "Downgrade", maint.Downgrade),
+            "/v3/lock/lock": _unary(lockpb.LockRequest, "/v3lockpb.Lock/Lock", lock.Lock),
+            "/v3/lock/unlock": _unary(lockpb.UnlockRequest, "/v3lockpb.Lock/Unlock", lock.Unlock),
+            "/v3/election/campaign": _unary(epb.CampaignRequest, E + "Campaign", election.Campaign),
+            "/v3/election/proclaim": _unary(epb.ProclaimRequest, E + "Proclaim", election.Proclaim),
+            "/v3/election/leader": _unary(epb.LeaderRequest, E + "Leader", election.Leader),
+            "/v3/election/observe": _Route(
+                epb.LeaderRequest, E + "Observe", grpc.unary_stream_rpc_method_handler(election.Observe)
+            ),
+            "/v3/election/resign": _unary(epb.ResignRequest, E + "Resign", election.Resign),
         }
         routes.update(_auth_routes(sv.auth))
-        unserved = [
-            "lock/lock",
-            "lock/unlock",
-            *(f"election/{op}" for op in ("campaign", "proclaim", "leader", "observe", "resign")),
-        ]
-        for path in unserved:
-            routes[f"/v3/{path}"] = _Route(pb.RangeRequest, unimplemented=no_method)
         self.routes = routes
 
     def add_routes(self, app: web.Application) -> None:
@@ -226,9 +232,6 @@ class Gateway:
             return error_response(NOT_FOUND, "Not Found")
         if request.method != "POST":
             return error_response(UNIMPLEMENTED, "Method Not Allowed")
-        if route.unimplemented:
-            await request.read()
-            return error_response(UNIMPLEMENTED, route.unimplemented)
         handler = await self._intercepted(route, request)
         if handler.stream_stream is not None:
             requests = self._request_stream(request, route.request)

@@ -1,21 +1,28 @@
-"""The HTTP listeners (etcd's embed/serve.go for --listen-client-http-urls, and serveMetrics for
---listen-metrics-urls).
+"""The HTTP servers (etcd's embed/serve.go for the client URLs and --listen-client-http-urls,
+and serveMetrics for --listen-metrics-urls).
 
     servers = HttpServers(cfg, etcd_server)    # builds the apps, starts nothing
     await servers.start()                      # binds every URL (port 0 allowed)
     servers.client_http_ports, servers.metrics_ports
+    await servers.client.adopt(sock, ssl_ctx)  # a client-port connection that speaks HTTP/1.1
     await servers.stop()
 
 Client HTTP URLs serve everything etcd serves to HTTP clients: the grpc-gateway under /v3/ (and
 /v3beta/), /health, /livez, /readyz, /version and /metrics, with etcd's CORS headers (etcd's
-default --cors is "*") and 200 to any OPTIONS request. Metrics URLs serve /metrics and the
+default --cors is "*") and 200 to any OPTIONS request; the client URLs hand their HTTP/1.1
+connections to the same server (server/embed/serve.py). Metrics URLs serve /metrics and the
 health endpoints only, without CORS, like etcd's metrics mux. https:// URLs use --cert-file and
---key-file (and --trusted-ca-file with --client-cert-auth).
+--key-file (and --trusted-ca-file with --client-cert-auth), and offer ALPN http/1.1 only.
+
+A request handler is cancelled when its client goes away (etcd's request context is), which is
+what ends the gateway's long-lived streams (watch, observe, a lock being waited for).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
@@ -38,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # how long stop() lets open requests (a keepalive stream, a snapshot) finish
 SHUTDOWN_TIMEOUT = 1.0
+TLS_HANDSHAKE_TIMEOUT = 60.0
 
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "POST, GET, OPTIONS, PUT, DELETE",
@@ -94,11 +102,12 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext:
     tls = client_tls(cfg)
     if tls is None:
         raise ValueError("client TLS key/cert (--cert-file, --key-file) must be provided for https URLs")
-    return tls.server_context()
+    return tls.http_context()
 
 
 class HttpServer:
-    """One aiohttp app served on some URLs. Nothing is bound until start()."""
+    """One aiohttp app served on some URLs and on the connections it adopts. Nothing is bound
+    until start()."""
 
     def __init__(self, app: web.Application, urls: Sequence[str], cfg: Config, *, name: str = "http") -> None:
         self.app = app
@@ -109,9 +118,11 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        if not self.urls or self._runner is not None:
+        if self._runner is not None:
             return
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, handler_cancellation=True
+        )
         await runner.setup()
         self._runner = runner
         try:
@@ -127,7 +138,19 @@ class HttpServer:
         except BaseException:
             await self.stop()
             raise
-        log.info("serving %s", self.name, extra={"urls": list(self.urls), "ports": self.ports})
+        if self.urls:
+            log.info("serving %s", self.name, extra={"urls": list(self.urls), "ports": self.ports})
+
+    async def adopt(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        """Serve an accepted connection (doing the TLS handshake first with ssl_context)."""
+        if self._runner is None or self._runner.server is None:
+            raise RuntimeError(f"{self.name} is not running")
+        await asyncio.get_running_loop().connect_accepted_socket(
+            self._runner.server,
+            sock,
+            ssl=ssl_context,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl_context is not None else None,
+        )
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None

@@ -60,6 +60,8 @@ class ServerStats(Protocol):
                         operation run by an MVCC read or write transaction (txn ops included)
     mvcc_txn            etcd_mvcc_txn_total: +1 when a transaction ends having run more than
                         one operation
+    faults_injected     (optional) petcd_faults_injected_total{kind}: faults injected on
+                        purpose (server/faults); only while the fault surface is on
     """
 
     leader_changes: int
@@ -164,6 +166,14 @@ class EtcdCollector(Collector):
                 "etcd_mvcc_delete_total", "Total number of deletes seen by this member.", stats.mvcc_delete
             )
             yield _counter("etcd_mvcc_txn_total", "Total number of txns seen by this member.", stats.mvcc_txn)
+            injected: dict[str, int] = getattr(stats, "faults_injected", {})
+            if injected:
+                faults = Metric(
+                    "petcd_faults_injected_total", "Faults injected on purpose, by kind.", "counter"
+                )
+                for kind, n in sorted(injected.items()):
+                    faults.add_sample("petcd_faults_injected_total", {"kind": kind}, n)
+                yield faults
         yield _gauge(
             "etcd_server_quota_backend_bytes",
             "Current backend storage quota size in bytes.",
@@ -211,6 +221,14 @@ class EtcdCollector(Collector):
             max(s.kv.first_rev(), 0),
         )
         yield _gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", _live_keys(s))
+        victims = sum(len(batch) for batch in s.kv.victims)
+        slow = len(s.kv.unsynced) + victims
+        yield _gauge(
+            "etcd_debugging_mvcc_watcher_total", "Total number of watchers.", len(s.kv.synced) + slow
+        )
+        yield _gauge(
+            "etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers.", slow
+        )
 
     def _health_metrics(self) -> Iterator[Metric]:
         h = self._health

@@ -18,6 +18,7 @@ from typing import Self
 
 from server.backend.backend import Backend
 from server.backend.schema import Bucket, MetaKey
+from server.failpoint import failpoint
 from server.mvcc.hash import KeyValueHash, KVHasher, hash_by_rev
 from server.mvcc.index import TreeIndex
 from server.mvcc.key_index import KeyIndex
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 COMPACTION_BATCH_LIMIT = 1000
 # keys whose index entries one compaction step compacts
 INDEX_COMPACTION_BATCH = 10_000
+DEFAULT_COMPACTION_SLEEP_MS = 10
+FP_BEFORE_COMMIT_SCHEDULED = failpoint("compactBeforeCommitScheduledCompact")
+FP_AFTER_COMMIT_SCHEDULED = failpoint("compactAfterCommitScheduledCompact")
+FP_BEFORE_SET_FINISHED = failpoint("compactBeforeSetFinishedCompact")
+FP_AFTER_SET_FINISHED = failpoint("compactAfterSetFinishedCompact")
 # how many hashes of finished compactions are kept for corruption checks
 HASH_STORAGE_MAX_SIZE = 10
 
@@ -52,7 +58,10 @@ class Compaction:
         self.hash: KeyValueHash | None = None
         self._store = store
 
-    def steps(self) -> Iterator[None]:
+    def steps(self, batch_limit: int = 0) -> Iterator[None]:
+        """One step per batch_limit revisions read (etcd's --compaction-batch-limit: 0 is the
+        default, below 0 one step for everything, as etcd's unbounded UnsafeRange)."""
+        limit = max(batch_limit or COMPACTION_BATCH_LIMIT, 0)  # the backend's 0 is no limit
         store = self._store
         # the index a batch of keys at a time, so writes are served in between
         keep: set[Revision] = set()
@@ -66,13 +75,17 @@ class Compaction:
         last = b""
         tx = store.backend.batch_tx()
         while True:
-            batch = tx.range(Bucket.KEY, last, end, COMPACTION_BATCH_LIMIT)
+            batch = tx.range(Bucket.KEY, last, end, limit)
             for raw_rev, value in batch:
                 if bytes_to_rev(raw_rev) not in keep:
                     tx.delete(Bucket.KEY, raw_rev)
                 hasher.write_key_value(raw_rev, value)
-            if len(batch) < COMPACTION_BATCH_LIMIT:
+            if not limit or len(batch) < limit:
+                if FP_BEFORE_SET_FINISHED.armed:
+                    FP_BEFORE_SET_FINISHED.hit()
                 tx.put(Bucket.META, MetaKey.FINISHED_COMPACT_REV, rev_to_bytes(Revision(self.rev, 0)))
+                if FP_AFTER_SET_FINISHED.armed:
+                    FP_AFTER_SET_FINISHED.hit()
                 self.hash = hasher.hash()
                 if self.record_hash:
                     store.record_compaction_hash(self.hash)
@@ -140,7 +153,11 @@ class KVStore:
         self.compact_main_rev = rev
         tx.put(Bucket.META, MetaKey.SCHEDULED_COMPACT_REV, rev_to_bytes(Revision(rev, 0)))
         # the scheduled revision must be durable before any record is deleted
+        if FP_BEFORE_COMMIT_SCHEDULED.armed:
+            FP_BEFORE_COMMIT_SCHEDULED.hit()
         self.backend.force_commit()
+        if FP_AFTER_COMMIT_SCHEDULED.armed:
+            FP_AFTER_COMMIT_SCHEDULED.hit()
         return Compaction(self, rev, prev, record_hash=previous_done)
 
     def record_compaction_hash(self, h: KeyValueHash) -> None:

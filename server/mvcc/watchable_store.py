@@ -113,6 +113,24 @@ class WatchableStore(KVStore):
                     break
         w.ch = None
 
+    def cut_watchers(self, key: bytes, end: bytes) -> int:
+        """Cancel every watcher whose range meets [key, end) (end b"": every key >= key) as a
+        watcher behind the compaction revision is canceled: one response carrying
+        compact_revision, then nothing more (a fault injected on purpose, server/faults).
+        Returns how many were cut."""
+        compact_rev = self.compact_main_rev
+        watchers = [*self.synced.watchers, *self.unsynced.watchers, *(w for b in self.victims for w in b)]
+        cut = 0
+        for w in watchers:
+            ch = w.ch
+            if ch is None or not _meets(w, key, end):
+                continue
+            self.cancel_watcher(w)
+            w.compacted = True
+            ch.put_control(WatchResponse(w.id, compact_revision=compact_rev))
+            cut += 1
+        return cut
+
     def progress_if_sync(self, watchers: dict[int, Watcher], response_id: int) -> bool:
         """If every watcher is synced (and past its start revision), send one progress response
         with the current revision through their (shared) channel; otherwise send nothing."""
@@ -236,3 +254,11 @@ def _to_events(changes: Iterable[KeyValue], rev: int) -> Iterable[Event]:
             yield Event(type=Event.DELETE, kv=kv)
         else:
             yield Event(type=Event.PUT, kv=kv)
+
+
+def _meets(w: Watcher, key: bytes, end: bytes) -> bool:
+    """Whether w's range and [key, end) (end b"": unbounded) share a key."""
+    if w.end is None:
+        return key <= w.key and (end == b"" or w.key < end)
+    below_end = end == b"" or w.key < end
+    return below_end and (w.end == b"" or key < w.end)

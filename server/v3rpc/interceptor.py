@@ -7,7 +7,8 @@
   the client moves to a member that has one.
 
 While auth is enabled it also takes the call's credentials (server/v3rpc/auth.py), which the
-server checks where etcd does.
+server checks where etcd does. A hook, when given, has the last word on the handler before
+those wrappers: the fault surface (server/faults) wraps KV calls with it while faults are set.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ from server.etcdserver.errors import NoLeaderError
 from server.v3rpc.auth import CredentialsInterceptor
 from server.v3rpc.errors import NotSupportedForLearnerError, to_grpc_status
 
-__all__ = ["EtcdInterceptor"]
+__all__ = ["EtcdInterceptor", "HandlerHook"]
 
 REQUIRE_LEADER_KEY = "hasleader"
 Ctx = grpc.aio.ServicerContext[Any, Any]
+# the handler a call runs, given the method's handler and the call (synchronous: no extra await)
+HandlerHook = Callable[
+    ["grpc.RpcMethodHandler[Any, Any]", grpc.HandlerCallDetails], "grpc.RpcMethodHandler[Any, Any]"
+]
 
 
 def _supported_for_learner(request: object) -> bool:
@@ -40,9 +45,16 @@ def _supported_for_learner(request: object) -> bool:
 
 class EtcdInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, status: RaftStatus, auth: Admission, *, election_timeout_s: float, client_cert_auth: bool
+        self,
+        status: RaftStatus,
+        auth: Admission,
+        *,
+        election_timeout_s: float,
+        client_cert_auth: bool,
+        hook: HandlerHook | None = None,
     ) -> None:
         self._s = status
+        self._hook = hook
         self._auth = auth
         self._election_timeout = election_timeout_s
         # wrapped handlers, built once per (method handler, hasleader)
@@ -65,6 +77,8 @@ class EtcdInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
+        if self._hook is not None:
+            handler = self._hook(handler, details)
         if self._auth.enabled:
             handler = self._credentials.intercept(handler, details)  # auth: the call's credentials
         require_leader = False

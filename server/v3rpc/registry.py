@@ -19,16 +19,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
+from server.api import services as api
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
+from server.api.v3electionpb import v3election_pb2_grpc as election_grpc
+from server.api.v3lockpb import v3lock_pb2_grpc as lock_grpc
 from server.etcdserver import txn_codec
 from server.etcdserver.server import EtcdServer
+from server.v3client import LocalClient
+from server.v3election import ElectionService
+from server.v3lock import LockService
 from server.v3rpc.auth import AuthService
 from server.v3rpc.cluster import ClusterService
 from server.v3rpc.errors import TooManyOpsError, to_grpc_status
 from server.v3rpc.header import Header
-from server.v3rpc.interceptor import EtcdInterceptor
+from server.v3rpc.interceptor import EtcdInterceptor, HandlerHook
 from server.v3rpc.kv import KVService
 from server.v3rpc.lease import LeaseService
 from server.v3rpc.maintenance import MaintenanceService
@@ -154,12 +161,16 @@ class Servicers:
     cluster: ClusterService
     maintenance: MaintenanceService
     auth: AuthService
+    lock: LockService
+    election: ElectionService
 
 
 def servicers(s: EtcdServer) -> Servicers:
-    """The six services over one member, each given the parts of it that it uses."""
+    """The services over one member, each given the parts of it that it uses (Lock and
+    Election over an in-process client, as etcd's v3lock and v3election)."""
     cfg = s.cfg
     hdr = Header(s, s.kv.rev)
+    client = LocalClient(s, s, s.kv, s.auth, hdr, kv_wake=s.kv_wake, max_txn_ops=cfg.max_txn_ops)
     return Servicers(
         kv=KVService(s, s.auth, hdr, max_txn_ops=cfg.max_txn_ops),
         watch=WatchService(
@@ -174,13 +185,19 @@ def servicers(s: EtcdServer) -> Servicers:
         cluster=ClusterService(s, s.auth, hdr),
         maintenance=MaintenanceService(s, hdr),
         auth=AuthService(s.auth, hdr),
+        lock=LockService(client),
+        election=ElectionService(client),
     )
 
 
-def interceptor(s: EtcdServer) -> EtcdInterceptor:
+def interceptor(s: EtcdServer, hook: HandlerHook | None = None) -> EtcdInterceptor:
     cfg = s.cfg
     return EtcdInterceptor(
-        s, s.auth, election_timeout_s=cfg.election_timeout_ms / 1000, client_cert_auth=cfg.client_cert_auth
+        s,
+        s.auth,
+        election_timeout_s=cfg.election_timeout_ms / 1000,
+        client_cert_auth=cfg.client_cert_auth,
+        hook=hook,
     )
 
 
@@ -193,6 +210,8 @@ def services(server: EtcdServer) -> Services:
     pb_grpc.add_ClusterServicer_to_server(sv.cluster, rec)
     pb_grpc.add_MaintenanceServicer_to_server(sv.maintenance, rec)
     pb_grpc.add_AuthServicer_to_server(sv.auth, rec)
+    lock_grpc.add_LockServicer_to_server(sv.lock, rec)
+    election_grpc.add_ElectionServicer_to_server(sv.election, rec)
     max_bytes = server.cfg.max_recv_bytes
     out: Services = {}
     for svc, handlers in rec.services.items():
@@ -204,10 +223,7 @@ def services(server: EtcdServer) -> Services:
 
 
 def _request_class(service: str, method: str) -> Any:
-    from server.api.etcdserverpb import rpc_pb2
-
-    m = rpc_pb2.DESCRIPTOR.services_by_name[service.split(".")[-1]].methods_by_name[method]
-    return getattr(rpc_pb2, m.input_type.name)
+    return message_factory.GetMessageClass(api.service(service).methods_by_name[method].input_type)
 
 
 class _Unknown(grpc.GenericRpcHandler):

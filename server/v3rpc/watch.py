@@ -29,6 +29,7 @@ from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.api.mvccpb.kv_pb2 import Event
 from server.errors import EtcdError
 from server.etcdserver.api import Admission
+from server.failpoint import failpoint
 from server.mvcc.kv import CompactedError, RangeOptions, TxnRead
 from server.mvcc.watcher import INVALID_WATCH_ID, Channel, FilterFunc, WatchResponse, WatchStream
 from server.v3rpc.errors import WATCH_CANCEL_REASONS, go_status_text, to_grpc_status
@@ -244,9 +245,13 @@ class _ServerWatchStream:
             for item in _merged(self._ch.drain()):
                 if isinstance(item, WatchResponse):
                     for resp in self._encode(item):
+                        if FP_BEFORE_SEND.armed:
+                            await FP_BEFORE_SEND.hit_async()
                         yield resp
                 else:
                     assert isinstance(item, pb.WatchResponse)
+                    if FP_BEFORE_SEND.armed:
+                        await FP_BEFORE_SEND.hit_async()
                     yield item
             self._svc._kv_wake()
 

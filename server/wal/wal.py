@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import NamedTuple
 
 from server.api.raftpb import raftcodec
+from server.failpoint import failpoint
 from server.raft.raftpb import Entry, HardState
 from server.wal.decoder import DecodedRecord, Decoder, SegmentSource
 from server.wal.encoder import Encoder
@@ -85,6 +86,8 @@ log = logging.getLogger(__name__)
 SEGMENT_SIZE_BYTES = 64 * 1000 * 1000
 # An fdatasync slower than this is logged.
 WARN_SYNC_SECONDS = 1.0
+FP_BEFORE_SYNC = failpoint("walBeforeSync")
+FP_AFTER_SYNC = failpoint("walAfterSync")
 
 
 class ReadAllResult(NamedTuple):
@@ -425,7 +428,13 @@ class WAL:
             if not hard_state.is_empty():
                 enc.encode(RecordType.STATE, raftcodec.marshal_hard_state(hard_state))
                 self._state = hard_state
-            if must_sync or enc.offset >= self._segment_size:
+            if must_sync and enc.offset < self._segment_size:
+                if FP_BEFORE_SYNC.armed:
+                    FP_BEFORE_SYNC.hit()
+                self._sync()
+                if FP_AFTER_SYNC.armed:
+                    FP_AFTER_SYNC.hit()
+            elif enc.offset >= self._segment_size:
                 self._sync()
         except BaseException:
             # nothing of this batch counts: the next save overwrites it from the same offset

@@ -1,16 +1,23 @@
-"""Fixtures for the e2e tier: a real kube-apiserver (and the real kubectl) on petcd or real etcd.
+"""Fixtures for the e2e tier: real Kubernetes components (and the real kubectl) on petcd or on a
+real etcd; a test that passes on "etcd" and fails on "petcd" is a petcd bug.
 
-Startup costs a few seconds, so the apiserver is module-scoped: one per module and datastore.
-`env` is parametrized over DATASTORES; a test that passes on "etcd" and fails on "petcd" is a
-petcd bug. A module sets its apiserver flags with a module-level KUBE_OPTIONS dict (keyword
-arguments of KubeAPIServer: compaction_interval, event_ttl, extra) and its datastore with
-DATASTORE_OPTIONS (keyword arguments of Datastore: members, tls).
+Two kinds of fixture, both parametrized over DATASTORES:
+
+- `cluster` (session scope): the whole control plane (petcd_harness.KubeCluster: apiserver,
+  controller-manager, scheduler, kwok nodes), one per datastore for the session, from the
+  pytest plugin's kube_cluster_factory (so the petcd one is the plugin's kube_cluster). Tests
+  on it work in namespaces of their own and leave the cluster as they found it.
+- `env` (module scope): a bare kube-apiserver on a fresh datastore, for tests that need
+  apiserver flags of their own or a quiet datastore (exact revisions, compaction): a module
+  sets them with a module-level KUBE_OPTIONS dict (keyword arguments of KubeAPIServer:
+  compaction_interval, event_ttl, extra) and DATASTORE_OPTIONS (of Datastore: members, tls).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -19,8 +26,11 @@ from typing import Any
 
 import pytest
 
-from tests.harness.etcdctl import Etcdctl
-from tests.harness.kube import Datastore, KubeAPIServer, KubeClient, KubectlResult
+from petcd_harness.apiserver import KubeAPIServer, KubeClient, KubectlResult
+from petcd_harness.controlplane import KubeCluster
+from petcd_harness.datastore import Datastore
+from petcd_harness.etcdctl import Etcdctl
+from petcd_harness.state import start_time
 
 DATASTORES = ["petcd", "etcd"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +76,12 @@ def kube_env(kind: str, tmp: Path, members: int = 1, tls: Any = False, **api_opt
             api.stop()
 
 
+@pytest.fixture(scope="session", params=DATASTORES)
+def cluster(request: pytest.FixtureRequest, kube_cluster_factory: Any) -> KubeCluster:
+    c: KubeCluster = kube_cluster_factory(datastore=request.param)
+    return c
+
+
 @pytest.fixture(scope="module", params=DATASTORES)
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEnv]:
     api_opts = getattr(request.module, "KUBE_OPTIONS", {})
@@ -73,6 +89,21 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     tmp = tmp_path_factory.mktemp(f"{request.module.__name__.rsplit('.', 1)[-1]}-{request.param}")
     with kube_env(request.param, tmp, **ds_opts, **api_opts) as e:
         yield e
+
+
+def running_under(dir: Path) -> list[str]:
+    """Processes (other than this one) whose command line mentions dir."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(dir) in cmdline and start_time(int(entry.name)) is not None:
+            out.append(f"{entry.name}: {cmdline[:200]}")
+    return out
 
 
 _names = itertools.count()
@@ -128,7 +159,7 @@ def apply_manifests(env: KubeEnv) -> None:
     assert r.rc == 0, r.err
 
 
-def metric(env: KubeEnv, name: str, **labels: str) -> float:
+def metric(env: KubeEnv | KubeCluster, name: str, **labels: str) -> float:
     """Sum of the samples of a Prometheus metric on the apiserver's /metrics matching labels."""
     status, text = env.client.raw_get("/metrics")
     assert status == 200, text[:500]
@@ -166,7 +197,15 @@ def pytest_runtest_makereport(
     """A failing e2e test's report carries the tail of the apiserver's and datastore's logs."""
     report = yield
     if report.failed and call.when == "call":
-        env = getattr(item, "funcargs", {}).get("env")
+        funcargs = getattr(item, "funcargs", {})
+        env, cluster = funcargs.get("env"), funcargs.get("cluster")
         if isinstance(env, KubeEnv):
             report.sections.append((f"logs ({env.kind})", env.logs()))
+        if isinstance(cluster, KubeCluster):
+            tails = (f"--- {name} ({path})\n{_tail(path)}" for name, path in cluster.logs().items())
+            report.sections.append((f"logs ({cluster.config.datastore})", "\n".join(tails)))
     return report
+
+
+def _tail(path: Path, size: int = 4000) -> str:
+    return path.read_text(errors="replace")[-size:] if path.exists() else ""

@@ -75,6 +75,7 @@ def test_apply_manifests(env: KubeEnv) -> None:
     assert sorted(deps) == [
         "deployment.apps/counter-controller",
         "deployment.apps/replicatedconfigmap-controller",
+        "deployment.apps/rollout-stepper",
     ]
     # RBAC is enforced: the controllers' ServiceAccount may update counters/status, not secrets
     can = env.kubectl(

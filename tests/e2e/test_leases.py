@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 
+from petcd_harness.apiserver import KubeAPIServer
 from tests.e2e.conftest import KubeEnv, event, make_namespace
-from tests.harness.kube import KubeAPIServer
 
 KUBE_OPTIONS = {"compaction_interval": "1m", "event_ttl": "5s"}
 

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from petcd_harness.certs import PKI, make_pki
+from petcd_harness.etcdctl import Etcdctl
 from tests.e2e.conftest import ROOT, KubeEnv, apply_manifests, configmap, kube_env, make_namespace
-from tests.harness.certs import PKI, make_pki
-from tests.harness.etcdctl import Etcdctl
 
 DATASTORE_OPTIONS = {"tls": True}
 KUBE_OPTIONS = {"compaction_interval": "1m"}

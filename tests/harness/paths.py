@@ -1,30 +1,17 @@
-"""Where the real components live: built by `make peers` into .peers/bin (git-ignored)."""
+"""Where the real components live (petcd_harness.paths, re-exported for the test suite), and what
+only the test suite needs."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
+from petcd_harness.paths import PEERS, VENV_BIN, peer, petcd_command
+
+__all__ = ["PEERS", "ROOT", "VENV_BIN", "debian_etcd", "peer", "petcd_command"]
+
 ROOT = Path(__file__).resolve().parents[2]
-PEERS = ROOT / ".peers" / "bin"
-VENV_BIN = Path(sys.executable).parent
-
-
-def peer(name: str) -> str:
-    """Path of a real binary (etcd, etcdctl, etcdutl, benchmark, kube-apiserver, kubectl)."""
-    path = PEERS / name
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `make peers` (make test does it)")
-    return str(path)
-
-
-def petcd_command() -> list[str]:
-    exe = VENV_BIN / "petcd"
-    if exe.exists():
-        return [str(exe)]
-    return [sys.executable, "-m", "server.etcdmain"]
 
 
 def debian_etcd() -> tuple[str, str] | None:

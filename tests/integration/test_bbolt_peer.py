@@ -116,4 +116,6 @@ def test_a_bbolt_file_with_a_freelist_and_history(tmp_path: Path) -> None:
         tree = read_tree(r)
         assert r.txid > 2
     inspect = bbolt_ok("keys", str(db), "bench")
-    assert len(inspect.splitlines()) == len(tree[b"bench"]) == 20000
+    keys = len(tree[b"bench"])
+    assert len(inspect.splitlines()) == keys
+    assert 19_900 < keys <= 20_000  # "rnd" draws 32-bit keys: two of the 20,000 may be equal

@@ -1,7 +1,8 @@
-"""Differential tests of the HTTP API: the same gateway requests against petcd (served on
---listen-client-http-urls) and a real etcd v3.6 (gateway on its client port), compared byte for
-byte after normalizing what legitimately differs (member/cluster IDs, ports, db sizes, raft
-indexes, version strings, backend hashes, and lease IDs or TTLs that depend on them or on time).
+"""Differential tests of the HTTP API: the same gateway requests against petcd and a real etcd
+v3.6 (gateway on its client port), compared byte for byte after normalizing what legitimately
+differs (member/cluster IDs, ports, db sizes, raft indexes, version strings, backend hashes, and
+lease IDs or TTLs that depend on them or on time). Every test runs twice: on petcd's client port
+(gRPC and HTTP/1.1 on one port, as etcd) and on its --listen-client-http-urls listener.
 
 Compared: HTTP status, the headers etcd's answers carry (Content-Type, Grpc-Metadata-Content-Type,
 Allow, X-Content-Type-Options, CORS) and the body.
@@ -89,17 +90,25 @@ def _side(m: Member, http_url: str, metrics_url: str) -> Side:
     return side
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Side, Side]]:
-    """(petcd, etcd) over HTTP: etcd serves its gateway on the client URL, petcd on a
-    --listen-client-http-urls of its own (gRPC and HTTP/1.1 cannot share a grpcio port)."""
+@pytest.fixture(scope="module", params=["client-url", "client-http-url"])
+def pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Side, Side]]:
+    """(petcd, etcd) over HTTP: etcd serves its gateway on the client URL; petcd on its client
+    URL too, or on a --listen-client-http-urls of its own (then its client URL serves gRPC
+    only, as etcd's does)."""
     http_url, p_metrics, e_metrics = (f"http://127.0.0.1:{free_port()}" for _ in range(3))
+    split = request.param == "client-http-url"
     with Differential.start(
-        tmp_path_factory.mktemp("http-gateway"),
-        petcd_flags=(f"--listen-client-http-urls={http_url}", f"--listen-metrics-urls={p_metrics}"),
+        tmp_path_factory.mktemp(f"http-gateway-{request.param}"),
+        petcd_flags=(
+            f"--listen-metrics-urls={p_metrics}",
+            *([f"--listen-client-http-urls={http_url}"] if split else []),
+        ),
         etcd_flags=(f"--listen-metrics-urls={e_metrics}",),
     ) as d:
-        yield _side(d.petcd, http_url, p_metrics), _side(d.etcd, d.etcd.client_url, e_metrics)
+        petcd_url = http_url if split else d.petcd.client_url
+        yield _side(d.petcd, petcd_url, p_metrics), _side(d.etcd, d.etcd.client_url, e_metrics)
 
 
 # what differs between two members holding the same data

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.procs import _ephemeral_low, free_port, wait_ready
+from petcd_harness.procs import _ephemeral_low, free_port, wait_ready
 
 
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
@@ -27,8 +27,8 @@ def test_free_port_skips_a_port_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
         busy.listen()
         taken = busy.getsockname()[1]
         picks = iter([taken, taken + 1 if taken + 1 < _ephemeral_low() else taken - 1])
-        monkeypatch.setattr("tests.harness.procs._rng.randrange", lambda lo, hi: next(picks))
-        monkeypatch.setattr("tests.harness.procs._handed_out", set())
+        monkeypatch.setattr("petcd_harness.procs._rng.randrange", lambda lo, hi: next(picks))
+        monkeypatch.setattr("petcd_harness.procs._handed_out", set())
         assert free_port() != taken
 
 

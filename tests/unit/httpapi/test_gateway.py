@@ -233,10 +233,10 @@ async def test_routing(client: Client) -> None:
     assert r.status == 501 and json.loads(await r.text()) == {"code": 12, "message": "Method Not Allowed"}
     r = await client.post("/v3/kv/nothing")
     assert r.status == 404 and await r.text() == '{"code":5, "message":"Not Found"}'
-    r = await client.post("/v3/watch", data="{}")
-    assert r.status == 501
-    r = await client.post("/v3/lock/lock", data="{}")
-    assert (r.status, json.loads(await r.text())["message"]) == (501, "Method not found!")
+    async with client.post("/v3/watch", data='{"create_request":{"key":"YQ=="}}') as r:
+        assert r.status == 200 and json.loads(await r.content.readline())["result"]["created"] is True
+    r = await client.post("/v3/lock/lock", data="{}")  # no lease: a new 60 s lease holds it
+    assert r.status == 200 and base64.b64decode(json.loads(await r.text())["key"]).startswith(b"/")
     r = await client.post("/v3/auth/status", data="{}")
     assert r.status == 200 and json.loads(await r.text())["authRevision"] == "1"
     r = await client.post("/v3beta/kv/range", data=json.dumps({"key": b64("a")}))

@@ -495,6 +495,21 @@ def test_schedule_compaction(
     assert steps == rev // batch, "one pause per full batch"
 
 
+@pytest.mark.parametrize(
+    ("batch_limit", "pauses"),
+    [(0, 0), (1, 6), (2, 3), (4, 1), (-1, 0)],  # 0: the default (1000); < 0: no limit, as etcd
+)
+def test_compaction_batch_limit_flag(env: StoreEnv, batch_limit: int, pauses: int) -> None:
+    """--compaction-batch-limit reaches the scheduled compaction: one pause per full batch of
+    the 6 revisions read (etcd's scheduleCompaction)."""
+    for i in range(6):
+        env.put(b"k", str(i).encode())
+    job = env.store.compact(7)  # the puts are revisions 2..7
+    assert sum(1 for _ in job.steps(batch_limit)) == pauses
+    env.backend.force_commit()
+    assert env.range(b"k").kvs[0].mod_revision == 7
+
+
 def test_compact_persists_scheduled_revision_before_any_step(env: StoreEnv) -> None:
     env.put(b"a", b"1")
     env.put(b"a", b"2")

@@ -12,7 +12,7 @@ certificate carries the SANs 127.0.0.1, ::1, localhost and any extra addresses; 
 certificate has CN "kube-apiserver-etcd-client" and the clientAuth usage (etcd checks it when
 --client-cert-auth is on). Keys are ECDSA P-256, like kubeadm's and etcd's own auto-TLS.
 
-Usable by people too: `python -m tests.harness.certs DIR [SAN ...]` writes the set into DIR.
+Usable by people too: `python -m petcd_harness.certs DIR [SAN ...]` writes the set into DIR.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def issue_serving_cert(pki: PKI, cert_path: Path, key_path: Path, names: Sequenc
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        print("usage: python -m tests.harness.certs DIR [EXTRA_SAN ...]", file=sys.stderr)
+        print("usage: python -m petcd_harness.certs DIR [EXTRA_SAN ...]", file=sys.stderr)
         sys.exit(2)
     p = make_pki(Path(sys.argv[1]), sys.argv[2:])
     for f in (p.ca, p.server_cert, p.server_key, p.client_cert, p.client_key):

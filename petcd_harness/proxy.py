@@ -12,7 +12,7 @@ two members goes through one PeerNetwork:
     net.cut("m1", "m2")    # drop the m1 <-> m2 link only (both directions)
     net.heal()             # every link works again (or heal("m0"), heal("m1", "m2"))
 
-tests.harness.cluster.Cluster(..., proxied=True) does the routing and registering; its c.net is
+petcd_harness.raft_cluster.Cluster(..., proxied=True) does the routing and registering; its c.net is
 this object.
 
 A connection is attributed to its dialing member by the process that owns its other end
