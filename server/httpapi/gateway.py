@@ -136,6 +136,17 @@ class _Route:
     handler: Any
 
 
+def _decoded(fn: Any, response: type[Message]) -> Any:
+    """A stream handler whose responses are messages: the Watch servicer sends some already
+    encoded for the gRPC wire (server/v3rpc/watch.py), the gateway writes them as JSON."""
+
+    async def handler(requests: AsyncIterator[Message], ctx: Any) -> AsyncIterator[Message]:
+        async for resp in fn(requests, ctx):
+            yield response.FromString(resp) if type(resp) is bytes else resp
+
+    return handler
+
+
 def _unary(request: type[Message], method: str, fn: Unary) -> _Route:
     return _Route(request, method, grpc.unary_unary_rpc_method_handler(fn))
 
@@ -170,7 +181,7 @@ class Gateway:
             "/v3/watch": _Route(
                 pb.WatchRequest,
                 "/etcdserverpb.Watch/Watch",
-                grpc.stream_stream_rpc_method_handler(sv.watch.Watch),
+                grpc.stream_stream_rpc_method_handler(_decoded(sv.watch.Watch, pb.WatchResponse)),
             ),
             "/v3/lease/grant": _unary(pb.LeaseGrantRequest, L + "LeaseGrant", lease.LeaseGrant),
             "/v3/lease/revoke": lease_revoke,

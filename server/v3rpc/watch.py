@@ -47,6 +47,7 @@ MAX_MERGED_BYTES = 1 << 20
 _HEADER_TAG = b"\x0a"
 _WATCH_ID_TAG = b"\x10"
 _EVENT_TAG = b"\x5a"
+FP_BEFORE_SEND = failpoint("beforeSendWatchResponse")
 
 
 def _filter_noput(ev: Event) -> bool:
