@@ -243,7 +243,12 @@ class _ServerWatchStream:
                     self._tick()
                     next_tick = loop.time() + interval
                 continue
-            for item in _merged(self._ch.drain()):
+            items = self._ch.drain()
+            if len(items) >= self._ch.capacity:
+                # the channel filled up: etcd's watchers would be victims by now, and their
+                # pending revisions sent together; below that, one response per revision as etcd
+                items = _merged(items)
+            for item in items:
                 if isinstance(item, WatchResponse):
                     for resp in self._encode(item):
                         if FP_BEFORE_SEND.armed:

@@ -360,6 +360,9 @@ async def test_start_revision_zero_and_future(pair: Differential) -> None:
         await s.create_ok("f")  # from now
         await s.create_ok("f", start_revision=7)
         await s.progress()  # the future watcher has not reached its start revision: nothing
+        # a stream's requests are handled in order: once this one is answered, the progress
+        # request was handled before the puts below (which travel on other calls)
+        await s.create_ok("g")
         for i in range(4):
             await c.put("f", f"new{i}")  # 5..8
         resps = await s.recv_n(6)  # id 0: 5, 6, 7, 8; id 1: 7, 8
@@ -685,20 +688,25 @@ async def test_fragments(pair: Differential) -> None:
 
 
 async def test_concurrent_writers_and_watchers_petcd(petcd_only: Member) -> None:
-    """4 writers x 200 puts of 2 KiB values over a prefix (every 20th a txn of two keys) while
+    """4 writers x 200 puts of 8 KiB values over a prefix (every 20th a txn of two keys) while
     watchers on separate streams watch it from revision 1: one reads promptly, one reads slowly
     (50 ms between reads for its first second) and one reads nothing until the writers are done
     (its stream backs up: flow control, then a full server-side buffer, then catch-up from the
-    store). Every watcher gets every revision exactly once, in order, each revision's events in
+    store; 6.4 MB, past the 4.5 MiB pygrpc-native's stream proxy buffers). Every watcher gets every revision exactly once, in order, each revision's events in
     one response."""
     c = Client(petcd_only)
-    value = "w" * 2048
+    value = "w" * 8192
     calls: list[Any] = []
     # the stalled watcher's own connection keeps HTTP/2 flow control at its initial 64 KiB window
     # (no BDP probing), so that not reading soon stops the server from sending
     small_window = grpc.aio.insecure_channel(
         petcd_only.client_url.split("://", 1)[1],
-        options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)],
+        options=[
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", 65536),
+            # its catch-up responses are as large as etcd's (clientv3 receives any size)
+            ("grpc.max_receive_message_length", -1),
+        ],
     )
     try:
         start = await c.rev()
