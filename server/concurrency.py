@@ -150,19 +150,13 @@ class Mutex:
 
     async def lock(self) -> None:
         self.key = _lease_key(self.prefix, self._lease)
-        resp = await self._c.txn(
-            pb.TxnRequest(
-                compare=[_create_revision_is(self.key, 0)],
-                success=[
-                    pb.RequestOp(request_put=pb.PutRequest(key=self.key, lease=self._lease)),
-                    pb.RequestOp(request_range=_first_created(self.prefix)),
-                ],
-                failure=[
-                    pb.RequestOp(request_range=pb.RangeRequest(key=self.key)),
-                    pb.RequestOp(request_range=_first_created(self.prefix)),
-                ],
-            )
-        )
+        acquire = asyncio.ensure_future(self._try_acquire())
+        try:
+            resp = await asyncio.shield(acquire)
+        except asyncio.CancelledError:
+            # the key may be written already: remove it once the txn is done (etcd leaves it)
+            await _finish(self._unlock_after(acquire))
+            raise
         self._rev = resp.header.revision
         if not resp.succeeded:  # this lease already waits for (or holds) the lock
             self._rev = resp.responses[0].response_range.kvs[0].create_revision
@@ -179,6 +173,26 @@ class Mutex:
         if not got.kvs:  # the lease expired while waiting
             raise SessionExpiredError()
         self.header = got.header
+
+    async def _unlock_after(self, acquire: asyncio.Future[pb.TxnResponse]) -> None:
+        resp = await acquire
+        if resp.succeeded:
+            await self.unlock()
+
+    async def _try_acquire(self) -> pb.TxnResponse:
+        return await self._c.txn(
+            pb.TxnRequest(
+                compare=[_create_revision_is(self.key, 0)],
+                success=[
+                    pb.RequestOp(request_put=pb.PutRequest(key=self.key, lease=self._lease)),
+                    pb.RequestOp(request_range=_first_created(self.prefix)),
+                ],
+                failure=[
+                    pb.RequestOp(request_range=pb.RangeRequest(key=self.key)),
+                    pb.RequestOp(request_range=_first_created(self.prefix)),
+                ],
+            )
+        )
 
     async def unlock(self) -> None:
         await self._c.delete_range(pb.DeleteRangeRequest(key=self.key))

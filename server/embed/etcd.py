@@ -37,9 +37,10 @@ from server.embed.serve import ClientListener
 from server.etcdserver.server import EtcdServer
 from server.faults.surface import FaultSurface
 from server.httpapi.http_server import HttpServers
+from server.services import services
 from server.tls import TLSInfo, client_tls
 from server.urls import host_port
-from server.v3rpc.registry import Services, interceptor, services
+from server.v3rpc.registry import Services, interceptor
 
 __all__ = ["Etcd", "grpc_server_options"]
 

@@ -40,9 +40,9 @@ from server.config import Config
 from server.errors import EtcdError
 from server.etcdserver.server import EtcdServer
 from server.httpapi import jsonpb
+from server.services import servicers
 from server.v3rpc.auth import AuthService
 from server.v3rpc.errors import to_grpc_status
-from server.v3rpc.registry import servicers
 
 __all__ = ["Gateway", "body_limit", "error_response", "http_status_from_code", "status_of"]
 

@@ -1,5 +1,6 @@
-"""Every gRPC method petcd serves, built once per member: the gRPC server, the front-end link
-and the JSON gateway all run the same handlers (and interceptors).
+"""Every gRPC method petcd serves as handlers (server/services.py builds them once per member:
+the gRPC servers, the front-end link and the JSON gateway all run the same handlers and
+interceptors).
 
 Requests are decoded here rather than by grpcio, so that what cannot be decoded is answered as
 grpc-go (etcd's gRPC) answers it, byte for byte:
@@ -14,8 +15,7 @@ and txns nested deeper than the C protobuf decoder goes are decoded by txn_codec
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -23,25 +23,12 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
 from server.api import services as api
-from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-from server.api.v3electionpb import v3election_pb2_grpc as election_grpc
-from server.api.v3lockpb import v3lock_pb2_grpc as lock_grpc
 from server.etcdserver import txn_codec
 from server.etcdserver.server import EtcdServer
-from server.v3client import LocalClient
-from server.v3election import ElectionService
-from server.v3lock import LockService
-from server.v3rpc.auth import AuthService
-from server.v3rpc.cluster import ClusterService
 from server.v3rpc.errors import TooManyOpsError, to_grpc_status
-from server.v3rpc.header import Header
 from server.v3rpc.interceptor import EtcdInterceptor, HandlerHook
-from server.v3rpc.kv import KVService
-from server.v3rpc.lease import LeaseService
-from server.v3rpc.maintenance import MaintenanceService
-from server.v3rpc.watch import WatchService
 
-__all__ = ["Servicers", "Services", "add_to", "interceptor", "servicers", "services"]
+__all__ = ["Services", "add_to", "checked", "interceptor"]
 
 # service name -> method name -> handler
 Services = dict[str, dict[str, "grpc.RpcMethodHandler[Any, Any]"]]
@@ -153,43 +140,6 @@ def _checked(handler: Any, request_cls: Any, max_bytes: int) -> Any:
     return grpc.stream_stream_rpc_method_handler(stream, **opts)
 
 
-@dataclass(frozen=True)
-class Servicers:
-    kv: KVService
-    watch: WatchService
-    lease: LeaseService
-    cluster: ClusterService
-    maintenance: MaintenanceService
-    auth: AuthService
-    lock: LockService
-    election: ElectionService
-
-
-def servicers(s: EtcdServer) -> Servicers:
-    """The services over one member, each given the parts of it that it uses (Lock and
-    Election over an in-process client, as etcd's v3lock and v3election)."""
-    cfg = s.cfg
-    hdr = Header(s, s.kv.rev)
-    client = LocalClient(s, s, s.kv, s.auth, hdr, kv_wake=s.kv_wake, max_txn_ops=cfg.max_txn_ops)
-    return Servicers(
-        kv=KVService(s, s.auth, hdr, max_txn_ops=cfg.max_txn_ops),
-        watch=WatchService(
-            s.kv,
-            s.auth,
-            hdr,
-            kv_wake=s.kv_wake,
-            progress_notify_interval_s=cfg.watch_progress_notify_interval_s,
-            max_bytes=cfg.max_recv_bytes,
-        ),
-        lease=LeaseService(s, s.auth, hdr),
-        cluster=ClusterService(s, s.auth, hdr),
-        maintenance=MaintenanceService(s, hdr),
-        auth=AuthService(s.auth, hdr),
-        lock=LockService(client),
-        election=ElectionService(client),
-    )
-
-
 def interceptor(s: EtcdServer, hook: HandlerHook | None = None) -> EtcdInterceptor:
     cfg = s.cfg
     return EtcdInterceptor(
@@ -201,18 +151,12 @@ def interceptor(s: EtcdServer, hook: HandlerHook | None = None) -> EtcdIntercept
     )
 
 
-def services(server: EtcdServer) -> Services:
-    sv = servicers(server)
+def checked(servicers: Iterable[tuple[Callable[[Any, Any], None], object]], max_bytes: int) -> Services:
+    """The handlers of each (generated add_*Servicer_to_server, servicer), requests decoded
+    here as described above."""
     rec: Any = _Recorder()
-    pb_grpc.add_KVServicer_to_server(sv.kv, rec)
-    pb_grpc.add_WatchServicer_to_server(sv.watch, rec)
-    pb_grpc.add_LeaseServicer_to_server(sv.lease, rec)
-    pb_grpc.add_ClusterServicer_to_server(sv.cluster, rec)
-    pb_grpc.add_MaintenanceServicer_to_server(sv.maintenance, rec)
-    pb_grpc.add_AuthServicer_to_server(sv.auth, rec)
-    lock_grpc.add_LockServicer_to_server(sv.lock, rec)
-    election_grpc.add_ElectionServicer_to_server(sv.election, rec)
-    max_bytes = server.cfg.max_recv_bytes
+    for add, servicer in servicers:
+        add(servicer, rec)
     out: Services = {}
     for svc, handlers in rec.services.items():
         out[svc] = {}

@@ -38,6 +38,7 @@ from server.api.v3electionpb import v3election_pb2_grpc as epb_grpc
 from server.api.v3lockpb import v3lock_pb2 as lockpb
 from server.api.v3lockpb import v3lock_pb2_grpc as lockpb_grpc
 from tests.framework.differential import Differential
+from tests.framework.wait import wait_until
 from tests.harness.procs import Member
 
 pytestmark = pytest.mark.integration
@@ -93,6 +94,18 @@ class Side:
         while len(self.keys(prefix)) != n:
             assert time.monotonic() < deadline, f"{self.member.kind}: {self.keys(prefix)}"
             time.sleep(0.02)
+
+    def watchers(self) -> int:
+        """etcd_debugging_mvcc_watcher_total, from /metrics on the client port."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.member.client_port, timeout=WAIT)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        m = re.search(r"^etcd_debugging_mvcc_watcher_total (\S+)$", text, re.M)
+        assert m, "no etcd_debugging_mvcc_watcher_total"
+        return int(float(m.group(1)))
 
     def http(self, path: str, body: dict[str, Any]) -> str:
         conn = http.client.HTTPConnection("127.0.0.1", self.member.client_port, timeout=WAIT)
@@ -190,8 +203,12 @@ def test_cancelled_waiter_removes_its_key(sides: tuple[Side, Side]) -> None:
     def scenario(s: Side) -> list[str]:
         a, b = s.grant("a"), s.grant("b")
         held = s.lock.Lock(lockpb.LockRequest(name=b"cancel", lease=a))
+        before = s.watchers()
         waiting = s.lock.Lock.future(lockpb.LockRequest(name=b"cancel", lease=b))
         s.wait_keys(b"cancel/", 2)
+        # cancelled once it waits (watches the key before its own); a cancel that reaches
+        # etcd's mutex during its acquiring txn leaves the key behind (etcd's Mutex.Lock)
+        wait_until(lambda: s.watchers() > before, WAIT, what=f"{s.member.kind}: the waiter watching")
         waiting.cancel()
         s.wait_keys(b"cancel/", 1)
         out = [str(s.keys(b"cancel/"))]

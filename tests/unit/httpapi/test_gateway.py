@@ -19,7 +19,7 @@ from server.embed.etcd import Etcd
 from server.httpapi.gateway import http_status_from_code
 from server.httpapi.http_server import client_app
 from server.httpapi.jsonpb import marshal, parse_first
-from server.v3rpc.registry import servicers
+from server.services import servicers
 
 Client = TestClient[web.Request, web.Application]
 
