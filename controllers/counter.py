@@ -262,15 +262,6 @@ def main(argv: Sequence[str] | None = None, naive: bool = False) -> int:
     return ctl.run_until_signal()
 
 
-def __getattr__(name: str) -> Any:
-    """tests/e2e still drives storms through this module (issue 10 moves it to controllers.storm)."""
-    if name in ("StormReport", "ensure_counter", "storm"):
-        from controllers import storm
-
-        return getattr(storm, name)
-    raise AttributeError(name)
-
-
 if __name__ == "__main__":
     import sys
 

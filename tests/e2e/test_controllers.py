@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from controllers import counter, replicator
+from controllers import counter, replicator, storm
 from controllers.checkpoint import Checkpointer, FileCheckpoint
 from controllers.conditions import get_condition
 from controllers.informer import SYNC, Informer
@@ -141,8 +141,8 @@ def test_conflict_storm_safe_writers_lose_nothing(
     env: KubeEnv, kube: Kube, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ns = make_namespace(env, "storm")
-    counter.ensure_counter(kube, ns, "safe")
-    rep = counter.storm(kube, ns, "safe", WRITERS, INCREMENTS, identity="safe")
+    storm.ensure_counter(kube, ns, "safe")
+    rep = storm.storm(kube, ns, "safe", WRITERS, INCREMENTS, identity="safe")
     show(capsys, env, f"safe storm {WRITERS}x{INCREMENTS}", rep.to_json())
     assert rep.acknowledged == WRITERS * INCREMENTS
     assert rep.final_count == WRITERS * INCREMENTS, "lost or doubled increments"
@@ -158,8 +158,8 @@ def test_conflict_storm_naive_writers_lose_updates(
     env: KubeEnv, kube: Kube, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ns = make_namespace(env, "storm")
-    counter.ensure_counter(kube, ns, "naive")
-    rep = counter.storm(kube, ns, "naive", WRITERS, INCREMENTS, naive=True, identity="naive")
+    storm.ensure_counter(kube, ns, "naive")
+    rep = storm.storm(kube, ns, "naive", WRITERS, INCREMENTS, naive=True, identity="naive")
     show(capsys, env, f"naive storm {WRITERS}x{INCREMENTS}", rep.to_json())
     assert rep.acknowledged == WRITERS * INCREMENTS
     assert rep.conflicts == 0, "no resourceVersion, no 409"
@@ -227,7 +227,7 @@ def test_resource_version_is_etcd_mod_revision(
     env: KubeEnv, kube: Kube, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ns = make_namespace(env, "rv")
-    created = counter.ensure_counter(kube, ns, "c", target=100)
+    created = storm.ensure_counter(kube, ns, "c", target=100)
     key = counter_key(ns, "c")
     assert env.ds.mod_revision(key) == int(rv_of(created))
 
@@ -588,12 +588,12 @@ def test_leader_killed_during_storm_count_is_exact(env3: KubeEnv, capsys: pytest
     assert env3.ds.cluster is not None
     kube = Kube.from_kubeconfig(str(env3.api.kubeconfig))
     ns = make_namespace(env3, "kill")
-    counter.ensure_counter(kube, ns, "c")
+    storm.ensure_counter(kube, ns, "c")
     result: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            result["report"] = counter.storm(kube, ns, "c", WRITERS, INCREMENTS, identity="kill")
+            result["report"] = storm.storm(kube, ns, "c", WRITERS, INCREMENTS, identity="kill")
         except BaseException as e:
             result["error"] = e
 
