@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import RESULTS, member, parse_benchmark, parse_sections, source_tree
+from bench.run import RESULTS, WATCH_FANOUT, member, parse_benchmark, parse_sections, source_tree
 from tests.harness.paths import peer
 
 KV = ("put", "put-1client", "range-s", "range-l")
@@ -57,15 +57,7 @@ def _workload(name: str, endpoint: str, total: int) -> tuple[dict[str, float], i
         )
         return parse_sections(out).get("watch events", {}), 1000 * 1000
     if name in ("fanout", "create"):
-        out = bench(
-            "--conns=10",
-            "--clients=10",
-            "watch",
-            "--streams=10",
-            "--watch-per-stream=100",
-            "--put-total=2000",
-            "--put-rate=500",
-        )
+        out = bench(*WATCH_FANOUT)
         section = "watch events received" if name == "fanout" else "watch creation"
         return parse_sections(out).get(section, {}), 2000 * 1000 if name == "fanout" else 1000
     raise ValueError(f"unknown workload {name!r}")

@@ -302,6 +302,18 @@ def _idle_watchers_rss(t: Target, n: int) -> dict[str, float]:
     }
 
 
+# 1,000 watchers (10 streams of 100) of one key, 2,000 puts at 500/s: creation and fan-out
+WATCH_FANOUT = (
+    "--conns=10",
+    "--clients=10",
+    "watch",
+    "--streams=10",
+    "--watch-per-stream=100",
+    "--put-total=2000",
+    "--put-rate=500",
+)
+
+
 def suite_watch(workdir: Path, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in WATCH:
@@ -315,16 +327,7 @@ def suite_watch(workdir: Path, quick: bool) -> dict[str, Any]:
                 "--put-rate=100",
             )
             out[f"latency/{kind}"] = latency.get("watch events", {})
-            fanout = benchmark_sections(
-                t,
-                "--conns=10",
-                "--clients=10",
-                "watch",
-                "--streams=10",
-                "--watch-per-stream=100",
-                "--put-total=2000",
-                "--put-rate=500",
-            )
+            fanout = benchmark_sections(t, *WATCH_FANOUT)
             out[f"create/{kind}"] = fanout.get("watch creation", {})
             out[f"fanout/{kind}"] = fanout.get("watch events received", {})
             out[f"idle10k/{kind}"] = _idle_watchers_rss(t, 2000 if quick else 10000)

@@ -46,20 +46,11 @@ from tests.harness.etcdctl import Etcdctl
 from tests.harness.normalize import Normalizer
 from tests.harness.paths import peer, petcd_command
 from tests.harness.procs import Member, free_port, wait_ready
+from tests.integration.test_http_gateway import COMPARED_HEADERS
 
 pytestmark = pytest.mark.integration
 
 WAIT = 30.0
-
-COMPARED_HEADERS = (
-    "Content-Type",
-    "Grpc-Metadata-Content-Type",
-    "Allow",
-    "X-Content-Type-Options",
-    "Access-Control-Allow-Methods",
-    "Access-Control-Allow-Origin",
-    "Access-Control-Allow-Headers",
-)
 
 
 @dataclass(frozen=True)
