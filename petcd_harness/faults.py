@@ -33,7 +33,6 @@ import json
 import os
 import ssl
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +42,7 @@ from types import TracebackType
 from typing import Any
 
 from petcd_harness.errors import HarnessError
+from petcd_harness.wait import wait_until
 
 __all__ = ["Fault", "FaultError", "Faults", "Surface", "main", "registry_key", "tls_context"]
 
@@ -216,7 +216,7 @@ class Fault:
         return any(st["active"] for st in self.states())
 
     def wait_injected(self, n: int, timeout: float = 60.0) -> None:
-        _poll(lambda: self.injected >= n, timeout, f"{self.kind} injected {n} times")
+        wait_until(lambda: self.injected >= n, timeout, what=f"{self.kind} injected {n} times")
 
     def clear(self) -> None:
         if self.cleared is not None:
@@ -239,14 +239,6 @@ class Fault:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.clear()
-
-
-def _poll(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not after {timeout}s")
-        time.sleep(interval)
 
 
 def _scope(spec: dict[str, Any], **opts: Any) -> dict[str, Any]:
@@ -412,7 +404,7 @@ class Faults:
                     continue
             return False
 
-        _poll(led, timeout, "a leader")
+        wait_until(led, timeout, what="a leader")
         return found[0]
 
     def leader_loss(self, *, timeout: float = 30.0) -> Fault:
@@ -430,18 +422,18 @@ class Faults:
             return len(leaders) == 1 and leaders.pop() not in ("0", old_id)
 
         try:
-            _poll(new_leader, timeout, "a new leader among the other members")
+            wait_until(new_leader, timeout, what="a new leader among the other members")
         except BaseException:
             fault.clear()
             raise
 
         def rejoined() -> None:
-            _poll(
+            wait_until(
                 lambda: (
                     len({s.info()["leader_id"] for s in self.members}) == 1 and not old.info()["is_leader"]
                 ),
                 timeout,
-                "the old leader following the new one",
+                what="the old leader following the new one",
             )
 
         fault.on_clear = rejoined

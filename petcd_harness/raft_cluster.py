@@ -31,34 +31,15 @@ from petcd_harness.etcdctl import Etcdctl
 from petcd_harness.paths import peer, petcd_command
 from petcd_harness.procs import Member, free_port, spawn, wait_ready
 from petcd_harness.proxy import PeerNetwork
+from petcd_harness.wait import wait_until
 
-__all__ = ["FAST_ELECTIONS", "Cluster", "ClusterMember", "poll"]
+__all__ = ["FAST_ELECTIONS", "Cluster", "ClusterMember"]
 
 # short raft timings: elections in well under a second
 FAST_ELECTIONS = ("--heartbeat-interval=50", "--election-timeout=500")
 TOKEN = "petcd-test-cluster"
 
 T = TypeVar("T")
-
-
-def poll(
-    fn: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
-) -> T:
-    """Call fn until it returns something truthy (and return that), or fail after timeout.
-    Exceptions from fn count as "not yet"; the last one is reported on timeout."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = fn()
-            if value:
-                return value
-            last = value
-        except Exception as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached after {timeout}s (last: {last!r})")
-        time.sleep(interval)
 
 
 def _pb() -> tuple[Any, Any]:
@@ -341,7 +322,7 @@ class Cluster:
         self, among: Iterable[ClusterMember] | None = None, timeout: float = 30.0
     ) -> ClusterMember:
         group = list(among) if among is not None else None
-        return poll(lambda: self.leader(group), timeout, what="an agreed leader")
+        return wait_until(lambda: self.leader(group), timeout, what="an agreed leader")
 
     def followers(self) -> list[ClusterMember]:
         lead = self.wait_leader()
@@ -362,7 +343,7 @@ class Cluster:
                 return st
             return None
 
-        return poll(same, timeout, what="equal applied indexes")
+        return wait_until(same, timeout, what="equal applied indexes")
 
     def hashes(
         self, revision: int, among: Iterable[ClusterMember] | None = None
@@ -388,7 +369,7 @@ class Cluster:
             hashes = self.hashes(rev, group)
             return (rev, hashes) if len(set(hashes.values())) == 1 else None
 
-        return poll(same, timeout, interval=0.2, what="equal hashkv on every member")
+        return wait_until(same, timeout, interval=0.2, what="equal hashkv on every member")
 
     def settle_for_reconfig(self, timeout: float = 30.0) -> None:
         """Wait until the strict reconfiguration check passes (every voter connected for 5 s,
@@ -397,7 +378,7 @@ class Cluster:
         until the check passes, "Peer URLs already exists" after. Each member checks its own
         connections, so every running member is asked: the change may reach any of them."""
         probe = ("member", "add", "reconfig-probe", f"--peer-urls={self.running[0].advertise_peer_url}")
-        poll(
+        wait_until(
             lambda: all(
                 self.ctl(m)(*probe).error_line == "Error: etcdserver: Peer URLs already exists"
                 for m in self.running

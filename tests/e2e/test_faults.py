@@ -31,7 +31,7 @@ import pytest
 from controllers import counter, replicator
 from controllers.kubeclient import CONFIGMAPS, COUNTERS, REPLICATED_CONFIGMAPS, Kube, rv_of
 from controllers.metrics import Metrics
-from controllers.storm import storm
+from controllers.storm import ensure_counter, storm
 from petcd_harness.apiserver import KubeAPIServer, KubeError
 from petcd_harness.controlplane import KubeCluster
 from petcd_harness.datastore import Datastore
@@ -91,7 +91,7 @@ def test_counter_exact_and_retries_equal_injected_conflicts(
     """One writer doing get-modify-update (the counter's --storm 1x20): no conflict but the
     injected ones, each retried once (4 inside retry_on_conflict, whose DefaultRetry makes 5
     attempts, then a rate-limited requeue), and the count is exact."""
-    counter.ensure_counter(kube, ns, "c")
+    ensure_counter(kube, ns, "c")
     metrics = Metrics("faults-storm")
     with kube_cluster.faults.conflicts("counters.petcd.example.com", namespace=ns, name="c", n=5) as f:
         rep = storm(kube, ns, "c", 1, 20, identity="faults", metrics=metrics)
@@ -108,7 +108,7 @@ def test_counter_controller_exact_under_injected_conflicts(
     conflicts of their own (a stale copy), as a real concurrent writer would; every 409 is
     retried and the count is exact."""
     target = 12
-    counter.ensure_counter(kube, ns, "c", target=target)
+    ensure_counter(kube, ns, "c", target=target)
     metrics = Metrics("faults-controller")
     with kube_cluster.faults.conflicts("counters", namespace=ns, n=5) as f:  # resolved by discovery
         assert f.result[0]["prefix"] == f"/registry/petcd.example.com/counters/{ns}/"
@@ -268,7 +268,7 @@ def env3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEnv]:
 def test_leader_loss_during_a_storm_loses_no_acknowledged_update(env3: KubeEnv) -> None:
     kube = Kube.from_kubeconfig(str(env3.api.kubeconfig))
     ns = make_namespace(env3, "loss")
-    counter.ensure_counter(kube, ns, "c")
+    ensure_counter(kube, ns, "c")
     faults = env3.ds.faults()
     result: dict[str, Any] = {}
 

@@ -1,31 +1,20 @@
-"""Waiting for a condition: the one polling helper of the test suite."""
+"""Waiting for a condition: the harness's polling helper, and its twin for coroutines."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Callable
-from typing import TypeVar
 
-__all__ = ["wait_until"]
+from petcd_harness.wait import wait_until
 
-T = TypeVar("T")
+__all__ = ["await_until", "wait_until"]
 
 
-def wait_until(
-    fn: Callable[[], T | None], timeout: float = 20.0, *, what: str = "condition", interval: float = 0.05
-) -> T:
-    """Call fn until it returns something truthy (and return that), or fail after timeout.
-    Exceptions from fn count as "not yet"; the last one is reported on timeout."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = fn()
-            if value:
-                return value
-            last = value
-        except Exception as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached after {timeout}s (last: {last!r})")
-        time.sleep(interval)
+async def await_until(cond: Callable[[], object], timeout: float = 30.0, *, what: str = "condition") -> None:
+    """wait_until on the running event loop: cond is checked every 5 ms without blocking it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise TimeoutError(f"{what} not reached after {timeout}s")
+        await asyncio.sleep(0.005)

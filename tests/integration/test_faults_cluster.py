@@ -17,7 +17,8 @@ import grpc
 import pytest
 
 from petcd_harness.faults import Faults
-from petcd_harness.raft_cluster import Cluster, poll
+from petcd_harness.raft_cluster import Cluster
+from petcd_harness.wait import wait_until
 from tests.harness.procs import free_port
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,9 @@ def test_leader_loss_then_heal(cluster: tuple[Cluster, Faults]) -> None:
         assert new is not old
         for m in majority:
             m.put("k", f"during-{m.name}")
-        st = poll(lambda: (s := old.status()).leader == 0 and s, 10, what="the old leader stepping down")
+        st = wait_until(
+            lambda: (s := old.status()).leader == 0 and s, 10, what="the old leader stepping down"
+        )
         assert list(st.errors) == ["etcdserver: no leader"]
         fails(lambda t: old.put("k", "lost", timeout=t))
         fails(lambda t: old.get("k", timeout=t))
@@ -79,7 +82,7 @@ def test_partitioned_follower_catches_up(cluster: tuple[Cluster, Faults]) -> Non
         assert c.leader(among=[leader, other]) is leader and leader.status().raftTerm == term
         assert follower.get_prefix("f/", serializable=True).count == 0
         fails(lambda t: follower.get("f/49", timeout=t))
-    poll(
+    wait_until(
         lambda: [kv.mod_revision for kv in follower.get("f/49", serializable=True).kvs] == [last],
         20,
         what="the follower catching up",
@@ -92,7 +95,9 @@ def test_partition_heals_after_its_ttl(cluster: tuple[Cluster, Faults]) -> None:
     leader = c.wait_leader()
     follower = c.others(leader)[0]
     f = faults.partition(follower.name, peers=[leader.name], ttl=1.0)
-    poll(lambda: not f.active, 20, what="the partition expiring")
+    wait_until(lambda: not f.active, 20, what="the partition expiring")
     leader.put("after", "v")
-    poll(lambda: follower.get("after", serializable=True).count == 1, 20, what="the follower hearing again")
+    wait_until(
+        lambda: follower.get("after", serializable=True).count == 1, 20, what="the follower hearing again"
+    )
     assert f.states()[0]["ended"] == "expired"

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from server.embed._relay import Relay
+from tests.framework.wait import wait_until
 
 _open: list[socket.socket] = []
 
@@ -63,13 +64,6 @@ def read_exactly(s: socket.socket, n: int) -> bytes:
         assert chunk, f"end of stream after {len(out)} of {n} bytes"
         out += chunk
     return bytes(out)
-
-
-def wait_until(cond: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
 
 
 def test_bytes_flow_both_ways(relay: Relay) -> None:

@@ -4,7 +4,7 @@ server, the JSON control API, and nothing of it without --listen-faults-urls."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,8 @@ from server.api.mvccpb.kv_pb2 import Event
 from server.embed.etcd import Etcd
 from server.faults.rules import ERRORS
 from server.v3rpc.errors import to_grpc_status
+from tests.framework.wait import await_until
 from tests.unit.httpapi.conftest import member_config
-
-
-async def wait_until(cond: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met"
-        await asyncio.sleep(0.005)
 
 
 class Member:
@@ -121,7 +115,7 @@ async def test_latency_delays_only_matching_requests(member: Member) -> None:
     await member.put(b"/slow/k")
     f = await member.set(kind="latency", delay_ms=1500, prefix="/slow/", methods=["Range"])
     slow = asyncio.create_task(member.get(b"/slow/k"))
-    await wait_until(lambda: delays)
+    await await_until(lambda: delays)
     assert delays == [1.5]
     assert (await member.get(b"/fast")) is None  # another key is served meanwhile
     await member.put(b"/slow/k2")  # and another method
@@ -228,7 +222,7 @@ async def test_partition_sets_and_heals_the_transport_drop(member: Member) -> No
     code, _ = await member.call("DELETE", f"/faults/{f['id']}")
     assert code == 200 and transport.drop is None
     await member.set(kind="partition", ttl=0.05)
-    await wait_until(lambda: transport.drop is None)
+    await await_until(lambda: transport.drop is None)
 
 
 # -- the control API -------------------------------------------------------------------------------
@@ -240,7 +234,7 @@ async def test_control_api(member: Member) -> None:
     assert info["errors"]["timeout"] == "etcdserver: request timed out"
     a = await member.set(kind="latency", delay_ms=1, prefix="/a/")
     b = await member.set(kind="error", error="timeout", ttl=0.05)
-    await wait_until(lambda: member.e.faults is not None and not member.e.faults.faults.kv[1:])
+    await await_until(lambda: member.e.faults is not None and not member.e.faults.faults.kv[1:])
     code, listing = await member.call("GET", "/faults")
     assert [(f["id"], f["active"]) for f in listing["faults"]] == [(a["id"], True), (b["id"], False)]
     assert listing["faults"][1]["ended"] == "expired"

@@ -14,16 +14,10 @@ from server.api.etcdserverpb import rpc_pb2 as pb
 from server.api.etcdserverpb import rpc_pb2_grpc as pb_grpc
 from server.backend.bbolt import BboltReader, BucketHandle
 from server.embed.etcd import Etcd
+from tests.framework.wait import await_until
 from tests.unit.httpapi.conftest import member_config
 
 KEYS = 250_000  # about a second of building on an idle machine; a put takes milliseconds
-
-
-async def wait_until(cond: object, timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not met"
-        await asyncio.sleep(0.005)
 
 
 async def test_puts_are_served_while_a_large_snapshot_is_built_and_sent(tmp_path: Path) -> None:
@@ -48,7 +42,7 @@ async def test_puts_are_served_while_a_large_snapshot_is_built_and_sent(tmp_path
 
             first = asyncio.create_task(first_chunk())
             # the member is building the snapshot: its file exists and nothing has been sent
-            await wait_until(lambda: any(snap_dir.glob("snapshot-*.tmp")))
+            await await_until(lambda: any(snap_dir.glob("snapshot-*.tmp")))
             await kv.Put(pb.PutRequest(key=b"during-build", value=b"1"), timeout=30)
             events.append("put")
             head = await first
