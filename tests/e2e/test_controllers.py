@@ -440,7 +440,10 @@ def test_relist_on_410_after_compaction_and_apiserver_restarts(
         # the apiserver goes away under the running controller
         expired_before = ctl.metrics.value("relists_total", reason="expired")
         env.api.kill()
-        time.sleep(2)
+        wait_for("the watch failing", lambda: ctl.metrics.value("retries_total", reason="watch") >= 1)
+        # a write meanwhile, elsewhere: the new watch cache starts past the controller's last
+        # resourceVersion (without one, it may start exactly there and serve it: no 410)
+        env.ctl().ok("put", "/petcd-e2e/revision-bump", "x")
         env.api.start()
         wait_for("apiserver back", lambda: set_data(kube, ns, "src", v="4"))
         wait_for("copy v4 after the apiserver restart", lambda: data_of(kube, target, "src") == {"v": "4"})
