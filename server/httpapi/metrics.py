@@ -218,7 +218,7 @@ class EtcdCollector(Collector):
         yield _gauge(
             "etcd_debugging_mvcc_compact_revision",
             "The revision of the last compaction in store.",
-            max(s.kv.first_rev(), 0),
+            s.kv.first_rev(),  # -1 before the first compaction, as etcd
         )
         yield _gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", _live_keys(s))
         victims = sum(len(batch) for batch in s.kv.victims)

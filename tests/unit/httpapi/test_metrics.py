@@ -27,6 +27,11 @@ def value(text: str, sample: str) -> str:
     return str(v)
 
 
+async def test_compact_revision_is_minus_one_before_any_compaction(client: Client) -> None:
+    text = await (await client.get("/metrics")).text()
+    assert value(text, "etcd_debugging_mvcc_compact_revision") == "-1"
+
+
 async def test_metrics_read_the_server(client: Client, etcd: Etcd) -> None:
     s = etcd.server
     for k in (b"a", b"b", b"c"):
