@@ -19,18 +19,21 @@ lease keepalive, and watch (create, cancel and progress requests; the response s
 the request body, as a watch outlives a half-closed gRPC stream, until the client goes away).
 With auth enabled, the Authorization header carries the token (as metadata "authorization",
 which etcd reads with or without a "Bearer " prefix); /v3/auth/authenticate gives one.
+A websocket upgrade of any /v3/ path is served as etcd's tmc/grpc-websocket-proxy serves it
+(Gateway._websocket): a message per request, a message per answer line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
 import grpc
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from google.protobuf.message import Message
 
 from server.api.etcdserverpb import rpc_pb2 as pb
@@ -238,14 +241,16 @@ class Gateway:
     # -- dispatch -------------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if _websocket_upgrade(request):
+            return await self._websocket(request)
         route = self.routes.get("/v3/" + request.match_info["tail"])
         if route is None:
             return error_response(NOT_FOUND, "Not Found")
         if request.method != "POST":
             return error_response(UNIMPLEMENTED, "Method Not Allowed")
-        handler = await self._intercepted(route, request)
+        handler = await self._intercepted(route, request.headers)
         if handler.stream_stream is not None:
-            requests = self._request_stream(request, route.request)
+            requests = self._request_stream(request.content.readany, route.request)
             return await self._forward_stream(request, handler.stream_stream(requests, self._ctx))
         try:
             msg = jsonpb.parse_first(await request.read(), route.request)
@@ -267,18 +272,65 @@ class Gateway:
             headers={"Content-Type": JSON, **GRPC_METADATA_HEADERS},
         )
 
-    async def _intercepted(self, route: _Route, request: web.Request) -> Any:
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        """etcd wraps its gateway in tmc/grpc-websocket-proxy: a websocket upgrade of a /v3/
+        path is served as a POST whose body is the client's messages, each followed by a
+        newline, and whose answer lines (not its status or headers) go back as text messages;
+        the connection closes when the call ends, and the call ends when the client leaves.
+        Of the headers only the token crosses: Sec-WebSocket-Protocol "Bearer, <token>" or the
+        cookie "token" becomes the Authorization header. A unary call reads its body to the
+        end, that is until the websocket closes, and then has nowhere to answer: as with etcd,
+        only the streams (watch, lease keepalive) are useful over a websocket."""
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        ws = web.WebSocketResponse(protocols=("Bearer",) if offered.startswith("Bearer") else ())
+        await ws.prepare(request)
+        headers: dict[str, str] = {}
+        if offered:
+            _, bearer, token = offered.partition("Bearer,")
+            headers[AUTHORIZATION] = f"Bearer {token.strip()}" if bearer else ""
+        if (cookie := request.cookies.get("token")) is not None:
+            headers[AUTHORIZATION] = f"Bearer {cookie}"
+        body = _WebSocketBody(ws)
+        call = asyncio.create_task(self._websocket_call(request, ws, headers, body))
+        reader = asyncio.create_task(body.pump())
+        try:
+            await asyncio.wait((call, reader), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (call, reader):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await task
+            await ws.close()
+        return ws
+
+    async def _websocket_call(
+        self, request: web.Request, ws: web.WebSocketResponse, headers: dict[str, str], body: _WebSocketBody
+    ) -> None:
+        route = self.routes.get("/v3/" + request.match_info["tail"])
+        if route is None:
+            await ws.send_str(jsonpb.marshal_status(NOT_FOUND, "Not Found"))
+            return
+        handler = await self._intercepted(route, headers)
+        if handler.stream_stream is None:
+            await body.read()
+            return
+        messages = handler.stream_stream(self._request_stream(body.readany, route.request), self._ctx)
+        async with contextlib.aclosing(self._lines(request.path, messages)) as lines:
+            async for _, line in lines:
+                await ws.send_str(line.decode().rstrip("\n"))
+
+    async def _intercepted(self, route: _Route, headers: Mapping[str, str]) -> Any:
         """The route's handler as the gRPC server's interceptors wrap it. Like grpc-gateway, HTTP
         headers Grpc-Metadata-<Key> are passed on as gRPC metadata <key>."""
         if not self._interceptors:
             return route.handler
         metadata = tuple(
             (k[len(METADATA_PREFIX) :].lower(), v)
-            for k, v in request.headers.items()
+            for k, v in headers.items()
             if k.lower().startswith(METADATA_PREFIX.lower())
         )
-        if AUTHORIZATION in request.headers:  # grpc-gateway passes it on: etcd's token (auth)
-            metadata += (("authorization", request.headers[AUTHORIZATION]),)
+        if AUTHORIZATION in headers:  # grpc-gateway passes it on: etcd's token (auth)
+            metadata += (("authorization", headers[AUTHORIZATION]),)
         details = _CallDetails(route.method, metadata)
 
         async def resolve(i: int, d: grpc.HandlerCallDetails) -> Any:
@@ -299,7 +351,9 @@ class Gateway:
                 f"grpc: received message larger than max ({size} vs. {limit})",
             )
 
-    async def _request_stream(self, request: web.Request, cls: type[Message]) -> AsyncIterator[Message]:
+    async def _request_stream(
+        self, readany: Callable[[], Awaitable[bytes]], cls: type[Message]
+    ) -> AsyncIterator[Message]:
         """The JSON values of the body as requests, each as soon as it is complete; the stream
         ends (like the gateway's send loop) at the end of the body or at the first bad value."""
         buf = bytearray()
@@ -313,7 +367,7 @@ class Gateway:
                 if len(buf) > limit:
                     return
                 try:
-                    chunk = await request.content.readany()
+                    chunk = await readany()
                 except Exception:
                     return  # the client went away: the stream ends
                 if chunk:
@@ -333,39 +387,46 @@ class Gateway:
             pos = 0
             yield msg
 
+    async def _lines(
+        self, path: str, messages: AsyncIterator[Message]
+    ) -> AsyncGenerator[tuple[int | None, bytes], None]:
+        """grpc-gateway's ForwardResponseStream: a {"result": ...} line per message, then an
+        {"error": ...} line if the stream fails; each with the error's gRPC code or None."""
+        try:
+            async for m in messages:
+                yield None, (jsonpb.wrap_stream("result", jsonpb.marshal(m, compact=True)) + "\n").encode()
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as e:
+            if not isinstance(e, _Aborted | EtcdError):
+                log.exception("gateway stream %s failed", path)
+            code, message = status_of(e)
+            status = jsonpb.marshal_status(code, message, compact=True)
+            yield code, (jsonpb.wrap_stream("error", status) + "\n").encode()
+        finally:
+            aclose = getattr(messages, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
     async def _forward_stream(
         self, request: web.Request, messages: AsyncIterator[Message]
     ) -> web.StreamResponse:
-        """grpc-gateway's ForwardResponseStream: a line per message, an error line if the stream
-        fails (with the error's HTTP status if nothing was sent yet)."""
+        """The lines as a chunked answer, its headers going out with the first line (with the
+        error's HTTP status if that line is an error)."""
         resp: web.StreamResponse | None = None
         try:
-            try:
-                async for m in messages:
+            async with contextlib.aclosing(self._lines(request.path, messages)) as lines:
+                async for code, line in lines:
                     if resp is None:
-                        resp = web.StreamResponse(headers={"Content-Type": JSON, **GRPC_METADATA_HEADERS})
+                        if code is None:
+                            resp = web.StreamResponse(headers={"Content-Type": JSON, **GRPC_METADATA_HEADERS})
+                        else:
+                            resp = web.StreamResponse(
+                                status=http_status_from_code(code), headers={"Content-Type": JSON}
+                            )
                         resp.enable_chunked_encoding()
                         await resp.prepare(request)
-                    line = jsonpb.wrap_stream("result", jsonpb.marshal(m, compact=True)) + "\n"
-                    await resp.write(line.encode())
-            except (asyncio.CancelledError, ConnectionError):
-                raise
-            except Exception as e:
-                if not isinstance(e, _Aborted | EtcdError):
-                    log.exception("gateway stream %s failed", request.path)
-                code, message = status_of(e)
-                if resp is None:
-                    resp = web.StreamResponse(
-                        status=http_status_from_code(code), headers={"Content-Type": JSON}
-                    )
-                    resp.enable_chunked_encoding()
-                    await resp.prepare(request)
-                line = jsonpb.wrap_stream("error", jsonpb.marshal_status(code, message, compact=True)) + "\n"
-                await resp.write(line.encode())
-            finally:
-                aclose = getattr(messages, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                    await resp.write(line)
             if resp is None:
                 # the stream ended without a message: an empty 200, without a content type
                 return web.Response(status=200)
@@ -373,6 +434,43 @@ class Gateway:
         except ConnectionError:
             log.debug("gateway stream %s: the client went away", request.path)
         return resp if resp is not None else web.Response(status=200)
+
+
+def _websocket_upgrade(request: web.Request) -> bool:
+    """gorilla/websocket's IsWebSocketUpgrade."""
+    connection = [t.strip().lower() for t in request.headers.get("Connection", "").split(",")]
+    upgrade = [t.strip().lower() for t in request.headers.get("Upgrade", "").split(",")]
+    return "upgrade" in connection and "websocket" in upgrade
+
+
+class _WebSocketBody:
+    """A websocket's messages as a request body: each message and a newline, the end at close."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+        self._chunks: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def pump(self) -> None:
+        try:
+            async for msg in self._ws:
+                if msg.type == WSMsgType.TEXT:
+                    self._chunks.put_nowait(msg.data.encode() + b"\n")
+                elif msg.type == WSMsgType.BINARY:
+                    self._chunks.put_nowait(msg.data + b"\n")
+        finally:
+            self._chunks.put_nowait(b"")
+
+    async def readany(self) -> bytes:
+        chunk = await self._chunks.get()
+        if not chunk:
+            self._chunks.put_nowait(b"")  # the end stays the end
+        return chunk
+
+    async def read(self) -> bytes:
+        out = bytearray()
+        while chunk := await self.readany():
+            out += chunk
+        return bytes(out)
 
 
 def _auth_routes(auth: AuthService) -> dict[str, _Route]:
