@@ -35,10 +35,6 @@ from server.version import API_VERSION, PETCD_VERSION, SERVER_VERSION
 __all__ = ["main", "parse_args", "parse_duration"]
 
 log = logging.getLogger("petcd")
-# seconds a thread that wants the GIL waits before the holder must let go (Python's default: 5 ms).
-# The gRPC server's threads hand calls to the event loop and take its responses under the GIL;
-# while the loop runs handlers back to back, each waits that long for its turn.
-GIL_SWITCH_INTERVAL = 0.0005
 
 
 class UsageError(Exception):
@@ -356,7 +352,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"petcd: GOFAIL_HTTP: {e}", file=sys.stderr)
         return 1
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         return asyncio.run(_serve(cfg))
     except KeyboardInterrupt:
