@@ -34,6 +34,8 @@ DEFAULT_MAP_SIZE = 10 * 1024 * 1024 * 1024  # address space reserved, not disk u
 MAX_KEY_SIZE = 511
 
 _Buffer = dict[Bucket, dict[bytes, bytes | None]]
+# the committed values kept by _ReadCache (a value larger than a tenth is not kept)
+READ_CACHE_BYTES = 32 * 1024 * 1024
 
 
 class _Sealed:
@@ -86,14 +88,60 @@ def check_length(path: str) -> None:
             )
 
 
+class _ReadCache:
+    """Committed values of the KEY bucket (MVCC's records, one per revision) read back from LMDB
+    on the writer's own thread, so that reading a record again needs no LMDB call: py-lmdb lets
+    go of the GIL around each one, and another thread that takes it then (the gRPC server's)
+    makes the event loop wait.
+
+    Invariant: every entry equals the key's committed value with no newer write buffered, since
+    a write (on the writer's thread) drops the key's entry and an entry is added only by a view
+    that saw no write since it captured the buffers (`writes` unchanged). Views of other threads
+    neither use nor fill it. Oldest entries go first past READ_CACHE_BYTES."""
+
+    __slots__ = ("bytes", "owner", "values", "writes")
+
+    def __init__(self) -> None:
+        self.owner = threading.get_ident()
+        self.values: dict[bytes, bytes] = {}
+        self.bytes = 0
+        # KEY-bucket writes buffered so far
+        self.writes = 0
+
+    def drop(self, key: bytes) -> None:
+        self.writes += 1
+        value = self.values.pop(key, None)
+        if value is not None:
+            self.bytes -= len(value)
+
+    def add(self, key: bytes, value: bytes) -> None:
+        size = len(value)
+        if size > READ_CACHE_BYTES // 10 or key in self.values:
+            return
+        values = self.values
+        while values and self.bytes + size > READ_CACHE_BYTES:
+            self.bytes -= len(values.pop(next(iter(values))))
+        values[key] = value
+        self.bytes += size
+
+    def clear(self) -> None:
+        self.values.clear()
+        self.bytes = 0
+        self.writes += 1
+
+
 class _View:
     """A read view: the buffers newest first, then one LMDB read transaction begun after the
-    buffers were captured."""
+    buffers were captured. On the writer's thread, KEY-bucket reads go through the read cache
+    between the two."""
 
-    __slots__ = ("_backend", "_overlays", "_txn")
+    __slots__ = ("_backend", "_cache", "_overlays", "_txn", "_writes")
 
     def __init__(self, backend: LmdbBackend, overlays: list[_Buffer] | None = None) -> None:
         self._backend = backend
+        cache = backend._read_cache
+        self._cache = cache if overlays is None and threading.get_ident() == cache.owner else None
+        self._writes = cache.writes
         self._overlays = backend._overlays() if overlays is None else overlays
         self._txn: Any = None
 
@@ -109,10 +157,18 @@ class _View:
             kv = overlay.get(bucket)
             if kv is not None and key in kv:
                 return kv[key]
+        value: bytes | None
+        cache = self._cache if bucket is Bucket.KEY else None
+        if cache is not None:
+            value = cache.values.get(key)
+            if value is not None:
+                return value
         try:
-            value: bytes | None = self._lmdb_txn().get(key, db=self._backend._dbs[bucket])
+            value = self._lmdb_txn().get(key, db=self._backend._dbs[bucket])
         except lmdb.Error as e:
             raise self._backend.damaged(e) from e
+        if cache is not None and value is not None and cache.writes == self._writes:
+            cache.add(key, value)
         return value
 
     def iterate(self, bucket: Bucket, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
@@ -183,11 +239,15 @@ class _BatchTx:
         b = self._backend
         b._current.setdefault(bucket, {})[key] = value
         b._pending += 1
+        if bucket is Bucket.KEY:
+            b._read_cache.drop(key)
 
     def delete(self, bucket: Bucket, key: bytes) -> None:
         b = self._backend
         b._current.setdefault(bucket, {})[key] = None
         b._pending += 1
+        if bucket is Bucket.KEY:
+            b._read_cache.drop(key)
 
 
 class LmdbBackend:
@@ -206,12 +266,14 @@ class LmdbBackend:
         self._env: Any = None
         self._dbs: dict[Bucket, Any] = {}
         self._size = self._size_in_use = 0
+        self._read_cache = _ReadCache()
         self._open()
 
     def damaged(self, e: lmdb.Error) -> BackendError:
         return BackendError(f"backend database {self._path} is damaged: {e}")
 
     def _open(self) -> None:
+        self._read_cache.clear()
         os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
         check_length(self._path)
         try:

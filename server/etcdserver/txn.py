@@ -48,7 +48,27 @@ _SORT_KEYS: dict[int, Callable[[KeyValue], object]] = {
 }
 
 
+# the options of a range at the view's revision with every key's record (the common read)
+_LATEST = RangeOptions()
+
+
 def range_(rv: ReadView, r: pb.RangeRequest) -> pb.RangeResponse:
+    if not (
+        r.limit
+        or r.sort_order
+        or r.sort_target
+        or r.keys_only
+        or r.min_mod_revision
+        or r.max_mod_revision
+        or r.min_create_revision
+        or r.max_create_revision
+    ):
+        # nothing to filter, sort, cut or strip: MVCC's answer as it is
+        ro = RangeOptions(rev=r.revision, count=r.count_only) if r.revision or r.count_only else _LATEST
+        rr = rv.range(r.key, mk_gte_range(r.range_end), ro)
+        resp = pb.RangeResponse(kvs=rr.kvs, count=rr.count)
+        resp.header.revision = rr.rev
+        return resp
     filtered = bool(
         r.min_mod_revision or r.max_mod_revision or r.min_create_revision or r.max_create_revision
     )

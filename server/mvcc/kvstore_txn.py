@@ -50,17 +50,22 @@ class StoreTxnRead:
         index = self._store.index
         if ro.count:
             return RangeResult([], cur_rev, index.count_revisions(key, end, rev))
+        if end is None:  # one key (any limit keeps it)
+            try:
+                modified = index.get(key, rev)[0]
+            except RevisionNotFoundError:
+                return RangeResult([], cur_rev, 0)
+            return RangeResult([self._record(modified)], cur_rev, 1)
         revs, total = index.revisions(key, end, rev, ro.limit)
         if ro.limit > 0:
             revs = revs[: ro.limit]
-        get = self._tx.get
-        kvs: list[KeyValue] = []
-        for r in revs:
-            raw = get(Bucket.KEY, rev_to_bytes(r))
-            if raw is None:
-                raise AssertionError(f"revision {r} is in the index but not in the backend")
-            kvs.append(KeyValue.FromString(raw))
-        return RangeResult(kvs, cur_rev, total)
+        return RangeResult([self._record(r) for r in revs], cur_rev, total)
+
+    def _record(self, r: Revision) -> KeyValue:
+        raw = self._tx.get(Bucket.KEY, rev_to_bytes(r))
+        if raw is None:
+            raise AssertionError(f"revision {r} is in the index but not in the backend")
+        return KeyValue.FromString(raw)
 
     def end(self) -> None:
         pass

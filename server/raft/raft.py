@@ -385,7 +385,8 @@ class Raft:
     def append_entry(self, es: Sequence[Entry]) -> bool:
         """Append proposals at our term; False if the uncommitted-size limit rejects them."""
         li = self.raft_log.last_index()
-        ents = [dataclasses.replace(e, term=self.term, index=li + 1 + i) for i, e in enumerate(es)]
+        term = self.term
+        ents = [Entry(term, li + 1 + i, e.type, e.data) for i, e in enumerate(es)]
         if not self.increase_uncommitted_size(ents):
             self.logger.warning(
                 "%x drops proposal: the uncommitted tail would exceed its size limit",

@@ -182,10 +182,12 @@ class RawNode:
     def has_ready(self) -> bool:
         """Whether ready() would return anything to do."""
         r = self.raft
-        if r.soft_state() != self._prev_soft_state:
+        ss, hs = self._prev_soft_state, self._prev_hard_state
+        if r.lead != ss.lead or r.state != ss.raft_state:
             return True
-        hs = r.hard_state()
-        if not hs.is_empty() and hs != self._prev_hard_state:
+        commit = r.raft_log.committed
+        # the hard state changed (and is not empty), compared field by field
+        if (r.term, r.vote, commit) != (hs.term, hs.vote, hs.commit) and (r.term or r.vote or commit):
             return True
         if r.raft_log.has_next_unstable_snapshot():
             return True

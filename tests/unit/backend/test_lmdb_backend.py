@@ -387,6 +387,55 @@ def test_get_empty_key_is_absent(be: LmdbBackend, committed: bool) -> None:
     assert be.read_tx().range(Bucket.KEY, b"", None) == []
 
 
+class _NoLmdb:
+    """Stands for the LMDB environment: any read transaction fails the test."""
+
+    def begin(self, **kw: object) -> None:
+        raise AssertionError("read from LMDB")
+
+
+def test_committed_records_read_again_without_lmdb(be: LmdbBackend) -> None:
+    be.batch_tx().put(Bucket.KEY, b"r1", b"v1")
+    be.force_commit()
+    assert be.read_tx().get(Bucket.KEY, b"r1") == b"v1"  # read back from LMDB once
+    env, be._env = be._env, _NoLmdb()
+    try:
+        assert be.read_tx().get(Bucket.KEY, b"r1") == b"v1"
+    finally:
+        be._env = env
+
+
+def test_read_cache_follows_writes_and_deletes(be: LmdbBackend) -> None:
+    be.batch_tx().put(Bucket.KEY, b"r1", b"v1")
+    be.force_commit()
+    stale = be.read_tx()
+    assert stale.get(Bucket.KEY, b"r0") is None  # its LMDB transaction begins: r1 is v1
+    be.batch_tx().put(Bucket.META, b"m", b"")
+    be.commit()  # the buffer it holds is sealed: the delete goes to the next one
+    be.batch_tx().delete(Bucket.KEY, b"r1")
+    be.force_commit()
+    assert stale.get(Bucket.KEY, b"r1") == b"v1", "its LMDB transaction began before the delete"
+    assert be.read_tx().get(Bucket.KEY, b"r1") is None, "the stale view did not fill the cache"
+    be.batch_tx().put(Bucket.KEY, b"r1", b"v2")
+    be.force_commit()
+    assert be.read_tx().get(Bucket.KEY, b"r1") == b"v2"
+    be.batch_tx().put(Bucket.KEY, b"r1", b"v3")
+    be.force_commit()
+    assert be.read_tx().get(Bucket.KEY, b"r1") == b"v3"
+
+
+def test_views_of_other_threads_do_not_use_the_read_cache(be: LmdbBackend) -> None:
+    be.batch_tx().put(Bucket.KEY, b"r1", b"v1")
+    be.force_commit()
+    assert be.read_tx().get(Bucket.KEY, b"r1") == b"v1"
+    env, be._env = be._env, _NoLmdb()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool, pytest.raises(AssertionError, match="LMDB"):
+            pool.submit(lambda: be.read_tx().get(Bucket.KEY, b"r1")).result()
+    finally:
+        be._env = env
+
+
 def test_a_cut_short_file_is_an_error_naming_it(db_path: Path) -> None:
     """LMDB would map past the end of a truncated file (SIGBUS); the open checks the length
     against the newest meta page first."""
