@@ -107,6 +107,8 @@ BACKEND_COMMIT_INTERVAL = 0.1
 # proposals are refused while this many committed entries wait to be applied
 MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
 READ_INDEX_RETRY = 0.5
+# what a pending ReadIndex is answered when it must be asked again (no raft index is negative)
+_ASK_AGAIN = -1
 # how often unanswered proposals are checked against their deadline
 EXPIRY_SWEEP = 0.1
 # peers must have been connected this long before a membership change (etcd's HealthInterval)
@@ -122,6 +124,11 @@ FP_COMPACT_AFTER_COMMIT_BATCH = failpoint("compactAfterCommitBatch")
 
 class _Expired(Exception):
     """A proposal's deadline passed (raised into its waiter by the expiry sweep)."""
+
+
+def _resolve(fut: asyncio.Future[int], value: int) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 class EtcdServer:
@@ -402,6 +409,8 @@ class EtcdServer:
             self.lessor.demote()
         self._leader_changed.set()
         self._leader_changed = asyncio.Event()
+        for fut in self._read_index_waits.values():
+            _resolve(fut, _ASK_AGAIN)
         log.info(
             "raft state changed",
             extra={"member": f"{self.member_id:x}", "state": ss.raft_state.name, "leader": f"{ss.lead:x}"},
@@ -727,32 +736,32 @@ class EtcdServer:
                         w.set_exception(e)
 
     async def _read_index(self) -> int:
-        deadline = asyncio.get_running_loop().time() + self.request_timeout
+        """The leader's commit index as of now (raft's ReadIndex), asked again with a new request
+        context every READ_INDEX_RETRY and at once when the leader changes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
         while True:
             ctx = struct.pack(">Q", next(self._read_ctx))
-            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[int] = loop.create_future()
             self._read_index_waits[ctx] = fut
-            leader_changed = self._leader_changed
+            retry = loop.call_later(READ_INDEX_RETRY, _resolve, fut, _ASK_AGAIN)
             try:
                 self.raft.node.read_index(ctx)
                 self.raft.notify()
-                waiter: asyncio.Future[Any] = asyncio.ensure_future(leader_changed.wait())
-                done, _ = await asyncio.wait(
-                    {fut, waiter}, timeout=READ_INDEX_RETRY, return_when=asyncio.FIRST_COMPLETED
-                )
-                waiter.cancel()
-                if fut in done:
-                    return fut.result()
+                index = await fut
             finally:
+                retry.cancel()
                 self._read_index_waits.pop(ctx, None)
-            if asyncio.get_running_loop().time() > deadline:
+            if index != _ASK_AGAIN:
+                return index
+            if loop.time() > deadline:
                 raise TimeoutError_()
 
     def _on_read_states(self, states: tuple[ReadState, ...]) -> None:
         for rs in states:
             fut = self._read_index_waits.get(rs.request_ctx)
-            if fut is not None and not fut.done():
-                fut.set_result(rs.index)
+            if fut is not None:
+                _resolve(fut, rs.index)
 
     # -- background loops -----------------------------------------------------------------------
 
