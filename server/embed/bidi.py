@@ -148,6 +148,7 @@ class _Call:
         "method",
         "peer",
         "requests",
+        "running",
         "task",
         "timer",
     )
@@ -161,6 +162,9 @@ class _Call:
         self.deadline = None if time_remaining is None else time.monotonic() + time_remaining
         self.requests = _Requests()
         self.task: asyncio.Task[None] | None = None
+        # the task has begun: cancelling it runs its cleanup (a task cancelled before its first
+        # step never runs, so one not yet running finds the call cancelled instead)
+        self.running = False
         self.timer: asyncio.TimerHandle | None = None
         # the client went away or the deadline passed (grpc: the RPC was cancelled)
         self.cancelled = False
@@ -173,7 +177,7 @@ class _Call:
     def cancel(self) -> None:
         self.cancelled = True
         self.ended = True
-        if self.task is not None and not self.task.done():
+        if self.running and self.task is not None and not self.task.done():
             self.task.cancel()
 
 
@@ -424,8 +428,11 @@ class BidiServer:
         return handler
 
     async def _run(self, call: _Call) -> None:
+        call.running = True
         context = _Context(self, call)
         try:
+            if call.cancelled:
+                return
             handler: Any = await self._handler(call)
             if handler is None:
                 self._end(call, _C.UNIMPLEMENTED, "Method not found!", ())

@@ -312,6 +312,17 @@ async def test_client_cancel_cancels_the_handler_and_sends_nothing(front: FakeFr
     await server.stop(None)
 
 
+async def test_cancel_before_the_handler_starts(front: FakeFront) -> None:
+    seen = Watched()
+    server = await serve(front, seen.stream)
+    front.events.put(
+        [(_bidi.EVENT_CALL, 1, 0, None, ((), "unix:peer", None)), (_bidi.EVENT_CANCEL, 1, 0, None, None)]
+    )
+    await await_until(lambda: front.events.empty() and not server._calls)
+    assert seen.cancelled == [] and front.sent == {} and front.ended == {}
+    await server.stop(None)
+
+
 async def test_deadline_ends_the_call(front: FakeFront) -> None:
     seen = Watched()
     server = await serve(front, seen.stream)
