@@ -27,9 +27,8 @@ timeout follow --grpc-keepalive-interval/-timeout on both.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +41,7 @@ __all__ = ["grpc_server"]
 
 # the receive limit BidiFront gets when grpc.max_receive_message_length says none
 _UNLIMITED = 2**31 - 1
+_SOCKETS = itertools.count()
 
 
 class _NativeServer(pygrpc_native.aio.Server):
@@ -54,11 +54,11 @@ class _NativeServer(pygrpc_native.aio.Server):
     made by add_insecure_port) proxies every path it does not serve to set_fallback(path); and
     the attributes _interceptors, _receive_limit and _send_limit its constructor parsed."""
 
-    def __init__(self, services: Sequence[str], **kwargs: Any) -> None:
+    def __init__(self, services: Sequence[str], private_dir: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._services = list(services)
+        self._socket = os.path.join(private_dir, f"bidi-{next(_SOCKETS)}.sock")
         self._bidi: Any = None  # BidiServer, imported with the native module when started
-        self._bidi_dir: str | None = None
 
     async def _start_fallback(
         self,
@@ -71,11 +71,9 @@ class _NativeServer(pygrpc_native.aio.Server):
         if generic:
             raise ValueError("generic handlers are not served: register every method")
         handlers = {f"/{svc}/{name}": h for svc, methods in streamed.items() for name, h in methods.items()}
-        self._bidi_dir = tempfile.mkdtemp(prefix="petcd-bidi-")  # only this user can enter it
-        path = os.path.join(self._bidi_dir, "bidi.sock")
         receive = self._receive_limit
         front = BidiFront(
-            path,
+            self._socket,
             list(handlers),
             self._services,
             max_receive_message_length=_UNLIMITED if receive is None else receive,
@@ -84,15 +82,13 @@ class _NativeServer(pygrpc_native.aio.Server):
         self._bidi = BidiServer(front, handlers, self._interceptors)
         await self._bidi.start()
         assert self._front is not None
-        self._front.set_fallback(path)
+        self._front.set_fallback(self._socket)
 
     async def stop(self, grace: float | None) -> None:
         stops = [super().stop(grace)]
         if self._bidi is not None:
-            stops.append(self._bidi.stop(grace))
+            stops.append(self._bidi.stop(grace))  # BidiFront.close removes the socket
         await asyncio.gather(*stops)
-        if self._bidi_dir is not None:
-            shutil.rmtree(self._bidi_dir, ignore_errors=True)
 
 
 def grpc_server(
@@ -100,9 +96,14 @@ def grpc_server(
     svcs: Services,
     interceptors: Sequence[grpc.aio.ServerInterceptor],
     options: list[tuple[str, Any]],
+    *,
+    private_dir: str,
 ) -> grpc.aio.Server:
+    """private_dir: a directory only this user can enter, for the native server's own socket."""
     if kind == "native":
-        server: grpc.aio.Server = _NativeServer(list(svcs), interceptors=interceptors, options=options)
+        server: grpc.aio.Server = _NativeServer(
+            list(svcs), private_dir, interceptors=interceptors, options=options
+        )
         # registered methods only: unknown ones are answered by BidiFront, as grpc-go answers them
         for name, handlers in svcs.items():
             server.add_registered_method_handlers(name, handlers)
