@@ -15,6 +15,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -28,13 +29,13 @@ PATH = "/etcdserverpb.Lease/LeaseKeepAlive"
 RUST_THREADS = "petcd-bidi"
 
 
-def thread_cpu_ns(pred: object) -> int:
+def thread_cpu_ns(pred: Callable[[str, int], bool]) -> int:
     """CPU time (ns) of this process's threads whose name (comm) pred accepts."""
     total = 0
     for task in Path("/proc/self/task").iterdir():
         try:
             comm = (task / "comm").read_text().strip()
-            if pred(comm, int(task.name)):  # type: ignore[operator]
+            if pred(comm, int(task.name)):
                 total += int((task / "schedstat").read_text().split()[0])
         except (FileNotFoundError, ProcessLookupError):
             continue
@@ -52,7 +53,7 @@ def serve(front: BidiFront) -> None:
 
 async def drive(target: str, streams: int, concurrency: int, options: list[tuple[str, str]]) -> None:
     async with aio.insecure_channel(target, options=options) as ch:
-        method = ch.stream_stream(PATH)
+        method: aio.StreamStreamMultiCallable = ch.stream_stream(PATH)
         left = iter(range(streams))
 
         async def worker() -> None:
