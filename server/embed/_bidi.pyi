@@ -15,7 +15,9 @@ Metadata = Sequence[tuple[str, str | bytes]]  # values are bytes exactly for key
 EVENT_CALL: int  # a stream opened: (EVENT_CALL, call_id, method_id, None, (metadata, peer, time_remaining))
 EVENT_MESSAGE: int  # one whole gRPC message: (EVENT_MESSAGE, call_id, 0, payload, None)
 EVENT_HALF_CLOSE: int  # the client ended its side: (EVENT_HALF_CLOSE, call_id, 0, None, None)
-EVENT_CANCEL: int  # the client reset the stream or its connection went away: (EVENT_CANCEL, call_id, 0, None, None)
+# the client reset the stream or its connection went away, or we ended the call over a message
+# too large (either way): (EVENT_CANCEL, call_id, 0, None, None)
+EVENT_CANCEL: int
 
 STREAM_SENT: int
 STREAM_FULL: int
@@ -46,7 +48,15 @@ class BidiFront:
         event, as grpc-go answers it: UNIMPLEMENTED with "unknown method M for service S" when
         S is in services, else "unknown service S".
         A message over max_receive_message_length ends its call with RESOURCE_EXHAUSTED
-        "grpc: received message larger than max (N vs. M)" and an EVENT_CANCEL for Python.
+        "grpc: received message larger than max (N vs. M)" and an EVENT_CANCEL for Python;
+        one over max_send_message_length (try_send, send) with RESOURCE_EXHAUSTED "grpc: trying
+        to send message larger than max (N vs. M)", STREAM_CLOSED (False) and an EVENT_CANCEL.
+        Also answered without an event as grpc-go does: a content-type that is not gRPC (HTTP
+        415), malformed grpc-timeout or -bin metadata (HTTP 400), a grpc-encoding other than
+        identity (UNIMPLEMENTED; a compressed message on an identity call is INTERNAL + cancel).
+        The :authority must be a valid URI authority (the h2 crate resets the stream otherwise):
+        grpcio's default for a unix: target is not, so a direct grpcio client sets
+        grpc.default_authority; pygrpc-native's proxy sends a valid one.
         stream_buffer_bytes: the bytes queued per stream beyond which try_send says FULL.
         """
 

@@ -1,7 +1,8 @@
 //! The HTTP/2 side: accepting connections, one task per stream that deframes requests into
 //! events and writes what Python queued within HTTP/2 flow control.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,9 +14,13 @@ use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
 use crate::grpc::{self, Status};
 use crate::shared::{lock, Event, Headers, Shared, Stream};
+
+/// How long a call whose status went waits for the client's END_STREAM (see StreamTask::poll).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Counts a running connection (or the accept loop) for close() to wait on.
 struct Live(Arc<Shared>);
@@ -166,6 +171,8 @@ async fn serve_stream(
         send: None,
         inflight: Bytes::new(),
         rbuf: BytesMut::new(),
+        status_sent: false,
+        linger: None,
     };
     poll_fn(|cx| task.poll(cx)).await;
 }
@@ -183,6 +190,10 @@ struct StreamTask {
     inflight: Bytes,
     /// A partial request message.
     rbuf: BytesMut,
+    /// The call's status went (trailers, or a trailers-only response).
+    status_sent: bool,
+    /// After the status, how long we still wait for the client's END_STREAM.
+    linger: Option<Pin<Box<Sleep>>>,
 }
 
 impl Drop for StreamTask {
@@ -195,10 +206,37 @@ impl Drop for StreamTask {
 impl StreamTask {
     /// Ready when the stream is finished.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.poll_read(cx).is_ready() {
-            return Poll::Ready(());
+        if self.linger.is_none() {
+            if self.poll_read(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if self.poll_write(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if !self.status_sent || self.recv.is_none() {
+                return Poll::Ready(());
+            }
+            self.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
         }
-        self.poll_write(cx)
+        // The call is over but the client has not half-closed: its END_STREAM is usually on the
+        // way, and ending the stream now would reset it (RST_STREAM NO_ERROR), racing those
+        // frames. A peer (pygrpc-native's front) that gets them for a stream it forgot answers
+        // with resets of its own, which its HTTP/2 counts towards a GOAWAY.
+        if let Some(recv) = self.recv.as_mut() {
+            loop {
+                match recv.poll_data(cx) {
+                    Poll::Ready(Some(Ok(chunk))) => {
+                        let _ = recv.flow_control().release_capacity(chunk.len());
+                    }
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        match self.linger.as_mut() {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
     }
 
     /// The stream is gone under us (reset, connection lost): Python hears EVENT_CANCEL
@@ -365,6 +403,7 @@ impl StreamTask {
                     let mut r = response(StatusCode::OK);
                     grpc::put_status(r.headers_mut(), end.expect("end"));
                     let _ = self.respond.send_response(r, true);
+                    self.status_sent = true;
                     return Poll::Ready(());
                 }
                 let mut r = response(StatusCode::OK);
@@ -386,6 +425,7 @@ impl StreamTask {
                 if let Some(send) = self.send.as_mut() {
                     let _ = send.send_trailers(trailers);
                 }
+                self.status_sent = true;
                 return Poll::Ready(());
             }
         }
