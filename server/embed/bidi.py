@@ -1,4 +1,4 @@
-"""grpc.aio request-streaming handlers (Watch, LeaseKeepAlive) run on the native bidirectional
+"""grpc.aio bidirectional-stream handlers (Watch, LeaseKeepAlive) run on the native bidirectional
 front (server/embed/_bidi: BidiFront, Rust), which pygrpc-native proxies its non-native streams
 to (server/embed/grpc_server.py).
 
@@ -289,7 +289,7 @@ def _encode(serialize: Callable[[Any], bytes] | None, response: Any) -> bytes:
 
 
 class BidiServer:
-    """Runs request-streaming grpc.aio handlers on a BidiFront (see the module docstring).
+    """Runs grpc.aio stream-stream handlers on a BidiFront (see the module docstring).
 
     front serves the paths of handlers, method_id being the index in list(handlers)."""
 
@@ -448,14 +448,10 @@ class BidiServer:
                             return
             elif inspect.iscoroutinefunction(function):
                 await function(call.requests, context)  # responses through context.write
-            elif inspect.iscoroutinefunction(handler.stream_unary):
-                response = await handler.stream_unary(call.requests, context)
-                if context._code in (None, _C.OK):
-                    await self._send(call, handler, response)
             else:
-                # an interceptor swapped in a handler taking one request, or one that is not
-                # async: grpc.aio would run either; petcd's handlers are never such
-                log.error("no async request-streaming handler for %s: %r", call.method, handler)
+                # an interceptor swapped in a handler of another kind, or one that is not async:
+                # grpc.aio would run it; petcd's handlers are never such
+                log.error("no async stream-stream handler for %s: %r", call.method, handler)
                 self._end(call, _C.INTERNAL, "Error in service handler!", ())
                 return
         except asyncio.CancelledError:

@@ -30,12 +30,15 @@ import asyncio
 import itertools
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pygrpc_native.aio
 
 from server.v3rpc.registry import Services, add_to
+
+if TYPE_CHECKING:  # imported when the native server starts: the grpcio path needs no Rust module
+    from server.embed.bidi import BidiServer
 
 __all__ = ["grpc_server"]
 
@@ -58,7 +61,7 @@ class _NativeServer(pygrpc_native.aio.Server):
         super().__init__(**kwargs)
         self._services = list(services)
         self._socket = os.path.join(private_dir, f"bidi-{next(_SOCKETS)}.sock")
-        self._bidi: Any = None  # BidiServer, imported with the native module when started
+        self._bidi: BidiServer | None = None
 
     async def _start_fallback(
         self,
