@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
-use h2::{RecvStream, Reason, SendStream};
+use h2::{Reason, RecvStream, SendStream};
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use tokio::net::{UnixListener, UnixStream};
@@ -38,7 +38,11 @@ impl Drop for Live {
     }
 }
 
-pub async fn accept_loop(shared: Arc<Shared>, listener: UnixListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let _live = Live::new(&shared);
     loop {
         tokio::select! {
@@ -59,7 +63,12 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: UnixListener, mut shutdo
     }
 }
 
-async fn serve_conn(live: Live, sock: UnixStream, peer: Arc<str>, mut shutdown: watch::Receiver<bool>) {
+async fn serve_conn(
+    live: Live,
+    sock: UnixStream,
+    peer: Arc<str>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let shared = live.0.clone();
     let mut builder = h2::server::Builder::new();
     // a stream's receive window stays HTTP/2's default; the connection's allows a few busy streams
@@ -119,7 +128,10 @@ async fn serve_stream(
 ) {
     let (parts, recv) = req.into_parts();
     let headers = &parts.headers;
-    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes).unwrap_or(b"");
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or(b"");
     if !is_grpc_content_type(content_type) {
         let ct = String::from_utf8_lossy(content_type);
         let msg = format!("invalid gRPC request content-type {}", grpc::go_quote(&ct));
@@ -129,7 +141,10 @@ async fn serve_stream(
             Status::new(grpc::INVALID_ARGUMENT, msg),
         );
     }
-    let timeout = match headers.get("grpc-timeout").map(|v| grpc::decode_timeout(v.as_bytes())) {
+    let timeout = match headers
+        .get("grpc-timeout")
+        .map(|v| grpc::decode_timeout(v.as_bytes()))
+    {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
@@ -137,10 +152,9 @@ async fn serve_stream(
             return early_answer(&mut respond, StatusCode::BAD_REQUEST, status);
         }
     };
-    let metadata = match grpc::decode_metadata(headers) {
-        Ok(m) => m,
-        Err(status) => return early_answer(&mut respond, StatusCode::BAD_REQUEST, status),
-    };
+    if let Err(status) = grpc::check_metadata(headers) {
+        return early_answer(&mut respond, StatusCode::BAD_REQUEST, status);
+    }
     let path = parts.uri.path();
     let Some(&method) = shared.config.methods.get(path) else {
         let status = grpc::unknown_path(path, &shared.config.services);
@@ -149,8 +163,15 @@ async fn serve_stream(
     if let Some(enc) = headers.get("grpc-encoding") {
         if !enc.is_empty() && enc.as_bytes() != b"identity" {
             let enc = String::from_utf8_lossy(enc.as_bytes());
-            let msg = format!("grpc: Decompressor is not installed for grpc-encoding {}", grpc::go_quote(&enc));
-            return early_answer(&mut respond, StatusCode::OK, Status::new(grpc::UNIMPLEMENTED, msg));
+            let msg = format!(
+                "grpc: Decompressor is not installed for grpc-encoding {}",
+                grpc::go_quote(&enc)
+            );
+            return early_answer(
+                &mut respond,
+                StatusCode::OK,
+                Status::new(grpc::UNIMPLEMENTED, msg),
+            );
         }
     }
     if shared.closed.load(Ordering::SeqCst) {
@@ -161,7 +182,14 @@ async fn serve_stream(
     if shared.closed.load(Ordering::SeqCst) {
         stream.reset();
     }
-    shared.events.push(Event::Call { id, method, metadata, peer, timeout });
+    let metadata = parts.headers;
+    shared.events.push(Event::Call {
+        id,
+        method,
+        metadata,
+        peer,
+        timeout,
+    });
     let mut task = StreamTask {
         shared,
         id,
@@ -222,6 +250,9 @@ impl StreamTask {
         // way, and ending the stream now would reset it (RST_STREAM NO_ERROR), racing those
         // frames. A peer (pygrpc-native's front) that gets them for a stream it forgot answers
         // with resets of its own, which its HTTP/2 counts towards a GOAWAY.
+        if self.park(cx).is_ready() {
+            return Poll::Ready(());
+        }
         if let Some(recv) = self.recv.as_mut() {
             loop {
                 match recv.poll_data(cx) {
@@ -289,7 +320,10 @@ impl StreamTask {
                 }
                 chunk.advance(5);
                 let payload = chunk.split_to(len);
-                self.shared.events.push(Event::Message { id: self.id, payload });
+                self.shared.events.push(Event::Message {
+                    id: self.id,
+                    payload,
+                });
             }
             if chunk.is_empty() {
                 return Ok(());
@@ -304,7 +338,10 @@ impl StreamTask {
             }
             self.rbuf.advance(5);
             let payload = self.rbuf.split_to(len).freeze();
-            self.shared.events.push(Event::Message { id: self.id, payload });
+            self.shared.events.push(Event::Message {
+                id: self.id,
+                payload,
+            });
         }
         Ok(())
     }
@@ -331,17 +368,42 @@ impl StreamTask {
         Ok(len)
     }
 
+    /// close() resets the stream.
+    fn reset(&mut self) -> Poll<()> {
+        match self.send.as_mut() {
+            Some(send) => send.send_reset(Reason::CANCEL),
+            None => self.respond.send_reset(Reason::CANCEL),
+        }
+        Poll::Ready(())
+    }
+
+    /// Waiting on HTTP/2 (flow control, the client's END_STREAM): close() must still wake us.
+    fn park(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = lock(&self.stream.state);
+        if st.reset {
+            drop(st);
+            return self.reset();
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             if !self.inflight.is_empty() {
-                let Some(send) = self.send.as_mut() else { unreachable!("data before headers") };
+                let Some(send) = self.send.as_mut() else {
+                    unreachable!("data before headers")
+                };
                 let cap = send.capacity();
                 if cap == 0 {
                     send.reserve_capacity(self.inflight.len());
                     match send.poll_capacity(cx) {
                         Poll::Ready(Some(Ok(_))) => continue,
                         Poll::Ready(_) => return self.cancel(),
-                        Poll::Pending => return Poll::Pending,
+                        Poll::Pending => return self.park(cx),
                     }
                 }
                 let chunk = self.inflight.split_to(cap.min(self.inflight.len()));
@@ -360,11 +422,7 @@ impl StreamTask {
                 let mut st = lock(&self.stream.state);
                 if st.reset {
                     drop(st);
-                    match self.send.as_mut() {
-                        Some(send) => send.send_reset(Reason::CANCEL),
-                        None => self.respond.send_reset(Reason::CANCEL),
-                    }
-                    return Poll::Ready(());
+                    return self.reset();
                 }
                 let headers = if st.headers == Headers::Requested {
                     st.headers = Headers::Sent;
@@ -372,7 +430,11 @@ impl StreamTask {
                 } else {
                     None
                 };
-                let data = if st.buf.is_empty() { None } else { Some(st.buf.split().freeze()) };
+                let data = if st.buf.is_empty() {
+                    None
+                } else {
+                    Some(st.buf.split().freeze())
+                };
                 let end = if data.is_none() { st.end.take() } else { None };
                 if headers.is_none() && data.is_none() && end.is_none() {
                     match &st.waker {
