@@ -372,3 +372,19 @@ def test_through_pygrpc_native(served: Served) -> None:
         front.close()
     _, _, _, _, details = served.wait_for(lambda e: e[0] == _bidi.EVENT_CALL, "call")
     assert details is not None and ("x-id-bin", b"\xff") in details[0]
+
+
+def test_dropped_without_close() -> None:
+    directory = tempfile.mkdtemp(prefix="bidi")
+    path = os.path.join(directory, "s")
+    front = BidiFront(path, METHODS, ["t.S"])
+    front.start()
+    with grpc.insecure_channel(f"unix:{path}", CLIENT_OPTIONS) as ch:
+        stream = call(ch, MANUAL)(iter([]), timeout=TIMEOUT)
+        batch = front.recv_batch(1, int(TIMEOUT * 1000))
+        assert batch and batch[0][0] == _bidi.EVENT_CALL
+        del front
+        with pytest.raises(grpc.RpcError):
+            list(stream)
+    assert not os.path.exists(path)
+    os.rmdir(directory)
