@@ -105,11 +105,25 @@ fn response(status: StatusCode) -> Response<()> {
     r
 }
 
-/// A response that is only headers: an answer before (or instead of) the call.
-fn early_answer(respond: &mut SendResponse<Bytes>, http_status: StatusCode, status: Status) {
+/// A response that is only headers: an answer before (or instead of) the call; then, as
+/// after any status, a little wait for the client's END_STREAM (see StreamTask::poll).
+async fn early_answer(
+    mut respond: SendResponse<Bytes>,
+    mut recv: RecvStream,
+    http_status: StatusCode,
+    status: Status,
+) {
     let mut r = response(http_status);
     grpc::put_status(r.headers_mut(), status);
-    let _ = respond.send_response(r, true);
+    if respond.send_response(r, true).is_err() || recv.is_end_stream() {
+        return;
+    }
+    let drain = async {
+        while let Some(Ok(chunk)) = recv.data().await {
+            let _ = recv.flow_control().release_capacity(chunk.len());
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// application/grpc, optionally +subtype or ;params.
@@ -135,11 +149,8 @@ async fn serve_stream(
     if !is_grpc_content_type(content_type) {
         let ct = String::from_utf8_lossy(content_type);
         let msg = format!("invalid gRPC request content-type {}", grpc::go_quote(&ct));
-        return early_answer(
-            &mut respond,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Status::new(grpc::INVALID_ARGUMENT, msg),
-        );
+        let status = Status::new(grpc::INVALID_ARGUMENT, msg);
+        return early_answer(respond, recv, StatusCode::UNSUPPORTED_MEDIA_TYPE, status).await;
     }
     let timeout = match headers
         .get("grpc-timeout")
@@ -149,16 +160,16 @@ async fn serve_stream(
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
             let status = Status::new(grpc::INTERNAL, format!("malformed grpc-timeout: {e}"));
-            return early_answer(&mut respond, StatusCode::BAD_REQUEST, status);
+            return early_answer(respond, recv, StatusCode::BAD_REQUEST, status).await;
         }
     };
     if let Err(status) = grpc::check_metadata(headers) {
-        return early_answer(&mut respond, StatusCode::BAD_REQUEST, status);
+        return early_answer(respond, recv, StatusCode::BAD_REQUEST, status).await;
     }
     let path = parts.uri.path();
     let Some(&method) = shared.config.methods.get(path) else {
         let status = grpc::unknown_path(path, &shared.config.services);
-        return early_answer(&mut respond, StatusCode::OK, status);
+        return early_answer(respond, recv, StatusCode::OK, status).await;
     };
     if let Some(enc) = headers.get("grpc-encoding") {
         if !enc.is_empty() && enc.as_bytes() != b"identity" {
@@ -167,11 +178,8 @@ async fn serve_stream(
                 "grpc: Decompressor is not installed for grpc-encoding {}",
                 grpc::go_quote(&enc)
             );
-            return early_answer(
-                &mut respond,
-                StatusCode::OK,
-                Status::new(grpc::UNIMPLEMENTED, msg),
-            );
+            let status = Status::new(grpc::UNIMPLEMENTED, msg);
+            return early_answer(respond, recv, StatusCode::OK, status).await;
         }
     }
     if shared.closed.load(Ordering::SeqCst) {
