@@ -6,8 +6,9 @@ We test these aspects:
 - how calls end: trailers-only, after messages, after initial metadata; non-ASCII messages;
 - what is answered in Rust without an event, worded as grpc-go: unknown method or service, a
   compression we lack, a message over the receive or send limit (those two cancel the call);
-- a client that cancels is an EVENT_CANCEL; try_send says FULL while the client does not read,
-  send() waits until it does; close() ends open calls, wakes recv_batch and removes the socket;
+- a client that cancels, or whose process dies, is an EVENT_CANCEL; try_send says FULL while
+  the client does not read, send() waits until it does; close() (or dropping the front) ends
+  open calls, wakes recv_batch and removes the socket;
 - many concurrent streams, garbage from a peer, and a call through pygrpc-native's front.
 
 grpcio names a unix: target's authority with its percent-encoded path, which HTTP/2 servers
@@ -20,6 +21,8 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -388,3 +391,24 @@ def test_dropped_without_close() -> None:
             list(stream)
     assert not os.path.exists(path)
     os.rmdir(directory)
+
+
+def test_client_process_killed_is_a_cancel(served: Served) -> None:
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import grpc, sys, threading\n"
+            f"ch = grpc.insecure_channel('unix:{served.path}', {CLIENT_OPTIONS!r})\n"
+            f"s = ch.stream_stream('{MANUAL}')(iter([b'hello']))\n"
+            "threading.Event().wait()\n",
+        ]
+    )
+    try:
+        [opened] = served.wait_call()
+        served.wait_for(lambda e: e[1] == opened and e[0] == _bidi.EVENT_MESSAGE, "message")
+    finally:
+        client.kill()
+        client.wait()
+    served.wait_for(lambda e: e[1] == opened and e[0] == _bidi.EVENT_CANCEL, "cancel")
+    assert served.front.try_send(opened, b"late") == _bidi.STREAM_CLOSED
