@@ -5,9 +5,8 @@ mod server;
 mod shared;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -35,7 +34,8 @@ struct BidiFront {
     path: String,
     io_threads: usize,
     listener: Mutex<Option<std::os::unix::net::UnixListener>>,
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    /// The IO threads, each running a single-threaded runtime, once started.
+    runtime: Mutex<Option<Vec<std::thread::JoinHandle<()>>>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -105,14 +105,13 @@ impl BidiFront {
         if first {
             let _ = std::fs::remove_file(&self.path);
         }
-        let Some(rt) = lock(&self.runtime).take() else {
+        let Some(threads) = lock(&self.runtime).take() else {
             return;
         };
-        let deadline = Instant::now() + CLOSE_GRACE;
-        while self.shared.live.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
+        // each thread stops once the connections ended (or CLOSE_GRACE passed)
+        for t in threads {
+            let _ = t.join();
         }
-        rt.shutdown_timeout(CLOSE_GRACE);
     }
 }
 
@@ -162,23 +161,33 @@ impl BidiFront {
         let Some(listener) = lock(&self.listener).take() else {
             return Err(PyRuntimeError::new_err("closed"));
         };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.io_threads)
-            .max_blocking_threads(1)
-            .thread_name("petcd-bidi")
-            .enable_io()
-            .enable_time()
-            .build()?;
+        let mut handles = Vec::with_capacity(self.io_threads);
+        let mut threads = Vec::with_capacity(self.io_threads);
+        for _ in 0..self.io_threads {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let stop =
+                server::until_stopped(self.shared.clone(), self.shutdown.subscribe(), CLOSE_GRACE);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("petcd-bidi".into())
+                    .spawn(move || rt.block_on(stop))?,
+            );
+        }
         let listener = {
-            let _guard = rt.enter();
+            let _guard = handles[0].enter();
             tokio::net::UnixListener::from_std(listener)?
         };
-        rt.spawn(server::accept_loop(
+        handles[0].clone().spawn(server::accept_loop(
             self.shared.clone(),
             listener,
+            handles,
             self.shutdown.subscribe(),
         ));
-        *rt_slot = Some(rt);
+        *rt_slot = Some(threads);
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
@@ -13,6 +14,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
@@ -20,7 +22,7 @@ use crate::grpc::{self, Status};
 use crate::shared::{lock, Event, Headers, Shared, Stream};
 
 /// How long a call whose status went waits for the client's END_STREAM (see StreamTask::poll).
-const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Counts a running connection (or the accept loop) for close() to wait on.
 struct Live(Arc<Shared>);
@@ -38,12 +40,32 @@ impl Drop for Live {
     }
 }
 
+/// What an IO thread runs: until close(), then until its connections ended or grace passed.
+pub async fn until_stopped(
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while shared.live.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Accepts connections and gives them to the IO threads in turn.
 pub async fn accept_loop(
     shared: Arc<Shared>,
     listener: UnixListener,
+    threads: Vec<Handle>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _live = Live::new(&shared);
+    let mut next = 0;
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -53,10 +75,21 @@ pub async fn accept_loop(
                         None => "unix:".into(),
                     };
                     let live = Live::new(&shared);
-                    tokio::spawn(serve_conn(live, sock, peer, shutdown.clone()));
+                    let shutdown = shutdown.clone();
+                    next = (next + 1) % threads.len();
+                    if next == 0 {
+                        tokio::spawn(serve_conn(live, sock, peer, shutdown));
+                    } else if let Ok(sock) = sock.into_std() {
+                        // registered again with the reactor of the thread that serves it
+                        threads[next].spawn(async move {
+                            if let Ok(sock) = UnixStream::from_std(sock) {
+                                serve_conn(live, sock, peer, shutdown).await;
+                            }
+                        });
+                    }
                 }
                 // out of descriptors and the like: the listener stays, the next accept may work
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
             _ = shutdown.changed() => return,
         }

@@ -412,3 +412,25 @@ def test_client_process_killed_is_a_cancel(served: Served) -> None:
         client.wait()
     served.wait_for(lambda e: e[1] == opened and e[0] == _bidi.EVENT_CANCEL, "cancel")
     assert served.front.try_send(opened, b"late") == _bidi.STREAM_CLOSED
+
+
+def test_connections_across_io_threads() -> None:
+    directory = tempfile.mkdtemp(prefix="bidi")
+    path = os.path.join(directory, "s")
+    s = Served(BidiFront(path, METHODS, ["t.S"], io_threads=3), path)
+    s.front.start()
+    thread = threading.Thread(target=s.serve, daemon=True)
+    thread.start()
+    # a channel of its own pool per client: one connection each
+    options = [*CLIENT_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(f"unix:{s.path}", options) for _ in range(6)]
+    try:
+        for i, ch in enumerate(channels):
+            assert list(call(ch, ECHO)(iter([b"%d" % i]), timeout=TIMEOUT)) == [b"%d" % i]
+    finally:
+        for ch in channels:
+            ch.close()
+        s.front.close()
+        thread.join(TIMEOUT)
+    assert len(s.calls()) == 6
+    os.rmdir(directory)
