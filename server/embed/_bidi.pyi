@@ -58,6 +58,7 @@ class BidiFront:
         grpcio's default for a unix: target is not, so a direct grpcio client sets
         grpc.default_authority; pygrpc-native's proxy sends a valid one.
         stream_buffer_bytes: the bytes queued per stream beyond which try_send says FULL.
+        io_threads: threads serving HTTP/2, each with its own connections (dealt in turn).
         """
 
     def start(self) -> None:
@@ -85,4 +86,6 @@ class BidiFront:
         nothing yet gets a trailers-only response. A call already gone is a no-op."""
 
     def close(self) -> None:
-        """Stops accepting, resets every open stream, removes the socket file, wakes recv_batch."""
+        """Stops accepting, resets every open stream, removes the socket file, wakes recv_batch.
+        Waits (GIL released) for the connections to send those resets and GOAWAY, at most about
+        1 s, then for the IO threads to exit. Idempotent; dropping the front closes it too."""

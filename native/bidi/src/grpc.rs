@@ -2,21 +2,12 @@
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine;
-use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub const INVALID_ARGUMENT: u32 = 3;
 pub const RESOURCE_EXHAUSTED: u32 = 8;
 pub const UNIMPLEMENTED: u32 = 12;
 pub const INTERNAL: u32 = 13;
-
-/// A metadata value as Python sees it: bytes exactly for keys ending in -bin.
-pub enum MetaValue {
-    Str(Bytes),
-    Bin(Vec<u8>),
-}
-
-pub type Metadata = Vec<(HeaderName, MetaValue)>;
 
 /// A status that ends a call; `metadata` is already encoded for the wire.
 pub struct Status {
@@ -27,51 +18,77 @@ pub struct Status {
 
 impl Status {
     pub fn new(code: u32, message: String) -> Self {
-        Status { code, message, metadata: Vec::new() }
+        Status {
+            code,
+            message,
+            metadata: Vec::new(),
+        }
     }
 }
 
-/// Headers that are the transport's, not the call's metadata.
+/// Headers that are the transport's, not the call's metadata (h2 already split off the
+/// pseudo-headers).
 fn is_transport_header(name: &str) -> bool {
     matches!(
         name,
-        "te" | "content-type" | "grpc-timeout" | "grpc-encoding" | "grpc-accept-encoding" | "connection"
+        "te" | "content-type"
+            | "grpc-timeout"
+            | "grpc-encoding"
+            | "grpc-accept-encoding"
+            | "connection"
     )
 }
 
-/// The call's metadata from request headers (h2 already split off the pseudo-headers).
-pub fn decode_metadata(headers: &HeaderMap) -> Result<Metadata, Status> {
-    let mut out = Vec::with_capacity(headers.len());
+/// A metadata value as Python gets it: bytes exactly for keys ending in -bin.
+pub enum MetaValue<'a> {
+    Str(&'a [u8]),
+    Bin(Vec<u8>),
+}
+
+/// A call's metadata from its request headers (checked by check_metadata).
+pub fn metadata(headers: &HeaderMap) -> impl Iterator<Item = (&str, MetaValue<'_>)> {
+    headers
+        .iter()
+        .filter(|(k, _)| !is_transport_header(k.as_str()))
+        .map(|(k, v)| {
+            let key = k.as_str();
+            if key.ends_with("-bin") {
+                (
+                    key,
+                    MetaValue::Bin(decode_bin(v.as_bytes()).unwrap_or_default()),
+                )
+            } else {
+                (key, MetaValue::Str(v.as_bytes()))
+            }
+        })
+}
+
+/// grpc-go's answer to -bin metadata that is not base64.
+pub fn check_metadata(headers: &HeaderMap) -> Result<(), Status> {
     for (name, value) in headers {
         let key = name.as_str();
-        if is_transport_header(key) {
-            continue;
-        }
         if key.ends_with("-bin") {
-            match decode_bin(value.as_bytes()) {
-                Ok(v) => out.push((name.clone(), MetaValue::Bin(v))),
-                Err(e) => {
-                    return Err(Status::new(
-                        INTERNAL,
-                        format!(
-                            "malformed binary metadata {} in header {}: {}",
-                            go_quote(&String::from_utf8_lossy(value.as_bytes())),
-                            go_quote(key),
-                            e
-                        ),
-                    ))
-                }
+            if let Err(e) = decode_bin(value.as_bytes()) {
+                let message = format!(
+                    "malformed binary metadata {} in header {}: {}",
+                    go_quote(&String::from_utf8_lossy(value.as_bytes())),
+                    go_quote(key),
+                    e
+                );
+                return Err(Status::new(INTERNAL, message));
             }
-        } else {
-            out.push((name.clone(), MetaValue::Str(Bytes::copy_from_slice(value.as_bytes()))));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// grpc-go's decodeBinHeader: padded base64 when the length allows it, else unpadded.
 fn decode_bin(v: &[u8]) -> Result<Vec<u8>, String> {
-    let r = if v.len() % 4 == 0 { STANDARD.decode(v) } else { STANDARD_NO_PAD.decode(v) };
+    let r = if v.len().is_multiple_of(4) {
+        STANDARD.decode(v)
+    } else {
+        STANDARD_NO_PAD.decode(v)
+    };
     r.map_err(|e| match e {
         base64::DecodeError::InvalidByte(at, _) | base64::DecodeError::InvalidLastSymbol(at, _) => {
             format!("illegal base64 data at input byte {at}")
@@ -89,10 +106,16 @@ pub fn encode_bin(v: &[u8]) -> String {
 pub fn decode_timeout(v: &[u8]) -> Result<f64, String> {
     let s = String::from_utf8_lossy(v);
     if v.len() < 2 {
-        return Err(format!("transport: timeout string is too short: {}", go_quote(&s)));
+        return Err(format!(
+            "transport: timeout string is too short: {}",
+            go_quote(&s)
+        ));
     }
     if v.len() > 9 {
-        return Err(format!("transport: timeout string is too long: {}", go_quote(&s)));
+        return Err(format!(
+            "transport: timeout string is too long: {}",
+            go_quote(&s)
+        ));
     }
     let (digits, unit) = v.split_at(v.len() - 1);
     let scale = match unit[0] {
@@ -102,7 +125,12 @@ pub fn decode_timeout(v: &[u8]) -> Result<f64, String> {
         b'm' => 1e-3,
         b'u' => 1e-6,
         b'n' => 1e-9,
-        _ => return Err(format!("transport: timeout unit is not recognized: {}", go_quote(&s))),
+        _ => {
+            return Err(format!(
+                "transport: timeout unit is not recognized: {}",
+                go_quote(&s)
+            ))
+        }
     };
     if !digits.iter().all(u8::is_ascii_digit) {
         return Err(format!(
@@ -110,7 +138,10 @@ pub fn decode_timeout(v: &[u8]) -> Result<f64, String> {
             go_quote(&String::from_utf8_lossy(digits))
         ));
     }
-    let n: u64 = std::str::from_utf8(digits).unwrap_or("0").parse().unwrap_or(0);
+    let n: u64 = std::str::from_utf8(digits)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
     Ok(n as f64 * scale)
 }
 
@@ -142,7 +173,9 @@ pub fn go_quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -154,11 +187,17 @@ pub fn go_quote(s: &str) -> String {
 pub fn unknown_path(path: &str, services: &[String]) -> Status {
     let sm = path.strip_prefix('/').unwrap_or(path);
     let Some(pos) = sm.rfind('/') else {
-        return Status::new(UNIMPLEMENTED, format!("malformed method name: {}", go_quote(path)));
+        return Status::new(
+            UNIMPLEMENTED,
+            format!("malformed method name: {}", go_quote(path)),
+        );
     };
     let (service, method) = (&sm[..pos], &sm[pos + 1..]);
     if services.iter().any(|s| s == service) {
-        Status::new(UNIMPLEMENTED, format!("unknown method {method} for service {service}"))
+        Status::new(
+            UNIMPLEMENTED,
+            format!("unknown method {method} for service {service}"),
+        )
     } else {
         Status::new(UNIMPLEMENTED, format!("unknown service {service}"))
     }
@@ -203,8 +242,14 @@ mod tests {
     #[test]
     fn unknown() {
         let svcs = vec!["etcdserverpb.Watch".to_owned()];
-        assert_eq!(unknown_path("/etcdserverpb.Watch/Nope", &svcs).message, "unknown method Nope for service etcdserverpb.Watch");
+        assert_eq!(
+            unknown_path("/etcdserverpb.Watch/Nope", &svcs).message,
+            "unknown method Nope for service etcdserverpb.Watch"
+        );
         assert_eq!(unknown_path("/a.B/C", &svcs).message, "unknown service a.B");
-        assert_eq!(unknown_path("nope", &svcs).message, "malformed method name: \"nope\"");
+        assert_eq!(
+            unknown_path("nope", &svcs).message,
+            "malformed method name: \"nope\""
+        );
     }
 }

@@ -5,9 +5,8 @@ mod server;
 mod shared;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -35,7 +34,8 @@ struct BidiFront {
     path: String,
     io_threads: usize,
     listener: Mutex<Option<std::os::unix::net::UnixListener>>,
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    /// The IO threads, each running a single-threaded runtime, once started.
+    runtime: Mutex<Option<Vec<std::thread::JoinHandle<()>>>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -66,12 +66,18 @@ fn header_pairs(md: Option<PyMetadata<'_>>) -> PyResult<Vec<(HeaderName, HeaderV
 fn event_to_py<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>> {
     let none = py.None();
     match ev {
-        Event::Call { id, method, metadata, peer, timeout } => {
+        Event::Call {
+            id,
+            method,
+            metadata,
+            peer,
+            timeout,
+        } => {
             let mut md = Vec::with_capacity(metadata.len());
-            for (k, v) in metadata {
-                let key = PyString::new(py, k.as_str()).into_any();
+            for (k, v) in grpc::metadata(&metadata) {
+                let key = PyString::new(py, k).into_any();
                 let value = match v {
-                    MetaValue::Str(b) => PyString::new(py, &String::from_utf8_lossy(&b)).into_any(),
+                    MetaValue::Str(b) => PyString::new(py, &String::from_utf8_lossy(b)).into_any(),
                     MetaValue::Bin(b) => PyBytes::new(py, &b).into_any(),
                 };
                 md.push(PyTuple::new(py, [key, value])?);
@@ -82,8 +88,12 @@ fn event_to_py<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>>
         Event::Message { id, payload } => {
             (EVENT_MESSAGE, id, 0u32, PyBytes::new(py, &payload), none).into_pyobject(py)
         }
-        Event::HalfClose { id } => (EVENT_HALF_CLOSE, id, 0u32, none.clone_ref(py), none).into_pyobject(py),
-        Event::Cancel { id } => (EVENT_CANCEL, id, 0u32, none.clone_ref(py), none).into_pyobject(py),
+        Event::HalfClose { id } => {
+            (EVENT_HALF_CLOSE, id, 0u32, none.clone_ref(py), none).into_pyobject(py)
+        }
+        Event::Cancel { id } => {
+            (EVENT_CANCEL, id, 0u32, none.clone_ref(py), none).into_pyobject(py)
+        }
     }
 }
 
@@ -95,12 +105,13 @@ impl BidiFront {
         if first {
             let _ = std::fs::remove_file(&self.path);
         }
-        let Some(rt) = lock(&self.runtime).take() else { return };
-        let deadline = Instant::now() + CLOSE_GRACE;
-        while self.shared.live.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
+        let Some(threads) = lock(&self.runtime).take() else {
+            return;
+        };
+        // each thread stops once the connections ended (or CLOSE_GRACE passed)
+        for t in threads {
+            let _ = t.join();
         }
-        rt.shutdown_timeout(CLOSE_GRACE);
     }
 }
 
@@ -118,7 +129,11 @@ impl BidiFront {
         stream_buffer_bytes: usize,
         io_threads: usize,
     ) -> PyResult<Self> {
-        let methods: HashMap<String, u32> = methods.into_iter().enumerate().map(|(i, m)| (m, i as u32)).collect();
+        let methods: HashMap<String, u32> = methods
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| (m, i as u32))
+            .collect();
         let listener = std::os::unix::net::UnixListener::bind(&path)?;
         listener.set_nonblocking(true)?;
         let config = Config {
@@ -146,19 +161,33 @@ impl BidiFront {
         let Some(listener) = lock(&self.listener).take() else {
             return Err(PyRuntimeError::new_err("closed"));
         };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.io_threads)
-            .max_blocking_threads(1)
-            .thread_name("petcd-bidi")
-            .enable_io()
-            .enable_time()
-            .build()?;
+        let mut handles = Vec::with_capacity(self.io_threads);
+        let mut threads = Vec::with_capacity(self.io_threads);
+        for _ in 0..self.io_threads {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let stop =
+                server::until_stopped(self.shared.clone(), self.shutdown.subscribe(), CLOSE_GRACE);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("petcd-bidi".into())
+                    .spawn(move || rt.block_on(stop))?,
+            );
+        }
         let listener = {
-            let _guard = rt.enter();
+            let _guard = handles[0].enter();
             tokio::net::UnixListener::from_std(listener)?
         };
-        rt.spawn(server::accept_loop(self.shared.clone(), listener, self.shutdown.subscribe()));
-        *rt_slot = Some(rt);
+        handles[0].clone().spawn(server::accept_loop(
+            self.shared.clone(),
+            listener,
+            handles,
+            self.shutdown.subscribe(),
+        ));
+        *rt_slot = Some(threads);
         Ok(())
     }
 
@@ -170,8 +199,11 @@ impl BidiFront {
         timeout_ms: Option<u64>,
     ) -> PyResult<Option<Bound<'py, PyList>>> {
         let shared = &self.shared;
-        let Some(events) = py.detach(|| shared.events.take(max_events, timeout_ms.map(Duration::from_millis)))
-        else {
+        let Some(events) = py.detach(|| {
+            shared
+                .events
+                .take(max_events, timeout_ms.map(Duration::from_millis))
+        }) else {
             return Ok(None);
         };
         let list = PyList::empty(py);
@@ -183,11 +215,16 @@ impl BidiFront {
 
     fn send_initial_metadata(&self, call_id: u64, metadata: PyMetadata<'_>) -> PyResult<bool> {
         let md = header_pairs(Some(metadata))?;
-        Ok(self.shared.stream(call_id).is_some_and(|s| s.send_initial_metadata(md)))
+        Ok(self
+            .shared
+            .stream(call_id)
+            .is_some_and(|s| s.send_initial_metadata(md)))
     }
 
     fn try_send(&self, call_id: u64, payload: &[u8]) -> u8 {
-        let Some(stream) = self.shared.stream(call_id) else { return STREAM_CLOSED };
+        let Some(stream) = self.shared.stream(call_id) else {
+            return STREAM_CLOSED;
+        };
         if self.too_large(call_id, &stream, payload) {
             return STREAM_CLOSED;
         }
@@ -199,7 +236,9 @@ impl BidiFront {
     }
 
     fn send(&self, py: Python<'_>, call_id: u64, payload: &[u8]) -> bool {
-        let Some(stream) = self.shared.stream(call_id) else { return false };
+        let Some(stream) = self.shared.stream(call_id) else {
+            return false;
+        };
         if self.too_large(call_id, &stream, payload) {
             return false;
         }
@@ -217,7 +256,11 @@ impl BidiFront {
     ) -> PyResult<()> {
         let metadata = header_pairs(trailing_metadata)?;
         if let Some(stream) = self.shared.stream(call_id) {
-            stream.end(Status { code, message, metadata });
+            stream.end(Status {
+                code,
+                message,
+                metadata,
+            });
         }
         Ok(())
     }
@@ -230,11 +273,17 @@ impl BidiFront {
 impl BidiFront {
     /// A message over max_send_message_length ends the call as grpc-go's SendMsg error would.
     fn too_large(&self, call_id: u64, stream: &shared::Stream, payload: &[u8]) -> bool {
-        let Some(max) = self.shared.config.max_send else { return false };
+        let Some(max) = self.shared.config.max_send else {
+            return false;
+        };
         if payload.len() <= max {
             return false;
         }
-        let msg = format!("grpc: trying to send message larger than max ({} vs. {})", payload.len(), max);
+        let msg = format!(
+            "grpc: trying to send message larger than max ({} vs. {})",
+            payload.len(),
+            max
+        );
         if stream.end(Status::new(grpc::RESOURCE_EXHAUSTED, msg)) {
             self.shared.events.push(Event::Cancel { id: call_id });
         }

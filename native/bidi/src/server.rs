@@ -6,13 +6,15 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
-use h2::{RecvStream, Reason, SendStream};
+use h2::{Reason, RecvStream, SendStream};
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
@@ -20,7 +22,7 @@ use crate::grpc::{self, Status};
 use crate::shared::{lock, Event, Headers, Shared, Stream};
 
 /// How long a call whose status went waits for the client's END_STREAM (see StreamTask::poll).
-const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Counts a running connection (or the accept loop) for close() to wait on.
 struct Live(Arc<Shared>);
@@ -38,8 +40,32 @@ impl Drop for Live {
     }
 }
 
-pub async fn accept_loop(shared: Arc<Shared>, listener: UnixListener, mut shutdown: watch::Receiver<bool>) {
+/// What an IO thread runs: until close(), then until its connections ended or grace passed.
+pub async fn until_stopped(
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while shared.live.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Accepts connections and gives them to the IO threads in turn.
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    threads: Vec<Handle>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let _live = Live::new(&shared);
+    let mut next = 0;
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -49,17 +75,33 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: UnixListener, mut shutdo
                         None => "unix:".into(),
                     };
                     let live = Live::new(&shared);
-                    tokio::spawn(serve_conn(live, sock, peer, shutdown.clone()));
+                    let shutdown = shutdown.clone();
+                    next = (next + 1) % threads.len();
+                    if next == 0 {
+                        tokio::spawn(serve_conn(live, sock, peer, shutdown));
+                    } else if let Ok(sock) = sock.into_std() {
+                        // registered again with the reactor of the thread that serves it
+                        threads[next].spawn(async move {
+                            if let Ok(sock) = UnixStream::from_std(sock) {
+                                serve_conn(live, sock, peer, shutdown).await;
+                            }
+                        });
+                    }
                 }
                 // out of descriptors and the like: the listener stays, the next accept may work
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
             _ = shutdown.changed() => return,
         }
     }
 }
 
-async fn serve_conn(live: Live, sock: UnixStream, peer: Arc<str>, mut shutdown: watch::Receiver<bool>) {
+async fn serve_conn(
+    live: Live,
+    sock: UnixStream,
+    peer: Arc<str>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let shared = live.0.clone();
     let mut builder = h2::server::Builder::new();
     // a stream's receive window stays HTTP/2's default; the connection's allows a few busy streams
@@ -96,11 +138,25 @@ fn response(status: StatusCode) -> Response<()> {
     r
 }
 
-/// A response that is only headers: an answer before (or instead of) the call.
-fn early_answer(respond: &mut SendResponse<Bytes>, http_status: StatusCode, status: Status) {
+/// A response that is only headers: an answer before (or instead of) the call; then, as
+/// after any status, a little wait for the client's END_STREAM (see StreamTask::poll).
+async fn early_answer(
+    mut respond: SendResponse<Bytes>,
+    mut recv: RecvStream,
+    http_status: StatusCode,
+    status: Status,
+) {
     let mut r = response(http_status);
     grpc::put_status(r.headers_mut(), status);
-    let _ = respond.send_response(r, true);
+    if respond.send_response(r, true).is_err() || recv.is_end_stream() {
+        return;
+    }
+    let drain = async {
+        while let Some(Ok(chunk)) = recv.data().await {
+            let _ = recv.flow_control().release_capacity(chunk.len());
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// application/grpc, optionally +subtype or ;params.
@@ -119,38 +175,44 @@ async fn serve_stream(
 ) {
     let (parts, recv) = req.into_parts();
     let headers = &parts.headers;
-    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes).unwrap_or(b"");
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or(b"");
     if !is_grpc_content_type(content_type) {
         let ct = String::from_utf8_lossy(content_type);
         let msg = format!("invalid gRPC request content-type {}", grpc::go_quote(&ct));
-        return early_answer(
-            &mut respond,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Status::new(grpc::INVALID_ARGUMENT, msg),
-        );
+        let status = Status::new(grpc::INVALID_ARGUMENT, msg);
+        return early_answer(respond, recv, StatusCode::UNSUPPORTED_MEDIA_TYPE, status).await;
     }
-    let timeout = match headers.get("grpc-timeout").map(|v| grpc::decode_timeout(v.as_bytes())) {
+    let timeout = match headers
+        .get("grpc-timeout")
+        .map(|v| grpc::decode_timeout(v.as_bytes()))
+    {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
             let status = Status::new(grpc::INTERNAL, format!("malformed grpc-timeout: {e}"));
-            return early_answer(&mut respond, StatusCode::BAD_REQUEST, status);
+            return early_answer(respond, recv, StatusCode::BAD_REQUEST, status).await;
         }
     };
-    let metadata = match grpc::decode_metadata(headers) {
-        Ok(m) => m,
-        Err(status) => return early_answer(&mut respond, StatusCode::BAD_REQUEST, status),
-    };
+    if let Err(status) = grpc::check_metadata(headers) {
+        return early_answer(respond, recv, StatusCode::BAD_REQUEST, status).await;
+    }
     let path = parts.uri.path();
     let Some(&method) = shared.config.methods.get(path) else {
         let status = grpc::unknown_path(path, &shared.config.services);
-        return early_answer(&mut respond, StatusCode::OK, status);
+        return early_answer(respond, recv, StatusCode::OK, status).await;
     };
     if let Some(enc) = headers.get("grpc-encoding") {
         if !enc.is_empty() && enc.as_bytes() != b"identity" {
             let enc = String::from_utf8_lossy(enc.as_bytes());
-            let msg = format!("grpc: Decompressor is not installed for grpc-encoding {}", grpc::go_quote(&enc));
-            return early_answer(&mut respond, StatusCode::OK, Status::new(grpc::UNIMPLEMENTED, msg));
+            let msg = format!(
+                "grpc: Decompressor is not installed for grpc-encoding {}",
+                grpc::go_quote(&enc)
+            );
+            let status = Status::new(grpc::UNIMPLEMENTED, msg);
+            return early_answer(respond, recv, StatusCode::OK, status).await;
         }
     }
     if shared.closed.load(Ordering::SeqCst) {
@@ -161,7 +223,14 @@ async fn serve_stream(
     if shared.closed.load(Ordering::SeqCst) {
         stream.reset();
     }
-    shared.events.push(Event::Call { id, method, metadata, peer, timeout });
+    let metadata = parts.headers;
+    shared.events.push(Event::Call {
+        id,
+        method,
+        metadata,
+        peer,
+        timeout,
+    });
     let mut task = StreamTask {
         shared,
         id,
@@ -222,6 +291,9 @@ impl StreamTask {
         // way, and ending the stream now would reset it (RST_STREAM NO_ERROR), racing those
         // frames. A peer (pygrpc-native's front) that gets them for a stream it forgot answers
         // with resets of its own, which its HTTP/2 counts towards a GOAWAY.
+        if self.park(cx).is_ready() {
+            return Poll::Ready(());
+        }
         if let Some(recv) = self.recv.as_mut() {
             loop {
                 match recv.poll_data(cx) {
@@ -289,7 +361,10 @@ impl StreamTask {
                 }
                 chunk.advance(5);
                 let payload = chunk.split_to(len);
-                self.shared.events.push(Event::Message { id: self.id, payload });
+                self.shared.events.push(Event::Message {
+                    id: self.id,
+                    payload,
+                });
             }
             if chunk.is_empty() {
                 return Ok(());
@@ -304,7 +379,10 @@ impl StreamTask {
             }
             self.rbuf.advance(5);
             let payload = self.rbuf.split_to(len).freeze();
-            self.shared.events.push(Event::Message { id: self.id, payload });
+            self.shared.events.push(Event::Message {
+                id: self.id,
+                payload,
+            });
         }
         Ok(())
     }
@@ -331,17 +409,42 @@ impl StreamTask {
         Ok(len)
     }
 
+    /// close() resets the stream.
+    fn reset(&mut self) -> Poll<()> {
+        match self.send.as_mut() {
+            Some(send) => send.send_reset(Reason::CANCEL),
+            None => self.respond.send_reset(Reason::CANCEL),
+        }
+        Poll::Ready(())
+    }
+
+    /// Waiting on HTTP/2 (flow control, the client's END_STREAM): close() must still wake us.
+    fn park(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = lock(&self.stream.state);
+        if st.reset {
+            drop(st);
+            return self.reset();
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             if !self.inflight.is_empty() {
-                let Some(send) = self.send.as_mut() else { unreachable!("data before headers") };
+                let Some(send) = self.send.as_mut() else {
+                    unreachable!("data before headers")
+                };
                 let cap = send.capacity();
                 if cap == 0 {
                     send.reserve_capacity(self.inflight.len());
                     match send.poll_capacity(cx) {
                         Poll::Ready(Some(Ok(_))) => continue,
                         Poll::Ready(_) => return self.cancel(),
-                        Poll::Pending => return Poll::Pending,
+                        Poll::Pending => return self.park(cx),
                     }
                 }
                 let chunk = self.inflight.split_to(cap.min(self.inflight.len()));
@@ -360,11 +463,7 @@ impl StreamTask {
                 let mut st = lock(&self.stream.state);
                 if st.reset {
                     drop(st);
-                    match self.send.as_mut() {
-                        Some(send) => send.send_reset(Reason::CANCEL),
-                        None => self.respond.send_reset(Reason::CANCEL),
-                    }
-                    return Poll::Ready(());
+                    return self.reset();
                 }
                 let headers = if st.headers == Headers::Requested {
                     st.headers = Headers::Sent;
@@ -372,7 +471,11 @@ impl StreamTask {
                 } else {
                     None
                 };
-                let data = if st.buf.is_empty() { None } else { Some(st.buf.split().freeze()) };
+                let data = if st.buf.is_empty() {
+                    None
+                } else {
+                    Some(st.buf.split().freeze())
+                };
                 let end = if data.is_none() { st.end.take() } else { None };
                 if headers.is_none() && data.is_none() && end.is_none() {
                     match &st.waker {

@@ -7,9 +7,9 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::grpc::{Metadata, Status};
+use crate::grpc::Status;
 
 /// A poisoned lock only means another thread panicked while holding it; the state stays usable.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -17,15 +17,30 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub enum Event {
-    Call { id: u64, method: u32, metadata: Metadata, peer: Arc<str>, timeout: Option<f64> },
-    Message { id: u64, payload: Bytes },
-    HalfClose { id: u64 },
-    Cancel { id: u64 },
+    Call {
+        id: u64,
+        method: u32,
+        metadata: HeaderMap,
+        peer: Arc<str>,
+        timeout: Option<f64>,
+    },
+    Message {
+        id: u64,
+        payload: Bytes,
+    },
+    HalfClose {
+        id: u64,
+    },
+    Cancel {
+        id: u64,
+    },
 }
 
 struct EventQueue {
     items: VecDeque<Event>,
     waiters: u32,
+    /// A waiter was woken and has not taken the queue yet: more events need no other wakeup.
+    notified: bool,
     closed: bool,
 }
 
@@ -38,7 +53,12 @@ pub struct Events {
 impl Events {
     fn new() -> Self {
         Events {
-            q: Mutex::new(EventQueue { items: VecDeque::with_capacity(1024), waiters: 0, closed: false }),
+            q: Mutex::new(EventQueue {
+                items: VecDeque::with_capacity(1024),
+                waiters: 0,
+                notified: false,
+                closed: false,
+            }),
             cv: Condvar::new(),
         }
     }
@@ -49,7 +69,8 @@ impl Events {
             return;
         }
         q.items.push_back(ev);
-        let wake = q.waiters > 0;
+        let wake = q.waiters > 0 && !q.notified;
+        q.notified |= wake;
         drop(q);
         if wake {
             self.cv.notify_one();
@@ -61,9 +82,15 @@ impl Events {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut q = lock(&self.q);
         loop {
+            q.notified = false;
             if !q.items.is_empty() {
                 let n = q.items.len().min(max.max(1));
-                return Some(q.items.drain(..n).collect());
+                let batch = q.items.drain(..n).collect();
+                if !q.items.is_empty() && q.waiters > 0 {
+                    q.notified = true;
+                    self.cv.notify_one();
+                }
+                return Some(batch);
             }
             if q.closed {
                 return None;
@@ -77,7 +104,11 @@ impl Events {
                         q.waiters -= 1;
                         return Some(Vec::new());
                     }
-                    q = self.cv.wait_timeout(q, d - now).unwrap_or_else(|e| e.into_inner()).0;
+                    q = self
+                        .cv
+                        .wait_timeout(q, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
             }
             q.waiters -= 1;
