@@ -11,6 +11,8 @@ export GOTOOLCHAIN := local
 
 PY_SOURCES := $(shell find server controllers -name '*.py' -not -name '*_pb2*.py' 2>/dev/null)
 PROTOS := $(shell find server/api -name '*.proto')
+# server.embed._bidi (Rust, built by setuptools-rust in `pip install -e .`)
+BIDI_SOURCES := native/bidi/Cargo.toml native/bidi/Cargo.lock $(shell find native/bidi/src -name '*.rs' 2>/dev/null)
 
 .PHONY: all venv check-lock lock go-lock FORCE run test test-grpcio test-fast test-e2e test-envtest lint proto peers raft-testdata bench-peers debian-etcd bench bench-kube bench-snapshot bench-cluster bench-scale bench-ab cluster raft-cluster clean
 
@@ -21,7 +23,7 @@ venv: $(VENV)/.installed
 # requirements.lock pins every Python package (with hashes), the generators and pip itself. `make lock`
 # adds what pyproject.toml gained; `make lock UPGRADE=1` moves every pin to the newest, on purpose.
 # The venv is built from the lock alone, then checked against it.
-$(VENV)/.installed: requirements.lock pyproject.toml server/embed/_relay.c
+$(VENV)/.installed: requirements.lock pyproject.toml server/embed/_relay.c $(BIDI_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .

@@ -76,7 +76,8 @@ def grpc_server_options(cfg: Config) -> list[tuple[str, Any]]:
 class _Backends:
     """The private Unix sockets the gRPC server or the front-ends listen on, in a directory only
     this user can enter: one for cleartext and one for TLS per server, as grpc targets (grpcio
-    and pygrpc-native both bind `unix:` paths; pygrpc-native has no abstract namespace). The
+    and pygrpc-native both bind `unix:` paths; pygrpc-native has no abstract namespace), and the
+    one the native server proxies its bidirectional streams to (grpc_server.py). The
     directory is named after the process, so one left by a killed member is removed by the
     next member that starts."""
 
@@ -217,7 +218,8 @@ class Etcd:
         addresses, pygrpc-native one each."""
         if kind == "grpcio" and self._grpcio is not None:
             return self._grpcio
-        g = grpc_server(kind, svcs, interceptors, options)
+        assert self._backends is not None
+        g = grpc_server(kind, svcs, interceptors, options, private_dir=self._backends.dir)
         if kind == "grpcio":
             self._grpcio = g
         self._grpc.append(g)

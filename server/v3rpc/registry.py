@@ -171,7 +171,8 @@ def _request_class(service: str, method: str) -> Any:
 
 
 class _Unknown(grpc.GenericRpcHandler):
-    """Whatever no service claims, answered as grpc-go does."""
+    """Whatever no service claims, answered as grpc-go does (on grpcio; the native server's
+    BidiFront gives the same answers itself, server/embed/grpc_server.py)."""
 
     def __init__(self, svcs: Services) -> None:
         self._svcs = svcs

@@ -1,0 +1,501 @@
+"""grpc.aio bidirectional-stream handlers (Watch, LeaseKeepAlive) run on the native bidirectional
+front (server/embed/_bidi: BidiFront, Rust), which pygrpc-native proxies its non-native streams
+to (server/embed/grpc_server.py).
+
+    server = BidiServer(front, handlers, interceptors)   # front serves list(handlers), in order
+    await server.start()         # the dispatch thread; calls reach the event loop in batches
+    ...
+    await server.stop(grace)     # as grpc.aio.Server.stop
+
+HTTP/2, gRPC framing, flow control and trailers run in Rust without the GIL. Here, on the event
+loop, each call runs as grpc.aio runs it: the server interceptors with the call's method and
+metadata, then the handler (an async generator, or a coroutine using context.read/write) with an
+async iterator of its requests, in the same task, so what interceptors put in context variables
+(auth credentials) reaches the handler. A call ends as grpc.aio ends it:
+
+    the handler returns                  the code and details it set (OK, "")
+    context.abort(code, details)         that status, at once; AbortError raised in the handler
+    any other exception                  UNKNOWN (or the code it set) "Unexpected <class 'T'>: msg"
+    the client cancels or goes away      the handler task is cancelled, nothing more is sent
+    the grpc-timeout deadline passes     DEADLINE_EXCEEDED "Deadline Exceeded", the task cancelled
+    interceptors find no handler         UNIMPLEMENTED "Method not found!"
+
+Responses leave with try_send, which never blocks; past the stream's buffer (the client is not
+reading) the handler waits, off the loop, in BidiFront.send on a thread of this server's own pool,
+so a stuck stream holds a thread (GIL released) and never the default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import logging
+import sys
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NamedTuple, NoReturn, Protocol
+
+import grpc
+
+from server.embed import _bidi
+
+__all__ = ["BidiServer", "Front"]
+
+log = logging.getLogger(__name__)
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+_C = grpc.StatusCode
+# what grpcio's time_remaining() says of a call without a deadline
+_NO_DEADLINE = float(sys.maxsize)
+_INSECURE = {"transport_security_type": [b"insecure"], "security_level": [b"TSI_SECURITY_NONE"]}
+# threads waiting in BidiFront.send for a client that does not read (GIL released meanwhile)
+_SEND_THREADS = 256
+_BATCH = 256
+
+
+class Front(Protocol):
+    """What BidiServer uses of server.embed._bidi.BidiFront (see _bidi.pyi)."""
+
+    def start(self) -> None: ...
+    def recv_batch(self, max_events: int, timeout_ms: int | None = None) -> list[_bidi.Event] | None: ...
+    def send_initial_metadata(self, call_id: int, metadata: Metadata) -> bool: ...
+    def try_send(self, call_id: int, payload: bytes) -> int: ...
+    def send(self, call_id: int, payload: bytes) -> bool: ...
+    def end(
+        self, call_id: int, code: int, message: str = "", trailing_metadata: Metadata | None = None
+    ) -> None: ...
+    def close(self) -> None: ...
+
+
+class Metadatum(NamedTuple):
+    """One entry of invocation_metadata(), as grpcio gives it (a (key, value) pair)."""
+
+    key: str
+    value: str | bytes
+
+
+@dataclass(slots=True)
+class _CallDetails:
+    """grpc.HandlerCallDetails of a call, for the interceptors."""
+
+    method: str
+    invocation_metadata: tuple[tuple[str, str | bytes], ...]  # Metadatum entries
+
+
+class _Requests:
+    """A call's requests as an async iterator: messages queue here as their events arrive and
+    are decoded when the handler takes them; the iterator ends at the client's half-close (or
+    when the call ends)."""
+
+    __slots__ = ("_closed", "_decode", "_queue", "_waiter")
+
+    def __init__(self) -> None:
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._closed = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._decode: Callable[[bytes], Any] | None = None
+
+    def put(self, payload: bytes) -> None:
+        self._queue.append(payload)
+        self._wake()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._waiter is not None:
+                raise grpc.aio.UsageError("Another read is in progress")
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        raw = self._queue.popleft()
+        decode = self._decode
+        return raw if decode is None else decode(raw)
+
+
+class _Call:
+    __slots__ = (
+        "call_id",
+        "callbacks",
+        "cancelled",
+        "deadline",
+        "ended",
+        "finished",
+        "metadata",
+        "method",
+        "peer",
+        "requests",
+        "running",
+        "task",
+        "timer",
+    )
+
+    def __init__(self, call_id: int, method: str, details: _bidi.CallDetails) -> None:
+        metadata, peer, time_remaining = details
+        self.call_id = call_id
+        self.method = method
+        self.metadata = metadata
+        self.peer: str = peer
+        self.deadline = None if time_remaining is None else time.monotonic() + time_remaining
+        self.requests = _Requests()
+        self.task: asyncio.Task[None] | None = None
+        # the task has begun: cancelling it runs its cleanup (a task cancelled before its first
+        # step never runs, so one not yet running finds the call cancelled instead)
+        self.running = False
+        self.timer: asyncio.TimerHandle | None = None
+        # the client went away or the deadline passed (grpc: the RPC was cancelled)
+        self.cancelled = False
+        # a status was sent, or the call is gone: nothing more goes out
+        self.ended = False
+        # the handler has returned (context.done())
+        self.finished = False
+        self.callbacks: list[Callable[[Any], None]] = []
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.ended = True
+        if self.running and self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+class _Context(grpc.aio.ServicerContext[Any, Any]):
+    """The grpc.aio.ServicerContext of one call."""
+
+    def __init__(self, server: BidiServer, call: _Call) -> None:
+        self._server = server
+        self._call = call
+        self._handler: Any = None  # the one the interceptors chose
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self._trailing: Metadata = ()
+        self._initial_sent = False
+        self._aborted = False
+
+    async def read(self) -> Any:
+        try:
+            return await self._call.requests.__anext__()
+        except StopAsyncIteration:
+            return grpc.aio.EOF
+
+    async def write(self, message: Any) -> None:
+        await self._server._send(self._call, self._handler, message)
+
+    async def send_initial_metadata(self, initial_metadata: Any) -> None:
+        if self._initial_sent:
+            raise grpc.aio.UsageError("Send initial metadata failed: already sent")
+        self._initial_sent = True
+        self._server._front.send_initial_metadata(self._call.call_id, tuple(initial_metadata))
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
+        if self._aborted:
+            raise grpc.aio.UsageError("Abort already called!")
+        self._aborted = True
+        # as grpcio: what set_details / set_trailing_metadata left stands unless given here
+        if details or not self._details:
+            self._details = details
+        if trailing_metadata or not self._trailing:
+            self._trailing = tuple(trailing_metadata)
+        self._code = code
+        self._server._end(self._call, code, self._details, self._trailing)
+        raise grpc.aio.AbortError("Locally aborted.")
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        await self.abort(status.code, status.details, status.trailing_metadata)
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        self._trailing = tuple(trailing_metadata)
+
+    def trailing_metadata(self) -> Any:
+        return self._trailing
+
+    def invocation_metadata(self) -> Any:
+        return tuple(Metadatum(k, v) for k, v in self._call.metadata)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code or _C.OK
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def details(self) -> str:
+        return self._details
+
+    def set_compression(self, compression: grpc.Compression) -> None:
+        pass  # responses go uncompressed, as grpc-go's (etcd's) do unless the server sets one
+
+    def disable_next_message_compression(self) -> None:
+        pass
+
+    def peer(self) -> str:
+        return self._call.peer
+
+    def peer_identities(self) -> None:
+        return None
+
+    def peer_identity_key(self) -> None:
+        return None
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return _INSECURE
+
+    def time_remaining(self) -> float:
+        deadline = self._call.deadline
+        return _NO_DEADLINE if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def cancelled(self) -> bool:
+        return self._call.cancelled
+
+    def done(self) -> bool:
+        return self._call.finished
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        if self._call.finished:
+            callback(self)
+        else:
+            self._call.callbacks.append(callback)
+
+
+def _encode(serialize: Callable[[Any], bytes] | None, response: Any) -> bytes:
+    data = response if serialize is None else serialize(response)
+    if type(data) is not bytes:
+        raise TypeError(f"Expected bytes, got {type(data).__name__}")
+    return data
+
+
+class BidiServer:
+    """Runs grpc.aio stream-stream handlers on a BidiFront (see the module docstring).
+
+    front serves the paths of handlers, method_id being the index in list(handlers)."""
+
+    def __init__(
+        self,
+        front: Front,
+        handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]],
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self._front = front
+        self._handlers = dict(handlers)
+        self._methods = list(handlers)
+        self._interceptors = tuple(interceptors)
+        self._calls: dict[int, _Call] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatcher: threading.Thread | None = None
+        self._senders: ThreadPoolExecutor | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            raise ValueError("Cannot start already-started server!")
+        self._loop = asyncio.get_running_loop()
+        self._senders = ThreadPoolExecutor(_SEND_THREADS, thread_name_prefix="petcd-bidi-send")
+        self._front.start()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="petcd-bidi-dispatch", daemon=True)
+        self._dispatcher.start()
+
+    async def stop(self, grace: float | None) -> None:
+        """As grpc.aio.Server.stop: new calls are refused at once, open calls get grace
+        seconds to finish, then their handlers are cancelled and their streams reset."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        tasks = [call.task for call in self._calls.values() if call.task is not None]
+        if grace and tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for call in list(self._calls.values()):
+            call.cancel()  # the streams are reset below, not ended one by one
+        await asyncio.gather(*tasks, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._front.close)
+        if self._dispatcher is not None:
+            await loop.run_in_executor(None, self._dispatcher.join)
+        if self._senders is not None:
+            self._senders.shutdown(wait=False)
+        self._stopped.set()
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """True if timeout passed first, as grpc.aio's."""
+        if self._stopped.is_set():
+            return False
+        try:
+            await asyncio.wait_for(self._stopped.wait(), timeout)
+        except TimeoutError:
+            return True
+        return False
+
+    # -- events: the dispatch thread hands them to the loop in batches ----------------------------
+
+    def _dispatch(self) -> None:
+        front, loop = self._front, self._loop
+        assert loop is not None
+        while (events := front.recv_batch(_BATCH)) is not None:
+            if not events:
+                continue
+            try:
+                loop.call_soon_threadsafe(self._on_events, events)
+            except RuntimeError:  # the loop was closed without stop()
+                front.close()
+                return
+
+    def _on_events(self, events: list[_bidi.Event]) -> None:
+        calls = self._calls
+        for kind, call_id, method_id, payload, details in events:
+            if kind == _bidi.EVENT_MESSAGE:
+                call = calls.get(call_id)
+                if call is not None:
+                    assert payload is not None
+                    call.requests.put(payload)
+            elif kind == _bidi.EVENT_CALL:
+                assert details is not None
+                self._open(call_id, method_id, details)
+            elif kind == _bidi.EVENT_HALF_CLOSE:
+                call = calls.get(call_id)
+                if call is not None:
+                    call.requests.close()
+            elif kind == _bidi.EVENT_CANCEL:
+                call = calls.get(call_id)
+                if call is not None:
+                    call.cancel()
+
+    def _open(self, call_id: int, method_id: int, details: _bidi.CallDetails) -> None:
+        if self._stopping:
+            self._front.end(call_id, _C.UNAVAILABLE.value[0], "Server is shutting down")
+            return
+        loop = self._loop
+        assert loop is not None
+        call = _Call(call_id, self._methods[method_id], details)
+        self._calls[call_id] = call
+        call.task = loop.create_task(self._run(call))
+        time_remaining = details[2]
+        if time_remaining is not None:
+            call.timer = loop.call_later(time_remaining, self._expire, call)
+
+    def _expire(self, call: _Call) -> None:
+        if not call.ended:
+            self._end(call, _C.DEADLINE_EXCEEDED, "Deadline Exceeded", ())
+        call.cancel()
+
+    # -- one call ---------------------------------------------------------------------------------
+
+    def _end(self, call: _Call, code: grpc.StatusCode, details: str, trailing: Metadata) -> None:
+        if call.ended:
+            return
+        call.ended = True
+        self._front.end(call.call_id, code.value[0], details, trailing or None)
+
+    async def _handler(self, call: _Call) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if not self._interceptors:
+            return self._handlers.get(call.method)
+        interceptors = self._interceptors
+        handlers = self._handlers
+
+        async def continue_at(index: int, details: grpc.HandlerCallDetails) -> Any:
+            if index == len(interceptors):
+                return handlers.get(details.method)
+            return await interceptors[index].intercept_service(lambda d: continue_at(index + 1, d), details)
+
+        metadata = tuple(Metadatum(k, v) for k, v in call.metadata)
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await continue_at(
+            0, _CallDetails(call.method, metadata)
+        )
+        return handler
+
+    async def _run(self, call: _Call) -> None:
+        call.running = True
+        context = _Context(self, call)
+        try:
+            if call.cancelled:
+                return
+            handler: Any = await self._handler(call)
+            if handler is None:
+                self._end(call, _C.UNIMPLEMENTED, "Method not found!", ())
+                return
+            context._handler = handler
+            call.requests._decode = handler.request_deserializer
+            function = handler.stream_stream
+            if inspect.isasyncgenfunction(function):
+                responses: AsyncGenerator[Any, None] = function(call.requests, context)
+                async with contextlib.aclosing(responses):
+                    async for response in responses:
+                        if not await self._send(call, handler, response):
+                            return
+            elif inspect.iscoroutinefunction(function):
+                await function(call.requests, context)  # responses through context.write
+            else:
+                # an interceptor swapped in a handler of another kind, or one that is not async:
+                # grpc.aio would run it; petcd's handlers are never such
+                log.error("no async stream-stream handler for %s: %r", call.method, handler)
+                self._end(call, _C.INTERNAL, "Error in service handler!", ())
+                return
+        except asyncio.CancelledError:
+            # the client left, the deadline passed or the server stops: the stream is gone or
+            # already ended; else the handler cancelled itself, which ends the call
+            self._end(call, _C.CANCELLED, "Cancelled", ())
+        except grpc.aio.AbortError:
+            pass  # abort() sent the status
+        except Exception as exc:
+            if not call.ended:
+                log.exception("Unexpected error in RPC handler %s", call.method)
+                code = context._code if context._code not in (None, _C.OK) else _C.UNKNOWN
+                assert code is not None
+                self._end(call, code, f"Unexpected {type(exc)}: {exc}", context._trailing)
+        else:
+            self._end(call, context._code or _C.OK, context._details, context._trailing)
+        finally:
+            self._finish(call, context)
+
+    async def _send(self, call: _Call, handler: Any, response: Any) -> bool:
+        """Sends one response; False once the call has ended (nothing more goes out)."""
+        if call.ended:
+            return False
+        data = _encode(handler.response_serializer, response)
+        front = self._front
+        sent = front.try_send(call.call_id, data)
+        if sent == _bidi.STREAM_FULL:
+            loop = asyncio.get_running_loop()
+            if await loop.run_in_executor(self._senders, front.send, call.call_id, data):
+                return True
+        elif sent == _bidi.STREAM_SENT:
+            return True
+        call.ended = True  # the stream is gone
+        return False
+
+    def _finish(self, call: _Call, context: _Context) -> None:
+        if call.timer is not None:
+            call.timer.cancel()
+        self._calls.pop(call.call_id, None)
+        call.requests.close()
+        call.finished = True
+        callbacks, call.callbacks = call.callbacks, []
+        for callback in callbacks:
+            try:
+                callback(context)
+            except Exception:
+                log.exception("Exception calling done callback")

@@ -1,0 +1,436 @@
+"""The native bidirectional-stream front (server/embed/_bidi, Rust), with grpcio clients.
+
+We test these aspects:
+- messages both ways, split across HTTP/2 frames; the call's metadata (-bin decoded, transport
+  headers left out) and grpc-timeout; half-close, then trailers with trailing metadata;
+- how calls end: trailers-only, after messages, after initial metadata; non-ASCII messages;
+- what is answered in Rust without an event, worded as grpc-go: unknown method or service, a
+  compression we lack, a message over the receive or send limit (those two cancel the call);
+- a client that cancels, or whose process dies, is an EVENT_CANCEL; try_send says FULL while
+  the client does not read, send() waits until it does; close() (or dropping the front) ends
+  open calls, wakes recv_batch and removes the socket;
+- many concurrent streams, garbage from a peer, and a call through pygrpc-native's front.
+
+grpcio names a unix: target's authority with its percent-encoded path, which HTTP/2 servers
+built on the h2 crate reject (RST_STREAM PROTOCOL_ERROR); the clients here name it "localhost".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+from grpc import aio
+from pygrpc_native._native import NativeGrpcFront
+
+from server.embed import _bidi
+from server.embed._bidi import BidiFront
+
+if TYPE_CHECKING:
+    from server.embed._bidi import Event
+
+ECHO, SCRIPT, MANUAL = "/t.S/Echo", "/t.S/Script", "/t.S/Manual"
+METHODS = [ECHO, SCRIPT, MANUAL]
+MAX_RECEIVE = 64 * 1024
+MAX_SEND = 128 * 1024
+CLIENT_OPTIONS = [("grpc.default_authority", "localhost")]
+TIMEOUT = 30.0
+
+
+@dataclass
+class Served:
+    """A BidiFront and the thread serving it: Echo echoes and ends with OK at half-close
+    (trailing metadata from the call's x-trailer-bin), Script ends as its metadata says
+    (x-send messages, x-initial headers, x-code and x-message), Manual is the test's to drive."""
+
+    front: BidiFront
+    path: str
+    events: list[Event] = field(default_factory=list)
+    done: bool = False
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    methods: dict[int, str] = field(default_factory=dict)
+
+    def serve(self) -> None:
+        while (batch := self.front.recv_batch(256, None)) is not None:
+            for event in batch:
+                self.behave(event)
+            with self.cond:
+                self.events.extend(batch)
+                self.cond.notify_all()
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+
+    def behave(self, event: Event) -> None:
+        kind, call, method_id, payload, details = event
+        if kind == _bidi.EVENT_CALL:
+            assert details is not None
+            self.methods[call] = METHODS[method_id]
+            if METHODS[method_id] == SCRIPT:
+                self.script(call, dict(details[0]))
+        elif kind == _bidi.EVENT_MESSAGE and self.methods[call] == ECHO:
+            assert payload is not None
+            assert self.front.send(call, payload)
+        elif kind == _bidi.EVENT_HALF_CLOSE and self.methods[call] == ECHO:
+            self.front.end(call, grpc.StatusCode.OK.value[0], "", [("x-trailer-bin", b"\x00\xfftrailer")])
+
+    def script(self, call: int, md: dict[str, str | bytes]) -> None:
+        if "x-initial" in md:
+            assert self.front.send_initial_metadata(call, [("x-initial", str(md["x-initial"]))])
+        for i in range(int(str(md.get("x-send", "0")))):
+            assert self.front.try_send(call, b"m%d" % i) == _bidi.STREAM_SENT
+        message = md.get("x-message-bin", b"")
+        assert isinstance(message, bytes)
+        self.front.end(call, int(str(md["x-code"])), message.decode())
+
+    def wait_for(self, pred: Callable[[Event], bool], what: str) -> Event:
+        with self.cond:
+            found: list[Event] = []
+
+            def seen() -> bool:
+                found[:] = [e for e in self.events if pred(e)]
+                return bool(found)
+
+            assert self.cond.wait_for(seen, TIMEOUT), f"no {what} event"
+            return found[0]
+
+    def wait_call(self, n: int = 1) -> list[int]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.calls()) >= n, TIMEOUT), "no calls"
+            return self.calls()
+
+    def calls(self) -> list[int]:
+        return [e[1] for e in self.events if e[0] == _bidi.EVENT_CALL]
+
+    def of(self, call: int) -> list[int]:
+        with self.cond:
+            return [e[0] for e in self.events if e[1] == call]
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    directory = tempfile.mkdtemp(prefix="bidi")
+    path = os.path.join(directory, "s")
+    front = BidiFront(
+        path,
+        METHODS,
+        ["t.S"],
+        max_receive_message_length=MAX_RECEIVE,
+        max_send_message_length=MAX_SEND,
+        stream_buffer_bytes=64 * 1024,
+    )
+    front.start()
+    s = Served(front, path)
+    thread = threading.Thread(target=s.serve, daemon=True)
+    thread.start()
+    yield s
+    front.close()
+    thread.join(TIMEOUT)
+    os.rmdir(directory)
+
+
+@pytest.fixture
+def channel(served: Served) -> Iterator[grpc.Channel]:
+    # no BDP probing: the client's stream window stays 64 KiB, so a client that does not read
+    # stops the server's writer
+    ch = grpc.insecure_channel(f"unix:{served.path}", [*CLIENT_OPTIONS, ("grpc.http2.bdp_probe", 0)])
+    yield ch
+    ch.close()
+
+
+def call(channel: grpc.Channel, path: str) -> grpc.StreamStreamMultiCallable:
+    return channel.stream_stream(path)
+
+
+def test_echo_both_ways_with_metadata_and_trailers(served: Served, channel: grpc.Channel) -> None:
+    # an empty message, small ones, and ones split across DATA frames and flow-control windows
+    messages = [b"", b"a", b"bc" * 100, os.urandom(MAX_RECEIVE), os.urandom(40_000)]
+    responses = call(channel, ECHO)(
+        iter(messages), metadata=(("x-key", "value"), ("x-id-bin", b"\x00\x01\xfe")), timeout=60
+    )
+    assert list(responses) == messages
+    assert responses.code() == grpc.StatusCode.OK
+    assert tuple(responses.trailing_metadata() or ()) == (("x-trailer-bin", b"\x00\xfftrailer"),)
+    [opened] = served.wait_call()
+    _, _, method_id, payload, details = served.wait_for(lambda e: e[0] == _bidi.EVENT_CALL, "call")
+    assert (method_id, payload) == (METHODS.index(ECHO), None)
+    assert details is not None
+    metadata, peer, timeout = details
+    assert ("x-key", "value") in metadata
+    assert ("x-id-bin", b"\x00\x01\xfe") in metadata
+    assert not {k for k, _ in metadata} & {"te", "content-type", "grpc-timeout", "grpc-accept-encoding"}
+    assert all(not k.startswith(":") for k, _ in metadata)
+    assert peer.startswith("unix:")
+    assert timeout is not None and 50 < timeout < 61  # grpc-core rounds its deadline up
+    served.wait_for(lambda e: e[1] == opened and e[0] == _bidi.EVENT_HALF_CLOSE, "half-close")
+    kinds = served.of(opened)
+    assert kinds == [_bidi.EVENT_CALL] + [_bidi.EVENT_MESSAGE] * len(messages) + [_bidi.EVENT_HALF_CLOSE]
+
+
+@pytest.mark.parametrize(
+    ("script", "responses", "initial"),
+    [
+        pytest.param({"x-code": "5", "x-message-bin": b"no such key"}, [], None, id="trailers-only"),
+        pytest.param(
+            {"x-code": "10", "x-send": "2", "x-message-bin": "ünïcode ✓ 100% \n".encode()},
+            [b"m0", b"m1"],
+            None,
+            id="after-messages-non-ascii",
+        ),
+        pytest.param(
+            {"x-code": "13", "x-initial": "hello", "x-message-bin": b"boom"}, [], "hello", id="after-headers"
+        ),
+        pytest.param({"x-code": "0", "x-send": "1"}, [b"m0"], None, id="ok"),
+    ],
+)
+def test_how_calls_end(
+    channel: grpc.Channel, script: dict[str, str | bytes], responses: list[bytes], initial: str | None
+) -> None:
+    stream = call(channel, SCRIPT)(iter([]), metadata=tuple(script.items()), timeout=TIMEOUT)
+    got: list[bytes] = []
+    with contextlib.suppress(grpc.RpcError):
+        got.extend(stream)
+    code = int(str(script["x-code"]))
+    assert got == responses
+    assert stream.code().value[0] == code
+    message = script.get("x-message-bin", b"")
+    assert isinstance(message, bytes)
+    assert (stream.details() or "") == message.decode()
+    if initial is not None:
+        assert ("x-initial", initial) in (stream.initial_metadata() or ())
+
+
+@pytest.mark.parametrize(
+    ("path", "compression", "code", "details"),
+    [
+        ("/t.S/Nope", None, grpc.StatusCode.UNIMPLEMENTED, "unknown method Nope for service t.S"),
+        ("/u.V/W", None, grpc.StatusCode.UNIMPLEMENTED, "unknown service u.V"),
+        (
+            ECHO,
+            grpc.Compression.Gzip,
+            grpc.StatusCode.UNIMPLEMENTED,
+            'grpc: Decompressor is not installed for grpc-encoding "gzip"',
+        ),
+    ],
+)
+def test_answered_without_an_event(
+    served: Served,
+    channel: grpc.Channel,
+    path: str,
+    compression: grpc.Compression | None,
+    code: grpc.StatusCode,
+    details: str,
+) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        list(call(channel, path)(iter([b"x"]), timeout=TIMEOUT, compression=compression))
+    assert (e.value.code(), e.value.details()) == (code, details)
+    assert not served.calls()
+
+
+def test_oversized_request_is_resource_exhausted_and_cancels(served: Served, channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        list(call(channel, ECHO)(iter([b"x" * (MAX_RECEIVE + 1)]), timeout=TIMEOUT))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (
+        e.value.details() == f"grpc: received message larger than max ({MAX_RECEIVE + 1} vs. {MAX_RECEIVE})"
+    )
+    [opened] = served.wait_call()
+    served.wait_for(lambda e: e[1] == opened and e[0] == _bidi.EVENT_CANCEL, "cancel")
+    assert served.of(opened) == [_bidi.EVENT_CALL, _bidi.EVENT_CANCEL]
+
+
+def test_oversized_response_is_resource_exhausted_and_cancels(served: Served, channel: grpc.Channel) -> None:
+    stream = call(channel, MANUAL)(iter([]), timeout=TIMEOUT)
+    [opened] = served.wait_call()
+    assert served.front.try_send(opened, b"y" * (MAX_SEND + 1)) == _bidi.STREAM_CLOSED
+    with pytest.raises(grpc.RpcError) as e:
+        list(stream)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (
+        e.value.details() == f"grpc: trying to send message larger than max ({MAX_SEND + 1} vs. {MAX_SEND})"
+    )
+    served.wait_for(lambda e: e[1] == opened and e[0] == _bidi.EVENT_CANCEL, "cancel")
+
+
+def test_client_cancel_is_an_event(served: Served, channel: grpc.Channel) -> None:
+    requests_done = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        yield b"first"
+        requests_done.wait(TIMEOUT)
+
+    stream = call(channel, MANUAL)(requests(), timeout=TIMEOUT)
+    [opened] = served.wait_call()
+    served.wait_for(lambda e: e[1] == opened and e[0] == _bidi.EVENT_MESSAGE, "message")
+    stream.cancel()
+    requests_done.set()
+    served.wait_for(lambda e: e[1] == opened and e[0] == _bidi.EVENT_CANCEL, "cancel")
+    assert served.front.try_send(opened, b"late") == _bidi.STREAM_CLOSED
+    assert not served.front.send(opened, b"late")
+    served.front.end(opened, 0)  # a call already gone: a no-op
+    assert served.of(opened) == [_bidi.EVENT_CALL, _bidi.EVENT_MESSAGE, _bidi.EVENT_CANCEL]
+
+
+def test_full_while_the_client_does_not_read_then_send_waits(served: Served, channel: grpc.Channel) -> None:
+    stream = call(channel, MANUAL)(iter([]), timeout=TIMEOUT)
+    [opened] = served.wait_call()
+    sent = 0
+    while (r := served.front.try_send(opened, b"%08d" % sent + b"z" * 8192)) == _bidi.STREAM_SENT:
+        sent += 1
+        assert sent < 10_000, "never FULL"
+    assert r == _bidi.STREAM_FULL
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.extend(stream))
+    reader.start()
+    for i in range(sent, sent + 50):
+        assert served.front.send(opened, b"%08d" % i + b"z" * 8192)
+    served.front.end(opened, 0)
+    reader.join(TIMEOUT)
+    assert [int(m[:8]) for m in received] == list(range(sent + 50))
+    assert stream.code() == grpc.StatusCode.OK
+
+
+def test_close_ends_open_calls(served: Served, channel: grpc.Channel) -> None:
+    streams = [call(channel, MANUAL)(iter([]), timeout=TIMEOUT) for _ in range(3)]
+    opened = served.wait_call(3)
+    assert served.front.send_initial_metadata(opened[0], [("x-h", "v")])
+    assert served.front.try_send(opened[1], b"one") == _bidi.STREAM_SENT
+
+    def flood() -> None:  # sends until send() waits for a client that does not read
+        while served.front.send(opened[2], b"w" * 8192):
+            pass
+
+    sender = threading.Thread(target=flood)
+    sender.start()
+    served.front.close()
+    sender.join(TIMEOUT)
+    assert not sender.is_alive()
+    served.front.close()
+    for stream in streams:
+        with pytest.raises(grpc.RpcError) as e:
+            list(stream)
+        assert e.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    with served.cond:
+        assert served.cond.wait_for(lambda: served.done, TIMEOUT)
+    assert not os.path.exists(served.path)
+    assert served.front.try_send(opened[0], b"late") == _bidi.STREAM_CLOSED
+    assert served.front.recv_batch(10, 0) is None
+    assert all(e[0] != _bidi.EVENT_CANCEL for e in served.events)
+
+
+async def test_concurrent_streams(served: Served) -> None:
+    async with aio.insecure_channel(f"unix:{served.path}", options=CLIENT_OPTIONS) as ch:
+        echo: aio.StreamStreamMultiCallable = ch.stream_stream(ECHO)
+
+        async def one(i: int) -> list[bytes]:
+            return [r async for r in echo(iter([b"%d" % i, b"again %d" % i]), timeout=TIMEOUT)]
+
+        got = await asyncio.gather(*(one(i) for i in range(200)))
+    assert got == [[b"%d" % i, b"again %d" % i] for i in range(200)]
+    assert len(served.calls()) == 200
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"GET / HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 64, b"\x00" * 9],
+    ids=["http1", "bad-frames", "bad-preface"],
+)
+def test_garbage_ends_only_its_connection(served: Served, channel: grpc.Channel, garbage: bytes) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(TIMEOUT)
+        s.connect(served.path)
+        s.sendall(garbage)
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(4096):
+            pass
+    assert list(call(channel, ECHO)(iter([b"still"]), timeout=TIMEOUT)) == [b"still"]
+
+
+def test_through_pygrpc_native(served: Served) -> None:
+    front = NativeGrpcFront("127.0.0.1:0", [])
+    front.set_fallback(served.path)
+    front.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{front.bound_port}") as ch:
+            stream = call(ch, ECHO)(
+                iter([b"a", b"b" * 60_000]), metadata=(("x-id-bin", b"\xff"),), timeout=TIMEOUT
+            )
+            assert list(stream) == [b"a", b"b" * 60_000]
+            assert tuple(stream.trailing_metadata() or ()) == (("x-trailer-bin", b"\x00\xfftrailer"),)
+            with pytest.raises(grpc.RpcError) as e:
+                list(call(ch, "/t.S/Nope")(iter([]), timeout=TIMEOUT))
+            assert e.value.details() == "unknown method Nope for service t.S"
+    finally:
+        front.close()
+    _, _, _, _, details = served.wait_for(lambda e: e[0] == _bidi.EVENT_CALL, "call")
+    assert details is not None and ("x-id-bin", b"\xff") in details[0]
+
+
+def test_dropped_without_close() -> None:
+    directory = tempfile.mkdtemp(prefix="bidi")
+    path = os.path.join(directory, "s")
+    front = BidiFront(path, METHODS, ["t.S"])
+    front.start()
+    with grpc.insecure_channel(f"unix:{path}", CLIENT_OPTIONS) as ch:
+        stream = call(ch, MANUAL)(iter([]), timeout=TIMEOUT)
+        batch = front.recv_batch(1, int(TIMEOUT * 1000))
+        assert batch and batch[0][0] == _bidi.EVENT_CALL
+        del front
+        with pytest.raises(grpc.RpcError):
+            list(stream)
+    assert not os.path.exists(path)
+    os.rmdir(directory)
+
+
+def test_client_process_killed_is_a_cancel(served: Served) -> None:
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import grpc, sys, threading\n"
+            f"ch = grpc.insecure_channel('unix:{served.path}', {CLIENT_OPTIONS!r})\n"
+            f"s = ch.stream_stream('{MANUAL}')(iter([b'hello']))\n"
+            "threading.Event().wait()\n",
+        ]
+    )
+    try:
+        [opened] = served.wait_call()
+        served.wait_for(lambda e: e[1] == opened and e[0] == _bidi.EVENT_MESSAGE, "message")
+    finally:
+        client.kill()
+        client.wait()
+    served.wait_for(lambda e: e[1] == opened and e[0] == _bidi.EVENT_CANCEL, "cancel")
+    assert served.front.try_send(opened, b"late") == _bidi.STREAM_CLOSED
+
+
+def test_connections_across_io_threads() -> None:
+    directory = tempfile.mkdtemp(prefix="bidi")
+    path = os.path.join(directory, "s")
+    s = Served(BidiFront(path, METHODS, ["t.S"], io_threads=3), path)
+    s.front.start()
+    thread = threading.Thread(target=s.serve, daemon=True)
+    thread.start()
+    # a channel of its own pool per client: one connection each
+    options = [*CLIENT_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(f"unix:{s.path}", options) for _ in range(6)]
+    try:
+        for i, ch in enumerate(channels):
+            assert list(call(ch, ECHO)(iter([b"%d" % i]), timeout=TIMEOUT)) == [b"%d" % i]
+    finally:
+        for ch in channels:
+            ch.close()
+        s.front.close()
+        thread.join(TIMEOUT)
+    assert len(s.calls()) == 6
+    os.rmdir(directory)
