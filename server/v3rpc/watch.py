@@ -128,8 +128,9 @@ class WatchService(pb_grpc.WatchServicer):
 class _ServerWatchStream:
     def __init__(self, svc: WatchService) -> None:
         self._svc = svc
-        self._ready = asyncio.Event()
-        self._ch = Channel(on_ready=self._ready.set)
+        # what the sender awaits while the channel is empty (None while it is not waiting)
+        self._wake: asyncio.Future[None] | None = None
+        self._ch = Channel(on_ready=self._wake_sender)
         self._ws: WatchStream = svc._kv.new_watch_stream(self._ch)
         # watch ID -> whether it asked for progress notifications / prev_kv / fragments;
         # progress[id] is reset to False when events were sent since the last tick
@@ -222,23 +223,30 @@ class _ServerWatchStream:
 
     # -- responses --------------------------------------------------------------------------------
 
+    def _wake_sender(self, _: object = None) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
     async def send_loop(self, reader: asyncio.Task[None]) -> AsyncIterator[pb.WatchResponse | bytes]:
         interval = progress_interval(self._svc._progress_s)
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + interval
+        reader.add_done_callback(self._wake_sender)
         while True:
             if not self._ch:
                 if reader.done():
                     # a receive error ends the stream; a client that only half-closed its side
                     # still gets its events until it cancels (as with etcd)
                     reader.result()
-                self._ready.clear()
-                timeout = max(0.0, next_tick - loop.time())
-                waiter = asyncio.ensure_future(self._ready.wait())
-                pending = {waiter} if reader.done() else {waiter, reader}
-                done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if waiter not in done:
-                    waiter.cancel()
+                # woken by a response in the channel, the reader's end or the next tick
+                self._wake = loop.create_future()
+                timer = loop.call_at(next_tick, self._wake_sender)
+                try:
+                    await self._wake
+                finally:
+                    timer.cancel()
+                    self._wake = None
                 if loop.time() >= next_tick:
                     self._tick()
                     next_tick = loop.time() + interval
