@@ -16,6 +16,9 @@ class Header:
         self._status = status
         self._rev = rev
 
+    def term(self) -> int:
+        return self._status.term
+
     def fill(self, h: pb.ResponseHeader) -> None:
         s = self._status
         h.cluster_id = s.cluster_id

@@ -100,12 +100,12 @@ class WatchService(pb_grpc.WatchServicer):
 
     def header_wire(self, rev: int) -> bytes:
         """The response header at rev as WatchResponse field 1 (shared by every stream)."""
-        h = self._hdr.new(rev)
+        term = self._hdr.term()
         cached_rev, cached_term, wire = self._header
-        if cached_rev != rev or cached_term != h.raft_term:
-            raw = h.SerializeToString()
+        if cached_rev != rev or cached_term != term:
+            raw = self._hdr.new(rev).SerializeToString()
             wire = _HEADER_TAG + _varint(len(raw)) + raw
-            self._header = (rev, h.raft_term, wire)
+            self._header = (rev, term, wire)
         return wire
 
     async def Watch(  # type: ignore[override]  # the stubs know only messages
@@ -138,6 +138,8 @@ class _ServerWatchStream:
         self._prev_kv: set[int] = set()
         self._fragment: set[int] = set()
         self._max_bytes = svc._max_bytes
+        # watch ID -> WatchResponse field 2 on the wire
+        self._watch_id_wire: dict[int, bytes] = {}
 
     def header(self, rev: int) -> pb.ResponseHeader:
         return self._svc._hdr.new(rev)
@@ -220,6 +222,7 @@ class _ServerWatchStream:
         self._progress.pop(watch_id, None)
         self._prev_kv.discard(watch_id)
         self._fragment.discard(watch_id)
+        self._watch_id_wire.pop(watch_id, None)
 
     # -- responses --------------------------------------------------------------------------------
 
@@ -281,7 +284,11 @@ class _ServerWatchStream:
             self._progress[wr.watch_id] = False
         if wr.compact_revision or wr.watch_id in self._prev_kv or wr.watch_id in self._fragment:
             return list(self._to_pb(wr))
-        wid = _WATCH_ID_TAG + _varint(wr.watch_id) if wr.watch_id else b""
+        wid = self._watch_id_wire.get(wr.watch_id)
+        if wid is None:
+            wid = self._watch_id_wire[wr.watch_id] = (
+                _WATCH_ID_TAG + _varint(wr.watch_id) if wr.watch_id else b""
+            )
         return [self._svc.header_wire(wr.revision) + wid + _events_wire(wr)]
 
     def _to_pb(self, wr: WatchResponse) -> list[pb.WatchResponse]:
