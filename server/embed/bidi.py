@@ -37,12 +37,12 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn, Protocol
 
 import grpc
 
 from server.embed import _bidi
+from server.v3rpc.interceptor import CallDetails, intercepted
 
 __all__ = ["BidiServer", "Front"]
 
@@ -78,14 +78,6 @@ class Metadatum(NamedTuple):
 
     key: str
     value: str | bytes
-
-
-@dataclass(slots=True)
-class _CallDetails:
-    """grpc.HandlerCallDetails of a call, for the interceptors."""
-
-    method: str
-    invocation_metadata: tuple[tuple[str, str | bytes], ...]  # Metadatum entries
 
 
 class _Requests:
@@ -413,17 +405,9 @@ class BidiServer:
     async def _handler(self, call: _Call) -> grpc.RpcMethodHandler[Any, Any] | None:
         if not self._interceptors:
             return self._handlers.get(call.method)
-        interceptors = self._interceptors
-        handlers = self._handlers
-
-        async def continue_at(index: int, details: grpc.HandlerCallDetails) -> Any:
-            if index == len(interceptors):
-                return handlers.get(details.method)
-            return await interceptors[index].intercept_service(lambda d: continue_at(index + 1, d), details)
-
         metadata = tuple(Metadatum(k, v) for k, v in call.metadata)
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await continue_at(
-            0, _CallDetails(call.method, metadata)
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await intercepted(
+            self._interceptors, CallDetails(call.method, metadata), lambda d: self._handlers.get(d.method)
         )
         return handler
 

@@ -46,6 +46,7 @@ from server.httpapi import jsonpb
 from server.services import servicers
 from server.v3rpc.auth import AuthService
 from server.v3rpc.errors import to_grpc_status
+from server.v3rpc.interceptor import CallDetails, intercepted
 
 __all__ = ["Gateway", "body_limit", "error_response", "http_status_from_code", "status_of"]
 
@@ -121,14 +122,6 @@ def status_of(e: BaseException) -> tuple[int, str]:
         return _code_int(code), message
     # grpcio's answer to an exception escaping a handler
     return UNKNOWN, f"Unexpected {type(e)}: {e}"
-
-
-class _CallDetails(grpc.HandlerCallDetails):
-    """What a server interceptor is told about a call: its method and metadata."""
-
-    def __init__(self, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
-        self.method = method
-        self.invocation_metadata = metadata
 
 
 @dataclass(frozen=True)
@@ -331,14 +324,9 @@ class Gateway:
         )
         if AUTHORIZATION in headers:  # grpc-gateway passes it on: etcd's token (auth)
             metadata += (("authorization", headers[AUTHORIZATION]),)
-        details = _CallDetails(route.method, metadata)
-
-        async def resolve(i: int, d: grpc.HandlerCallDetails) -> Any:
-            if i == len(self._interceptors):
-                return route.handler
-            return await self._interceptors[i].intercept_service(lambda d2: resolve(i + 1, d2), d)
-
-        return await resolve(0, details)
+        return await intercepted(
+            self._interceptors, CallDetails(route.method, metadata), lambda _: route.handler
+        )
 
     def _check_size(self, msg: Message) -> None:
         """What grpcio refuses before a handler runs: a message over --max-request-bytes plus

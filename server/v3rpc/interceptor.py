@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -27,7 +27,32 @@ from server.etcdserver.errors import NoLeaderError
 from server.v3rpc.auth import CredentialsInterceptor
 from server.v3rpc.errors import NotSupportedForLearnerError, to_grpc_status
 
-__all__ = ["EtcdInterceptor", "HandlerHook"]
+__all__ = ["CallDetails", "EtcdInterceptor", "HandlerHook", "intercepted"]
+
+
+class CallDetails(grpc.HandlerCallDetails):
+    """What a server interceptor is told about a call: its method and metadata."""
+
+    def __init__(self, method: str, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+        self.method = method
+        self.invocation_metadata = metadata
+
+
+async def intercepted(
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
+    details: grpc.HandlerCallDetails,
+    resolve: Callable[[grpc.HandlerCallDetails], Any],
+) -> Any:
+    """The handler a call gets through the server interceptors, chained as grpc.aio chains them:
+    each continues to the next, the last to resolve(details) (the registered handler or None)."""
+
+    async def continue_at(index: int, d: grpc.HandlerCallDetails) -> Any:
+        if index == len(interceptors):
+            return resolve(d)
+        return await interceptors[index].intercept_service(lambda d2: continue_at(index + 1, d2), d)
+
+    return await continue_at(0, details)
+
 
 REQUIRE_LEADER_KEY = "hasleader"
 Ctx = grpc.aio.ServicerContext[Any, Any]
