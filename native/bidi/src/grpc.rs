@@ -4,6 +4,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+pub const UNKNOWN: u32 = 2;
 pub const INVALID_ARGUMENT: u32 = 3;
 pub const RESOURCE_EXHAUSTED: u32 = 8;
 pub const UNIMPLEMENTED: u32 = 12;

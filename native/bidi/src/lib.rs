@@ -1,11 +1,12 @@
-//! server.embed._bidi: petcd's native gRPC server for bidirectional streams (see _bidi.pyi).
+//! server.embed._bidi: petcd's native gRPC front (see _bidi.pyi).
 
 mod grpc;
 mod server;
 mod shared;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
@@ -15,6 +16,7 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use tokio::sync::watch;
 
 use crate::grpc::{MetaValue, Status};
+use crate::server::Dealer;
 use crate::shared::{lock, Config, Event, SendResult, Shared};
 
 const EVENT_CALL: u8 = 0;
@@ -31,11 +33,13 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 #[pyclass(frozen, module = "server.embed._bidi")]
 struct BidiFront {
     shared: Arc<Shared>,
-    path: String,
+    path: Option<String>,
     io_threads: usize,
     listener: Mutex<Option<std::os::unix::net::UnixListener>>,
     /// The IO threads, each running a single-threaded runtime, once started.
     runtime: Mutex<Option<Vec<std::thread::JoinHandle<()>>>>,
+    /// Set once start() built the runtimes (their handles outlive close(): see adopt).
+    dealer: OnceLock<Arc<Dealer>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -66,15 +70,9 @@ fn header_pairs(md: Option<PyMetadata<'_>>) -> PyResult<Vec<(HeaderName, HeaderV
 fn event_to_py<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>> {
     let none = py.None();
     match ev {
-        Event::Call {
-            id,
-            method,
-            metadata,
-            peer,
-            timeout,
-        } => {
-            let mut md = Vec::with_capacity(metadata.len());
-            for (k, v) in grpc::metadata(&metadata) {
+        Event::Call { id, info, payload } => {
+            let mut md = Vec::with_capacity(info.metadata.len());
+            for (k, v) in grpc::metadata(&info.metadata) {
                 let key = PyString::new(py, k).into_any();
                 let value = match v {
                     MetaValue::Str(b) => PyString::new(py, &String::from_utf8_lossy(b)).into_any(),
@@ -82,8 +80,16 @@ fn event_to_py<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyTuple>>
                 };
                 md.push(PyTuple::new(py, [key, value])?);
             }
-            let details = (PyTuple::new(py, md)?, PyString::new(py, &peer), timeout);
-            (EVENT_CALL, id, method, none, details).into_pyobject(py)
+            let details = (
+                PyTuple::new(py, md)?,
+                PyString::new(py, &info.peer),
+                info.timeout,
+            );
+            let payload = match payload {
+                Some(p) => PyBytes::new(py, &p).into_any(),
+                None => none.into_bound(py),
+            };
+            (EVENT_CALL, id, info.method, payload, details).into_pyobject(py)
         }
         Event::Message { id, payload } => {
             (EVENT_MESSAGE, id, 0u32, PyBytes::new(py, &payload), none).into_pyobject(py)
@@ -102,8 +108,8 @@ impl BidiFront {
         let first = self.shared.close();
         let _ = self.shutdown.send(true);
         drop(lock(&self.listener).take());
-        if first {
-            let _ = std::fs::remove_file(&self.path);
+        if let (true, Some(path)) = (first, &self.path) {
+            let _ = std::fs::remove_file(path);
         }
         let Some(threads) = lock(&self.runtime).take() else {
             return;
@@ -118,37 +124,62 @@ impl BidiFront {
 #[pymethods]
 impl BidiFront {
     #[new]
-    #[pyo3(signature = (path, methods, services, *, max_receive_message_length = 4 * 1024 * 1024,
-                        max_send_message_length = None, stream_buffer_bytes = 256 * 1024, io_threads = 1))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (path, methods, services, *, unary = None,
+                        max_receive_message_length = 4 * 1024 * 1024,
+                        max_send_message_length = None, stream_buffer_bytes = 256 * 1024,
+                        io_threads = 1, keepalive_time_ms = None, keepalive_timeout_ms = 20_000))]
     fn new(
-        path: String,
+        path: Option<String>,
         methods: Vec<String>,
         services: Vec<String>,
+        unary: Option<Vec<bool>>,
         max_receive_message_length: usize,
         max_send_message_length: Option<usize>,
         stream_buffer_bytes: usize,
         io_threads: usize,
+        keepalive_time_ms: Option<u64>,
+        keepalive_timeout_ms: u64,
     ) -> PyResult<Self> {
+        let unary = unary.unwrap_or_else(|| vec![false; methods.len()]);
+        if unary.len() != methods.len() {
+            return Err(PyValueError::new_err("unary must have one flag per method"));
+        }
         let methods: HashMap<String, u32> = methods
             .into_iter()
             .enumerate()
             .map(|(i, m)| (m, i as u32))
             .collect();
-        let listener = std::os::unix::net::UnixListener::bind(&path)?;
-        listener.set_nonblocking(true)?;
+        let listener = match &path {
+            Some(path) => {
+                let listener = std::os::unix::net::UnixListener::bind(path)?;
+                listener.set_nonblocking(true)?;
+                Some(listener)
+            }
+            None => None,
+        };
+        let keepalive = keepalive_time_ms.map(|t| {
+            (
+                Duration::from_millis(t.max(1)),
+                Duration::from_millis(keepalive_timeout_ms),
+            )
+        });
         let config = Config {
             methods,
+            unary,
             services,
             max_receive: max_receive_message_length,
             max_send: max_send_message_length,
             stream_buffer: stream_buffer_bytes,
+            keepalive,
         };
         Ok(BidiFront {
-            shared: Arc::new(Shared::new(config)),
+            shared: Arc::new(Shared::new(config)?),
             path,
             io_threads: io_threads.max(1),
-            listener: Mutex::new(Some(listener)),
+            listener: Mutex::new(listener),
             runtime: Mutex::new(None),
+            dealer: OnceLock::new(),
             shutdown: watch::channel(false).0,
         })
     }
@@ -158,9 +189,10 @@ impl BidiFront {
         if rt_slot.is_some() {
             return Err(PyRuntimeError::new_err("already started"));
         }
-        let Some(listener) = lock(&self.listener).take() else {
+        if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(PyRuntimeError::new_err("closed"));
-        };
+        }
+        let listener = lock(&self.listener).take();
         let mut handles = Vec::with_capacity(self.io_threads);
         let mut threads = Vec::with_capacity(self.io_threads);
         for _ in 0..self.io_threads {
@@ -177,18 +209,60 @@ impl BidiFront {
                     .spawn(move || rt.block_on(stop))?,
             );
         }
-        let listener = {
-            let _guard = handles[0].enter();
-            tokio::net::UnixListener::from_std(listener)?
-        };
-        handles[0].clone().spawn(server::accept_loop(
-            self.shared.clone(),
-            listener,
-            handles,
-            self.shutdown.subscribe(),
-        ));
+        let first = handles[0].clone();
+        let dealer = Arc::new(Dealer::new(handles));
+        if let Some(listener) = listener {
+            let listener = {
+                let _guard = first.enter();
+                tokio::net::UnixListener::from_std(listener)?
+            };
+            first.spawn(server::accept_loop(
+                self.shared.clone(),
+                listener,
+                dealer.clone(),
+                self.shutdown.subscribe(),
+            ));
+        }
+        let _ = self.dealer.set(dealer);
         *rt_slot = Some(threads);
         Ok(())
+    }
+
+    fn adopt(&self, fd: i32, peer: String) -> PyResult<()> {
+        if fd < 0 {
+            return Err(PyValueError::new_err("not a file descriptor"));
+        }
+        // SAFETY: the caller gives us the descriptor: from here on it is closed on every path.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let Some(dealer) = self.dealer.get() else {
+            return Err(PyRuntimeError::new_err("not started"));
+        };
+        // subscribed before the check: a close() after it is seen by the connection
+        let shutdown = self.shutdown.subscribe();
+        if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PyRuntimeError::new_err("closed"));
+        }
+        server::adopt(&self.shared, dealer, fd, peer.into(), shutdown)?;
+        Ok(())
+    }
+
+    fn fileno(&self) -> i32 {
+        self.shared.events.fd()
+    }
+
+    fn drain<'py>(
+        &self,
+        py: Python<'py>,
+        max_events: usize,
+    ) -> PyResult<Option<Bound<'py, PyList>>> {
+        let Some(events) = self.shared.events.try_take(max_events) else {
+            return Ok(None);
+        };
+        let list = PyList::empty(py);
+        for ev in events {
+            list.append(event_to_py(py, ev)?)?;
+        }
+        Ok(Some(list))
     }
 
     #[pyo3(signature = (max_events, timeout_ms = None))]
@@ -246,6 +320,37 @@ impl BidiFront {
         py.detach(|| stream.send(payload, limit))
     }
 
+    #[pyo3(signature = (call_id, payload, code, message = String::new(), trailing_metadata = None))]
+    fn finish(
+        &self,
+        call_id: u64,
+        payload: Option<&[u8]>,
+        code: u32,
+        message: String,
+        trailing_metadata: Option<PyMetadata<'_>>,
+    ) -> PyResult<()> {
+        let metadata = header_pairs(trailing_metadata)?;
+        let Some(stream) = self.shared.stream(call_id) else {
+            return Ok(());
+        };
+        match (payload, self.shared.config.max_send) {
+            (Some(p), Some(max)) if p.len() > max => {
+                stream.end(too_large_status(p.len(), max));
+            }
+            _ => {
+                stream.finish(
+                    payload,
+                    Status {
+                        code,
+                        message,
+                        metadata,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
     #[pyo3(signature = (call_id, code, message = String::new(), trailing_metadata = None))]
     fn end(
         &self,
@@ -279,16 +384,17 @@ impl BidiFront {
         if payload.len() <= max {
             return false;
         }
-        let msg = format!(
-            "grpc: trying to send message larger than max ({} vs. {})",
-            payload.len(),
-            max
-        );
-        if stream.end(Status::new(grpc::RESOURCE_EXHAUSTED, msg)) {
+        if stream.end(too_large_status(payload.len(), max)) {
             self.shared.events.push(Event::Cancel { id: call_id });
         }
         true
     }
+}
+
+/// grpc-go's SendMsg error for a message over max_send_message_length.
+fn too_large_status(len: usize, max: usize) -> Status {
+    let msg = format!("grpc: trying to send message larger than max ({len} vs. {max})");
+    Status::new(grpc::RESOURCE_EXHAUSTED, msg)
 }
 
 impl Drop for BidiFront {

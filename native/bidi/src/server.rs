@@ -2,27 +2,39 @@
 //! events and writes what Python queued within HTTP/2 flow control.
 
 use std::future::{poll_fn, Future};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::grpc::{self, Status};
-use crate::shared::{lock, Event, Headers, Shared, Stream};
+use crate::shared::{lock, CallInfo, Event, Headers, Shared, Stream};
 
 /// How long a call whose status went waits for the client's END_STREAM (see StreamTask::poll).
 const LINGER: Duration = Duration::from_secs(1);
+
+/// A stream's receive window: a request of etcd's largest size (1.5 MiB) arrives without
+/// waiting on WINDOW_UPDATEs (HTTP/2's 64 KiB needs one round trip per 32 KiB). Requests are
+/// read as they arrive (into events), so the window bounds little memory.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// The connection's receive window, shared by its streams.
+const CONNECTION_WINDOW: u32 = 2 << 20;
+/// Remotely reset streams that may wait in h2's accept queue (see h2_builder).
+const PENDING_ACCEPT_RESETS: usize = 1024;
 
 /// Counts a running connection (or the accept loop) for close() to wait on.
 struct Live(Arc<Shared>);
@@ -57,15 +69,33 @@ pub async fn until_stopped(
     }
 }
 
-/// Accepts connections and gives them to the IO threads in turn.
+/// The IO threads' runtimes; connections are dealt to them in turn.
+pub struct Dealer {
+    handles: Vec<Handle>,
+    next: AtomicUsize,
+}
+
+impl Dealer {
+    pub fn new(handles: Vec<Handle>) -> Self {
+        Dealer {
+            handles,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn next(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len()
+    }
+}
+
+/// Accepts connections and gives them to the IO threads in turn (it runs on the first).
 pub async fn accept_loop(
     shared: Arc<Shared>,
     listener: UnixListener,
-    threads: Vec<Handle>,
+    dealer: Arc<Dealer>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _live = Live::new(&shared);
-    let mut next = 0;
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -76,12 +106,12 @@ pub async fn accept_loop(
                     };
                     let live = Live::new(&shared);
                     let shutdown = shutdown.clone();
-                    next = (next + 1) % threads.len();
+                    let next = dealer.next();
                     if next == 0 {
                         tokio::spawn(serve_conn(live, sock, peer, shutdown));
                     } else if let Ok(sock) = sock.into_std() {
                         // registered again with the reactor of the thread that serves it
-                        threads[next].spawn(async move {
+                        dealer.handles[next].spawn(async move {
                             if let Ok(sock) = UnixStream::from_std(sock) {
                                 serve_conn(live, sock, peer, shutdown).await;
                             }
@@ -96,17 +126,129 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve_conn(
-    live: Live,
-    sock: UnixStream,
+/// A connected socket given to us (adopt), served on the next IO thread.
+enum Adopted {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+fn sockopt(fd: &OwnedFd, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are live and sized as getsockopt expects for these int options.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// Serves a connected stream socket (TCP or Unix) on one of the IO threads; the caller checked
+/// that the front runs, and subscribed `shutdown` before checking that it is not closed.
+pub fn adopt(
+    shared: &Arc<Shared>,
+    dealer: &Dealer,
+    fd: OwnedFd,
     peer: Arc<str>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    if sockopt(&fd, libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a stream socket",
+        ));
+    }
+    let sock = match sockopt(&fd, libc::SO_DOMAIN)? {
+        libc::AF_UNIX => Adopted::Unix(fd.into()),
+        libc::AF_INET | libc::AF_INET6 => {
+            let s = std::net::TcpStream::from(fd);
+            s.set_nodelay(true)?;
+            Adopted::Tcp(s)
+        }
+        _ => {
+            let msg = "not a TCP or Unix socket";
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        }
+    };
+    match &sock {
+        Adopted::Tcp(s) => s.set_nonblocking(true)?,
+        Adopted::Unix(s) => s.set_nonblocking(true)?,
+    }
+    let live = Live::new(shared);
+    // a runtime already stopped drops the task, and with it the socket and `live`
+    dealer.handles[dealer.next()].spawn(async move {
+        match sock {
+            Adopted::Tcp(s) => {
+                if let Ok(s) = TcpStream::from_std(s) {
+                    serve_conn(live, s, peer, shutdown).await;
+                }
+            }
+            Adopted::Unix(s) => {
+                if let Ok(s) = UnixStream::from_std(s) {
+                    serve_conn(live, s, peer, shutdown).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// HTTP/2 settings for any gRPC client (grpc-go's server defaults where h2's differ):
+/// - max_concurrent_streams unset: h2 then advertises none, i.e. unlimited, as grpc-go and
+///   etcd (math.MaxUint32) do;
+/// - windows: see STREAM_WINDOW and CONNECTION_WINDOW;
+/// - max_frame_size stays 16 KiB (HTTP/2's and grpc-go's default);
+/// - max_header_list_size 16 MiB, grpc-go's default (h2 enforces the same without saying so);
+/// - remotely reset streams waiting in h2's accept queue: h2 sends GOAWAY (ENHANCE_YOUR_CALM)
+///   past 20, which a client cancelling a burst of streams (a thousand watches) can reach
+///   before accept() runs;
+/// - no limit on streams h2 resets over the peer's protocol errors: h2 counts them over the
+///   connection's lifetime (default 1024, then GOAWAY), which a long-lived client connection
+///   could reach; grpc-go has no such count;
+/// - max_send_buffer_size stays 400 KiB: streams wait for capacity (poll_write) only up to it.
+fn h2_builder() -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(16 << 20)
+        .max_pending_accept_reset_streams(PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(None);
+    b
+}
+
+/// After a late pong, how long the GOAWAY may take to leave before the socket closes.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// Pings every `every`; returns when a pong is later than `timeout` (or the connection failed).
+async fn keepalive(pings: Option<&mut (PingPong, (Duration, Duration))>) {
+    let Some((pp, (every, timeout))) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(*every).await;
+        if !matches!(
+            tokio::time::timeout(*timeout, pp.ping(Ping::opaque())).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+    }
+}
+
+async fn serve_conn<T>(live: Live, sock: T, peer: Arc<str>, mut shutdown: watch::Receiver<bool>)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     let shared = live.0.clone();
-    let mut builder = h2::server::Builder::new();
-    // a stream's receive window stays HTTP/2's default; the connection's allows a few busy streams
-    builder.initial_connection_window_size(1 << 20);
-    let handshake = builder.handshake::<_, Bytes>(sock);
+    let handshake = h2_builder().handshake::<_, Bytes>(sock);
     let mut conn = tokio::select! {
         r = handshake => match r {
             Ok(c) => c,
@@ -114,6 +256,12 @@ async fn serve_conn(
         },
         _ = shutdown.changed() => return,
     };
+    let mut pings = match shared.config.keepalive {
+        Some(k) => conn.ping_pong().map(|p| (p, k)),
+        None => None,
+    };
+    let late = keepalive(pings.as_mut());
+    tokio::pin!(late);
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -126,6 +274,12 @@ async fn serve_conn(
             _ = shutdown.changed(), if !stopping => {
                 stopping = true;
                 conn.graceful_shutdown();
+            }
+            _ = &mut late, if !stopping => {
+                conn.abrupt_shutdown(Reason::NO_ERROR);
+                let closed = poll_fn(|cx| conn.poll_closed(cx));
+                let _ = tokio::time::timeout(GOAWAY_GRACE, closed).await;
+                return;
             }
         }
     }
@@ -223,18 +377,29 @@ async fn serve_stream(
     if shared.closed.load(Ordering::SeqCst) {
         stream.reset();
     }
-    let metadata = parts.headers;
-    shared.events.push(Event::Call {
-        id,
+    let info = CallInfo {
         method,
-        metadata,
+        metadata: parts.headers,
         peer,
         timeout,
-    });
+    };
+    let unary = shared.config.unary.get(method as usize) == Some(&true);
+    let pending = if unary {
+        Some(info)
+    } else {
+        shared.events.push(Event::Call {
+            id,
+            info,
+            payload: None,
+        });
+        None
+    };
     let mut task = StreamTask {
         shared,
         id,
         stream,
+        unary,
+        pending,
         recv: Some(recv),
         respond,
         send: None,
@@ -250,6 +415,10 @@ struct StreamTask {
     shared: Arc<Shared>,
     id: u64,
     stream: Arc<Stream>,
+    /// The request is one message: it comes with EVENT_CALL, nothing follows but a cancel.
+    unary: bool,
+    /// A unary call Python has not heard of yet: it waits for its request message.
+    pending: Option<CallInfo>,
     /// None once the client half-closed or we stopped reading.
     recv: Option<RecvStream>,
     respond: SendResponse<Bytes>,
@@ -314,18 +483,33 @@ impl StreamTask {
     /// The stream is gone under us (reset, connection lost): Python hears EVENT_CANCEL
     /// unless the call was already ended.
     fn cancel(&mut self) -> Poll<()> {
-        if self.stream.gone() {
+        if self.stream.gone() && self.pending.is_none() {
             self.shared.events.push(Event::Cancel { id: self.id });
         }
         Poll::Ready(())
     }
 
     /// We end the call (a bad request message): its status, and EVENT_CANCEL for Python.
+    /// A unary call still pending ends without any event.
     fn fail(&mut self, status: Status) {
-        if self.stream.end(status) {
+        if self.stream.end(status) && self.pending.take().is_none() {
             self.shared.events.push(Event::Cancel { id: self.id });
         }
         self.recv = None;
+    }
+
+    /// A whole request message: a unary call's makes its EVENT_CALL.
+    fn deliver(&mut self, payload: Bytes) {
+        let id = self.id;
+        let ev = match self.pending.take() {
+            Some(info) => Event::Call {
+                id,
+                info,
+                payload: Some(payload),
+            },
+            None => Event::Message { id, payload },
+        };
+        self.shared.events.push(ev);
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -333,6 +517,10 @@ impl StreamTask {
             match recv.poll_data(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     let _ = recv.flow_control().release_capacity(chunk.len());
+                    // a unary call's DATA after its message is not read (as grpc-go)
+                    if self.unary && self.pending.is_none() {
+                        continue;
+                    }
                     if let Err(status) = self.deframe(chunk) {
                         self.fail(status);
                     }
@@ -340,7 +528,17 @@ impl StreamTask {
                 Poll::Ready(Some(Err(_))) => return self.cancel(),
                 Poll::Ready(None) => {
                     self.recv = None;
-                    if !lock(&self.stream.state).ended {
+                    if self.pending.take().is_some() {
+                        // grpc-go's processUnaryRPC writes status.Convert(err) of its
+                        // recvAndDecompress: io.EOF with no message, io.ErrUnexpectedEOF
+                        // within one; neither is a status error, so both are UNKNOWN
+                        let msg = if self.rbuf.is_empty() {
+                            "EOF"
+                        } else {
+                            "unexpected EOF"
+                        };
+                        self.stream.end(Status::new(grpc::UNKNOWN, msg.to_owned()));
+                    } else if !self.unary && !lock(&self.stream.state).ended {
                         self.shared.events.push(Event::HalfClose { id: self.id });
                     }
                 }
@@ -360,11 +558,10 @@ impl StreamTask {
                     break;
                 }
                 chunk.advance(5);
-                let payload = chunk.split_to(len);
-                self.shared.events.push(Event::Message {
-                    id: self.id,
-                    payload,
-                });
+                self.deliver(chunk.split_to(len));
+                if self.unary {
+                    return Ok(());
+                }
             }
             if chunk.is_empty() {
                 return Ok(());
@@ -379,10 +576,11 @@ impl StreamTask {
             }
             self.rbuf.advance(5);
             let payload = self.rbuf.split_to(len).freeze();
-            self.shared.events.push(Event::Message {
-                id: self.id,
-                payload,
-            });
+            self.deliver(payload);
+            if self.unary {
+                self.rbuf = BytesMut::new();
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -434,19 +632,18 @@ impl StreamTask {
 
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
+            let mut ended = false;
             if !self.inflight.is_empty() {
+                match self.wait_capacity(cx) {
+                    Ok(e) => ended = e,
+                    Err(p) => return p,
+                }
+            }
+            if !self.inflight.is_empty() && !ended {
                 let Some(send) = self.send.as_mut() else {
                     unreachable!("data before headers")
                 };
                 let cap = send.capacity();
-                if cap == 0 {
-                    send.reserve_capacity(self.inflight.len());
-                    match send.poll_capacity(cx) {
-                        Poll::Ready(Some(Ok(_))) => continue,
-                        Poll::Ready(_) => return self.cancel(),
-                        Poll::Pending => return self.park(cx),
-                    }
-                }
                 let chunk = self.inflight.split_to(cap.min(self.inflight.len()));
                 let n = chunk.len();
                 if send.send_data(chunk, false).is_err() {
@@ -476,7 +673,12 @@ impl StreamTask {
                 } else {
                     Some(st.buf.split().freeze())
                 };
-                let end = if data.is_none() { st.end.take() } else { None };
+                // an ended call queues nothing more: all of it goes to HTTP/2 at once, the
+                // response in one write when the client's windows allow
+                let end = st.end.take();
+                if end.is_some() {
+                    st.queued = 0;
+                }
                 if headers.is_none() && data.is_none() && end.is_none() {
                     match &st.waker {
                         Some(w) if w.will_wake(cx.waker()) => {}
@@ -518,19 +720,60 @@ impl StreamTask {
                     Err(_) => return self.cancel(),
                 }
             }
-            if let Some(data) = data {
-                self.inflight = data;
-                continue;
-            }
-            if let Some(status) = end {
-                let mut trailers = HeaderMap::new();
-                grpc::put_status(&mut trailers, status);
-                if let Some(send) = self.send.as_mut() {
-                    let _ = send.send_trailers(trailers);
+            let Some(status) = end else {
+                if let Some(data) = data {
+                    self.inflight = data;
                 }
-                self.status_sent = true;
-                return Poll::Ready(());
+                continue;
+            };
+            let Some(send) = self.send.as_mut() else {
+                unreachable!("headers went")
+            };
+            // h2 buffers what exceeds the stream's capacity and sends it as the window opens
+            for chunk in [std::mem::take(&mut self.inflight), data.unwrap_or_default()] {
+                if !chunk.is_empty() && send.send_data(chunk, false).is_err() {
+                    return self.cancel();
+                }
             }
+            let mut trailers = HeaderMap::new();
+            grpc::put_status(&mut trailers, status);
+            let _ = send.send_trailers(trailers);
+            self.status_sent = true;
+            return Poll::Ready(());
+        }
+    }
+
+    /// Inflight data waits for HTTP/2 capacity: Ok(false) when some is there; Ok(true) when the
+    /// call ended meanwhile (the rest goes without waiting); Err(Pending) to wait, woken by
+    /// capacity or the stream's state (under its lock, so an end() is not missed); Err(Ready)
+    /// when the stream is gone.
+    fn wait_capacity(&mut self, cx: &mut Context<'_>) -> Result<bool, Poll<()>> {
+        loop {
+            let Some(send) = self.send.as_mut() else {
+                unreachable!("data before headers")
+            };
+            if send.capacity() > 0 {
+                return Ok(false);
+            }
+            send.reserve_capacity(self.inflight.len());
+            match send.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(_) => return Err(self.cancel()),
+                Poll::Pending => {}
+            }
+            let mut st = lock(&self.stream.state);
+            if st.reset {
+                drop(st);
+                return Err(self.reset());
+            }
+            if st.end.is_some() {
+                return Ok(true);
+            }
+            match &st.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.waker = Some(cx.waker().clone()),
+            }
+            return Err(Poll::Pending);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What the Python thread and the Rust runtime share: the event queue and the open calls.
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
@@ -16,13 +17,20 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What EVENT_CALL tells Python about a call.
+pub struct CallInfo {
+    pub method: u32,
+    pub metadata: HeaderMap,
+    pub peer: Arc<str>,
+    pub timeout: Option<f64>,
+}
+
 pub enum Event {
     Call {
         id: u64,
-        method: u32,
-        metadata: HeaderMap,
-        peer: Arc<str>,
-        timeout: Option<f64>,
+        info: CallInfo,
+        /// The request of a unary-request method; None for a streamed request.
+        payload: Option<Bytes>,
     },
     Message {
         id: u64,
@@ -42,25 +50,66 @@ struct EventQueue {
     /// A waiter was woken and has not taken the queue yet: more events need no other wakeup.
     notified: bool,
     closed: bool,
+    /// The eventfd's counter is non-zero. Invariant, outside the lock: signalled == (items is
+    /// not empty || closed), and the eventfd is readable exactly when signalled.
+    signalled: bool,
 }
 
-/// The events for Python, drained in batches by recv_batch; a waiter is woken only when one waits.
+/// The events for Python, taken in batches by recv_batch (a waiter is woken only when one
+/// waits) or by drain when the eventfd says there are some.
 pub struct Events {
     q: Mutex<EventQueue>,
     cv: Condvar,
+    efd: OwnedFd,
 }
 
 impl Events {
-    fn new() -> Self {
-        Events {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a descriptor we now own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor owned by nothing else.
+        let efd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Events {
             q: Mutex::new(EventQueue {
                 items: VecDeque::with_capacity(1024),
                 waiters: 0,
                 notified: false,
                 closed: false,
+                signalled: false,
             }),
             cv: Condvar::new(),
+            efd,
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.efd.as_raw_fd()
+    }
+
+    /// Makes the eventfd readable (under the queue's lock, so no wake-up is lost).
+    fn signal(&self, q: &mut EventQueue) {
+        if q.signalled {
+            return;
         }
+        q.signalled = true;
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64. Cannot block (EFD_NONBLOCK) or overflow:
+        // the counter is 0 here (see unsignal), and is at most 1 before the next read.
+        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the eventfd once nothing waits (under the queue's lock).
+    fn unsignal(&self, q: &mut EventQueue) {
+        if !q.signalled || q.closed || !q.items.is_empty() {
+            return;
+        }
+        q.signalled = false;
+        let mut counter: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; EFD_NONBLOCK, and the counter is non-zero.
+        unsafe { libc::read(self.fd(), (&mut counter as *mut u64).cast(), 8) };
     }
 
     pub fn push(&self, ev: Event) {
@@ -69,12 +118,25 @@ impl Events {
             return;
         }
         q.items.push_back(ev);
+        self.signal(&mut q);
         let wake = q.waiters > 0 && !q.notified;
         q.notified |= wake;
         drop(q);
         if wake {
             self.cv.notify_one();
         }
+    }
+
+    /// Up to max events without waiting: Some([]) when none wait, None once closed and empty.
+    pub fn try_take(&self, max: usize) -> Option<Vec<Event>> {
+        let mut q = lock(&self.q);
+        if q.items.is_empty() {
+            return if q.closed { None } else { Some(Vec::new()) };
+        }
+        let n = q.items.len().min(max.max(1));
+        let batch = q.items.drain(..n).collect();
+        self.unsignal(&mut q);
+        Some(batch)
     }
 
     /// Up to max events, waiting for the first; Some([]) on timeout, None once closed and empty.
@@ -86,6 +148,7 @@ impl Events {
             if !q.items.is_empty() {
                 let n = q.items.len().min(max.max(1));
                 let batch = q.items.drain(..n).collect();
+                self.unsignal(&mut q);
                 if !q.items.is_empty() && q.waiters > 0 {
                     q.notified = true;
                     self.cv.notify_one();
@@ -116,7 +179,10 @@ impl Events {
     }
 
     fn close(&self) {
-        lock(&self.q).closed = true;
+        let mut q = lock(&self.q);
+        q.closed = true;
+        self.signal(&mut q);
+        drop(q);
         self.cv.notify_all();
     }
 }
@@ -185,16 +251,20 @@ impl Stream {
         if st.gone || st.ended {
             return SendResult::Closed;
         }
-        let framed = payload.len() + 5;
-        if st.queued > 0 && st.queued + framed > limit {
+        if st.queued > 0 && st.queued + payload.len() + 5 > limit {
             return SendResult::Full;
         }
+        Self::frame(st, payload);
+        SendResult::Sent
+    }
+
+    fn frame(st: &mut StreamState, payload: &[u8]) {
+        let framed = payload.len() + 5;
         st.buf.reserve(framed);
         st.buf.put_u8(0);
         st.buf.put_u32(payload.len() as u32);
         st.buf.put_slice(payload);
         st.queued += framed;
-        SendResult::Sent
     }
 
     pub fn try_send(&self, payload: &[u8], limit: usize) -> SendResult {
@@ -245,20 +315,33 @@ impl Stream {
         true
     }
 
-    /// Ends the call after what is queued; false when it was already ended or gone.
-    pub fn end(&self, status: Status) -> bool {
+    /// Ends the call after what is queued: then payload (if any, framed, whatever is queued
+    /// already), then status; false when it was already ended or gone.
+    pub fn finish(&self, payload: Option<&[u8]>, status: Status) -> bool {
         let mut st = lock(&self.state);
         if st.gone || st.ended {
             return false;
         }
+        if let Some(p) = payload {
+            Self::frame(&mut st, p);
+        }
         st.ended = true;
         st.end = Some(status);
+        // sends waiting for room now fail (queue says Closed once ended)
+        if st.senders_waiting > 0 {
+            self.room.notify_all();
+        }
         let w = st.waker.take();
         drop(st);
         if let Some(w) = w {
             w.wake();
         }
         true
+    }
+
+    /// Ends the call after what is queued; false when it was already ended or gone.
+    pub fn end(&self, status: Status) -> bool {
+        self.finish(None, status)
     }
 
     /// Marks the stream gone; true when Python must hear EVENT_CANCEL.
@@ -289,10 +372,14 @@ impl Stream {
 
 pub struct Config {
     pub methods: HashMap<String, u32>,
+    /// By method id: the request is one message (unary-unary, unary-stream).
+    pub unary: Vec<bool>,
     pub services: Vec<String>,
     pub max_receive: usize,
     pub max_send: Option<usize>,
     pub stream_buffer: usize,
+    /// Ping every connection this often; close it when the pong is later than the second.
+    pub keepalive: Option<(Duration, Duration)>,
 }
 
 pub struct Shared {
@@ -306,15 +393,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Self {
-        Shared {
+    pub fn new(config: Config) -> std::io::Result<Self> {
+        Ok(Shared {
             config,
-            events: Events::new(),
+            events: Events::new()?,
             streams: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             live: AtomicUsize::new(0),
-        }
+        })
     }
 
     pub fn register(&self) -> (u64, Arc<Stream>) {

@@ -9,7 +9,13 @@ We test these aspects:
 - a client that cancels, or whose process dies, is an EVENT_CANCEL; try_send says FULL while
   the client does not read, send() waits until it does; close() (or dropping the front) ends
   open calls, wakes recv_batch and removes the socket;
-- many concurrent streams, garbage from a peer, and a call through pygrpc-native's front.
+- many concurrent streams, garbage from a peer, and a call through pygrpc-native's front;
+- adopted TCP sockets (no Unix listener): unary, server-streaming and bidi calls, the peer
+  string; adopt on a front not running closes the socket;
+- an asyncio loop woken through fileno() and drain(), in small batches, with many calls;
+- unary methods: one EVENT_CALL with the request, finish() answers (message, status, trailing
+  metadata); a half-close before the message, a request over the limit: answered without event;
+- keepalive pings: answered ones keep the connection, unanswered ones close it; a 2 MiB request.
 
 grpcio names a unix: target's authority with its percent-encoded path, which HTTP/2 servers
 built on the h2 crate reject (RST_STREAM PROTOCOL_ERROR); the clients here name it "localhost".
@@ -20,11 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -41,7 +50,11 @@ if TYPE_CHECKING:
     from server.embed._bidi import Event
 
 ECHO, SCRIPT, MANUAL = "/t.S/Echo", "/t.S/Script", "/t.S/Manual"
-METHODS = [ECHO, SCRIPT, MANUAL]
+# unary-request methods: Unary echoes (or fails as x-code says), Spray answers int(request)
+# messages, Hold is the test's to drive
+UNARY, SPRAY, HOLD = "/t.S/Unary", "/t.S/Spray", "/t.S/Hold"
+METHODS = [ECHO, SCRIPT, MANUAL, UNARY, SPRAY, HOLD]
+UNARY_FLAGS = [m in (UNARY, SPRAY, HOLD) for m in METHODS]
 MAX_RECEIVE = 64 * 1024
 MAX_SEND = 128 * 1024
 CLIENT_OPTIONS = [("grpc.default_authority", "localhost")]
@@ -52,10 +65,11 @@ TIMEOUT = 30.0
 class Served:
     """A BidiFront and the thread serving it: Echo echoes and ends with OK at half-close
     (trailing metadata from the call's x-trailer-bin), Script ends as its metadata says
-    (x-send messages, x-initial headers, x-code and x-message), Manual is the test's to drive."""
+    (x-send messages, x-initial headers, x-code and x-message), Manual is the test's to drive;
+    the unary-request methods as UNARY_FLAGS's comment says."""
 
     front: BidiFront
-    path: str
+    path: str  # the Unix socket's, or ""
     events: list[Event] = field(default_factory=list)
     done: bool = False
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -76,9 +90,16 @@ class Served:
         kind, call, method_id, payload, details = event
         if kind == _bidi.EVENT_CALL:
             assert details is not None
-            self.methods[call] = METHODS[method_id]
-            if METHODS[method_id] == SCRIPT:
+            method = self.methods[call] = METHODS[method_id]
+            if method == SCRIPT:
                 self.script(call, dict(details[0]))
+            elif method == UNARY:
+                answer_unary(self.front, call, payload, dict(details[0]))
+            elif method == SPRAY:
+                assert payload is not None
+                for i in range(int(payload)):
+                    assert self.front.try_send(call, b"s%d" % i) == _bidi.STREAM_SENT
+                self.front.end(call, 0)
         elif kind == _bidi.EVENT_MESSAGE and self.methods[call] == ECHO:
             assert payload is not None
             assert self.front.send(call, payload)
@@ -118,6 +139,14 @@ class Served:
             return [e[0] for e in self.events if e[1] == call]
 
 
+def answer_unary(front: BidiFront, call: int, payload: bytes | None, md: dict[str, str | bytes]) -> None:
+    assert payload is not None
+    if "x-code" in md:
+        front.finish(call, None, int(str(md["x-code"])), "it failed ✗", [("x-why-bin", b"\x00because")])
+    else:
+        front.finish(call, payload, 0, "", [("x-trailer", "unary")])
+
+
 @pytest.fixture
 def served() -> Iterator[Served]:
     directory = tempfile.mkdtemp(prefix="bidi")
@@ -126,6 +155,7 @@ def served() -> Iterator[Served]:
         path,
         METHODS,
         ["t.S"],
+        unary=UNARY_FLAGS,
         max_receive_message_length=MAX_RECEIVE,
         max_send_message_length=MAX_SEND,
         stream_buffer_bytes=64 * 1024,
@@ -151,6 +181,14 @@ def channel(served: Served) -> Iterator[grpc.Channel]:
 
 def call(channel: grpc.Channel, path: str) -> grpc.StreamStreamMultiCallable:
     return channel.stream_stream(path)
+
+
+def unary_call(channel: grpc.Channel, path: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
+    return channel.unary_unary(path)
+
+
+def spray_call(channel: grpc.Channel, path: str) -> grpc.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(path)
 
 
 def test_echo_both_ways_with_metadata_and_trailers(served: Served, channel: grpc.Channel) -> None:
@@ -434,3 +472,389 @@ def test_connections_across_io_threads() -> None:
         thread.join(TIMEOUT)
     assert len(s.calls()) == 6
     os.rmdir(directory)
+
+
+# --- adopted sockets, unary calls, the event loop's fd, keepalive --------------------------------
+
+
+@dataclass
+class Tcp:
+    """A front without a Unix socket, served by a Served thread, and a TCP listener whose
+    connections a thread adopts (peer as grpcio writes it)."""
+
+    served: Served
+    port: int
+    peers: list[str]
+
+
+@pytest.fixture
+def tcp() -> Iterator[Tcp]:
+    front = BidiFront(
+        None,
+        METHODS,
+        ["t.S"],
+        unary=UNARY_FLAGS,
+        max_receive_message_length=4 * 1024 * 1024,
+        max_send_message_length=MAX_SEND,
+    )
+    front.start()
+    s = Served(front, "")
+    serving = threading.Thread(target=s.serve, daemon=True)
+    serving.start()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    peers: list[str] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, (host, client_port) = listener.accept()
+                peers.append(f"ipv4:{host}:{client_port}")
+                front.adopt(conn.detach(), peers[-1])
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    yield Tcp(s, port, peers)
+    listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+    listener.close()
+    acceptor.join(TIMEOUT)
+    front.close()
+    serving.join(TIMEOUT)
+
+
+def test_adopted_tcp_serves_unary_streaming_and_bidi_calls(tcp: Tcp) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{tcp.port}") as ch:
+        response, state = unary_call(ch, UNARY).with_call(b"ping", timeout=TIMEOUT)
+        assert response == b"ping"
+        assert state.code() == grpc.StatusCode.OK
+        assert ("x-trailer", "unary") in (state.trailing_metadata() or ())
+        assert list(spray_call(ch, SPRAY)(b"3", timeout=TIMEOUT)) == [b"s0", b"s1", b"s2"]
+        assert list(spray_call(ch, SPRAY)(b"0", timeout=TIMEOUT)) == []
+        assert list(call(ch, ECHO)(iter([b"a", b"b" * 100_000]), timeout=TIMEOUT)) == [b"a", b"b" * 100_000]
+    s = tcp.served
+    calls = [e for e in s.events if e[0] == _bidi.EVENT_CALL]
+    assert [(METHODS[e[2]], e[3]) for e in calls] == [
+        (UNARY, b"ping"),
+        (SPRAY, b"3"),
+        (SPRAY, b"0"),
+        (ECHO, None),
+    ]
+    [peer] = tcp.peers  # one connection
+    assert all(e[4] is not None and e[4][1] == peer for e in calls)
+    # a unary call is its EVENT_CALL alone; the bidi call has its messages and half-close
+    for e in calls[:3]:
+        assert s.of(e[1]) == [_bidi.EVENT_CALL]
+    assert s.of(calls[3][1]) == [
+        _bidi.EVENT_CALL,
+        _bidi.EVENT_MESSAGE,
+        _bidi.EVENT_MESSAGE,
+        _bidi.EVENT_HALF_CLOSE,
+    ]
+
+
+def test_adopt_needs_a_running_front() -> None:
+    front = BidiFront(None, METHODS, ["t.S"])
+    for state in ("not started", "closed"):
+        ours, theirs = socket.socketpair()
+        with theirs:
+            fd = ours.detach()
+            with pytest.raises(RuntimeError, match=state):
+                front.adopt(fd, "unix:")
+            theirs.settimeout(TIMEOUT)
+            assert theirs.recv(1) == b""  # the front closed its end
+        if state == "not started":
+            front.start()
+            front.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        front.start()
+
+
+def test_adopt_rejects_a_descriptor_that_is_not_a_stream_socket() -> None:
+    front = BidiFront(None, METHODS, ["t.S"])
+    front.start()
+    try:
+        read_end, write_end = os.pipe()
+        with pytest.raises(OSError):
+            front.adopt(read_end, "pipe")
+        with pytest.raises(OSError):  # closed: the write end sees no reader
+            os.write(write_end, b"x")
+        os.close(write_end)
+        datagram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with pytest.raises(OSError, match="not a stream socket"):
+            front.adopt(datagram.detach(), "dgram")
+    finally:
+        front.close()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "code", "details", "trailing"),
+    [
+        pytest.param((), grpc.StatusCode.OK, "", ("x-trailer", "unary"), id="ok"),
+        pytest.param(
+            (("x-code", "9"),),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "it failed ✗",
+            ("x-why-bin", b"\x00because"),
+            id="failed-with-trailers",
+        ),
+    ],
+)
+def test_unary_finish(
+    tcp: Tcp,
+    metadata: tuple[tuple[str, str], ...],
+    code: grpc.StatusCode,
+    details: str | None,
+    trailing: tuple[str, str | bytes],
+) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{tcp.port}") as ch:
+        unary = unary_call(ch, UNARY)
+        try:
+            response, state = unary.with_call(b"req", metadata=metadata, timeout=TIMEOUT)
+            assert response == b"req"
+            got: grpc.Call = state
+        except grpc.RpcError as e:
+            assert isinstance(e, grpc.Call)
+            got = e
+        assert got.code() == code
+        assert got.details() == details
+        assert trailing in (got.trailing_metadata() or ())
+    [opened] = tcp.served.wait_call()
+    assert tcp.served.of(opened) == [_bidi.EVENT_CALL]
+
+
+def test_unary_takes_the_first_message_only(tcp: Tcp) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{tcp.port}") as ch:
+        # a client streaming to a unary method: the rest of its messages are not read
+        stream = call(ch, UNARY)(iter([b"first", b"second", b"x" * (5 * 1024 * 1024)]), timeout=TIMEOUT)
+        assert list(stream) == [b"first"]
+        assert stream.code() == grpc.StatusCode.OK
+    [opened] = tcp.served.wait_call()
+    assert tcp.served.of(opened) == [_bidi.EVENT_CALL]
+
+
+@pytest.mark.parametrize(
+    ("request_messages", "code", "details"),
+    [
+        pytest.param([], grpc.StatusCode.UNKNOWN, "EOF", id="half-close-without-message"),
+        pytest.param(
+            [b"y" * (4 * 1024 * 1024 + 1)],
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"grpc: received message larger than max ({4 * 1024 * 1024 + 1} vs. {4 * 1024 * 1024})",
+            id="too-large",
+        ),
+    ],
+)
+def test_unary_answered_without_an_event(
+    tcp: Tcp, request_messages: list[bytes], code: grpc.StatusCode, details: str
+) -> None:
+    options = [("grpc.max_send_message_length", -1)]
+    with grpc.insecure_channel(f"127.0.0.1:{tcp.port}", options) as ch:
+        for path in (UNARY, SPRAY):
+            with pytest.raises(grpc.RpcError) as e:
+                list(call(ch, path)(iter(request_messages), timeout=TIMEOUT))
+            assert (e.value.code(), e.value.details()) == (code, details)
+        # the connection serves on, and the front heard of nothing before this call
+        assert unary_call(ch, UNARY)(b"after", timeout=TIMEOUT) == b"after"
+    [opened] = tcp.served.wait_call()
+    assert [e for e in tcp.served.events if e[1] != opened] == []
+
+
+def test_unary_finish_over_the_send_limit(tcp: Tcp) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{tcp.port}") as ch:
+        future = unary_call(ch, HOLD).future(b"x", timeout=TIMEOUT)
+        [opened] = tcp.served.wait_call()
+        tcp.served.front.finish(opened, b"z" * (MAX_SEND + 1), 0)
+        with pytest.raises(grpc.RpcError) as e:
+            future.result()
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (
+            e.value.details()
+            == f"grpc: trying to send message larger than max ({MAX_SEND + 1} vs. {MAX_SEND})"
+        )
+        tcp.served.front.finish(opened, b"late", 0)  # ended: a no-op
+    assert tcp.served.of(opened) == [_bidi.EVENT_CALL]
+
+
+def test_unary_client_cancel_is_an_event(tcp: Tcp) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{tcp.port}") as ch:
+        future = unary_call(ch, HOLD).future(b"x", timeout=TIMEOUT)
+        [opened] = tcp.served.wait_call()
+        future.cancel()
+        tcp.served.wait_for(lambda e: e[1] == opened and e[0] == _bidi.EVENT_CANCEL, "cancel")
+        tcp.served.front.finish(opened, b"late", 0)  # gone: a no-op
+    assert tcp.served.of(opened) == [_bidi.EVENT_CALL, _bidi.EVENT_CANCEL]
+
+
+def test_large_unary_request(tcp: Tcp) -> None:
+    big = b" " * (2 * 1024 * 1024) + b"2"  # int(big) == 2
+    with grpc.insecure_channel(f"127.0.0.1:{tcp.port}") as ch:
+        started = time.monotonic()
+        assert list(spray_call(ch, SPRAY)(big, timeout=TIMEOUT)) == [b"s0", b"s1"]
+        elapsed = time.monotonic() - started
+    [(_, _, _, payload, _)] = [e for e in tcp.served.events if e[0] == _bidi.EVENT_CALL]
+    assert payload == big
+    assert elapsed < 5
+
+
+async def test_event_loop_woken_through_fileno() -> None:
+    front = BidiFront(None, METHODS, ["t.S"], unary=UNARY_FLAGS)
+    front.start()
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    kinds: dict[int, list[int]] = {}
+    methods: dict[int, str] = {}
+    drained: list[int] = []
+
+    def on_events() -> None:
+        batch = front.drain(3)  # small batches: the fd must stay readable while events remain
+        if batch is None:
+            loop.remove_reader(front.fileno())
+            return
+        drained.append(len(batch))
+        for kind, call_id, method_id, payload, _ in batch:
+            kinds.setdefault(call_id, []).append(kind)
+            if kind == _bidi.EVENT_CALL:
+                methods[call_id] = METHODS[method_id]
+                if methods[call_id] == UNARY:
+                    front.finish(call_id, payload, 0)
+            elif kind == _bidi.EVENT_MESSAGE and methods[call_id] == ECHO:
+                assert payload is not None
+                assert front.try_send(call_id, payload) == _bidi.STREAM_SENT
+            elif kind == _bidi.EVENT_HALF_CLOSE and methods[call_id] == ECHO:
+                front.end(call_id, 0)
+
+    def on_accept() -> None:
+        with contextlib.suppress(BlockingIOError):
+            conn, (host, client_port) = listener.accept()
+            front.adopt(conn.detach(), f"ipv4:{host}:{client_port}")
+
+    loop.add_reader(front.fileno(), on_events)
+    loop.add_reader(listener.fileno(), on_accept)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            unary: aio.UnaryUnaryMultiCallable = ch.unary_unary(UNARY)
+            echo: aio.StreamStreamMultiCallable = ch.stream_stream(ECHO)
+
+            async def streamed(i: int) -> list[bytes]:
+                return [r async for r in echo(iter([b"e%d" % i]), timeout=TIMEOUT)]
+
+            got = await asyncio.gather(*(unary(b"%d" % i, timeout=TIMEOUT) for i in range(200)))
+            assert got == [b"%d" % i for i in range(200)]
+            assert await asyncio.gather(*(streamed(i) for i in range(50))) == [
+                [b"e%d" % i] for i in range(50)
+            ]
+    finally:
+        loop.remove_reader(listener.fileno())
+        listener.close()
+    assert sum(1 for k in kinds.values() if k == [_bidi.EVENT_CALL]) == 200
+    assert max(drained) == 3
+    assert front.drain(10) == []
+    assert not select.select([front.fileno()], [], [], 0)[0]
+    front.close()
+    assert select.select([front.fileno()], [], [], 0)[0]  # readable for good once closed
+    assert front.drain(10) is None
+    loop.remove_reader(front.fileno())
+
+
+class RawH2:
+    """The client side of HTTP/2 by hand: the preface and SETTINGS, then frames one by one."""
+
+    SETTINGS, PING, GOAWAY = 4, 6, 7
+    ACK = 1
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.settimeout(TIMEOUT)
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        self.send(self.SETTINGS, 0, b"")
+
+    def send(self, kind: int, flags: int, payload: bytes) -> None:
+        self.sock.sendall(struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + b"\0\0\0\0" + payload)
+
+    def read(self, n: int) -> bytes | None:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    def frame(self) -> tuple[int, int, bytes] | None:
+        """The next frame (kind, flags, payload); SETTINGS are acknowledged; None at EOF."""
+        header = self.read(9)
+        if header is None:
+            return None
+        length = int.from_bytes(header[:3], "big")
+        payload = self.read(length) if length else b""
+        if payload is None:
+            return None
+        kind, flags = header[3], header[4]
+        if kind == self.SETTINGS and not flags & self.ACK:
+            self.send(self.SETTINGS, self.ACK, b"")
+        return kind, flags, payload
+
+
+def test_keepalive_pings_answered_keep_the_connection() -> None:
+    directory = tempfile.mkdtemp(prefix="bidi")
+    path = os.path.join(directory, "s")
+    s = Served(BidiFront(path, METHODS, ["t.S"], unary=UNARY_FLAGS, keepalive_time_ms=100), path)
+    s.front.start()
+    thread = threading.Thread(target=s.serve, daemon=True)
+    thread.start()
+    try:
+        with grpc.insecure_channel(f"unix:{path}", CLIENT_OPTIONS) as ch:
+            # a grpcio call open across several pings (grpcio answers them), counted by a raw
+            # client that answers them too
+            requests_done = threading.Event()
+
+            def requests() -> Iterator[bytes]:
+                yield b"before"
+                requests_done.wait(TIMEOUT)
+                yield b"after"
+
+            stream = call(ch, ECHO)(requests(), timeout=TIMEOUT)
+            assert next(stream) == b"before"
+            ours, theirs = socket.socketpair()
+            s.front.adopt(ours.detach(), "unix:raw")
+            with theirs:
+                raw = RawH2(theirs)
+                pings = 0
+                while pings < 5:
+                    frame = raw.frame()
+                    assert frame is not None and frame[0] != RawH2.GOAWAY
+                    if frame[0] == RawH2.PING and not frame[1] & RawH2.ACK:
+                        pings += 1
+                        raw.send(RawH2.PING, RawH2.ACK, frame[2])
+            requests_done.set()
+            assert list(stream) == [b"after"]
+            assert stream.code() == grpc.StatusCode.OK
+    finally:
+        s.front.close()
+        thread.join(TIMEOUT)
+        os.rmdir(directory)
+
+
+def test_keepalive_closes_a_connection_whose_pongs_are_late() -> None:
+    front = BidiFront(None, METHODS, ["t.S"], keepalive_time_ms=100, keepalive_timeout_ms=300)
+    front.start()
+    try:
+        ours, theirs = socket.socketpair()
+        front.adopt(ours.detach(), "unix:raw")
+        with theirs:
+            raw = RawH2(theirs)  # reads, never answers a PING
+            pinged: float | None = None
+            kinds: list[int] = []
+            while (frame := raw.frame()) is not None:
+                kinds.append(frame[0])
+                if frame[0] == RawH2.PING and pinged is None:
+                    pinged = time.monotonic()
+            assert pinged is not None
+            waited = time.monotonic() - pinged
+    finally:
+        front.close()
+    assert kinds.count(RawH2.PING) == 1
+    assert kinds[-1] == RawH2.GOAWAY
+    assert 0.25 < waited < 0.3 + 2  # the timeout, then the GOAWAY and close at once
