@@ -25,7 +25,7 @@ import ssl
 from collections.abc import Callable
 
 from server.embed._relay import Relay
-from server.embed.serve import ClientListener
+from server.embed.serve import ClientListener, RelayTo
 
 __all__ = ["serve"]
 
@@ -95,8 +95,7 @@ async def serve(kind: str, port: int, backend: str) -> None:
         "127.0.0.1",
         port,
         http=_NoHttp(),
-        backends=[backend],
-        relay=relay,
+        grpc=RelayTo([backend], relay),
     )
     await listener.start()
     await asyncio.Event().wait()

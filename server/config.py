@@ -71,7 +71,7 @@ class Config:
     unsafe_no_fsync: bool = False
     # petcd only: gRPC front-end processes sharing the client port (0: serve gRPC in-process)
     grpc_frontends: int = 0
-    # petcd only: the gRPC server of http:// client URLs, "native" (pygrpc-native) or "grpcio";
+    # petcd only: the gRPC server of http:// client URLs, "native" (BidiFront, Rust) or "grpcio";
     # https:// URLs are always grpcio's (server/embed/grpc_server.py says why)
     grpc_server: str = "native"
     # petcd only: where the fault-injection control surface listens (none: it does not exist)

@@ -33,7 +33,6 @@ import contextlib
 import inspect
 import logging
 import sys
-import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,12 +62,21 @@ class Front(Protocol):
     """What BidiServer uses of server.embed._bidi.BidiFront (see _bidi.pyi)."""
 
     def start(self) -> None: ...
-    def recv_batch(self, max_events: int, timeout_ms: int | None = None) -> list[_bidi.Event] | None: ...
+    def fileno(self) -> int: ...
+    def drain(self, max_events: int) -> list[_bidi.Event] | None: ...
     def send_initial_metadata(self, call_id: int, metadata: Metadata) -> bool: ...
     def try_send(self, call_id: int, payload: bytes) -> int: ...
     def send(self, call_id: int, payload: bytes) -> bool: ...
     def end(
         self, call_id: int, code: int, message: str = "", trailing_metadata: Metadata | None = None
+    ) -> None: ...
+    def finish(
+        self,
+        call_id: int,
+        payload: bytes | None,
+        code: int,
+        message: str = "",
+        trailing_metadata: Metadata | None = None,
     ) -> None: ...
     def close(self) -> None: ...
 
@@ -139,19 +147,22 @@ class _Call:
         "metadata",
         "method",
         "peer",
+        "request",
         "requests",
         "running",
         "task",
         "timer",
     )
 
-    def __init__(self, call_id: int, method: str, details: _bidi.CallDetails) -> None:
+    def __init__(self, call_id: int, method: str, details: _bidi.CallDetails, request: bytes | None) -> None:
         metadata, peer, time_remaining = details
         self.call_id = call_id
         self.method = method
         self.metadata = metadata
         self.peer: str = peer
         self.deadline = None if time_remaining is None else time.monotonic() + time_remaining
+        # a unary-request call's one request (it came with the call); else the stream of them
+        self.request = request
         self.requests = _Requests()
         self.task: asyncio.Task[None] | None = None
         # the task has begun: cancelling it runs its cleanup (a task cancelled before its first
@@ -281,9 +292,10 @@ def _encode(serialize: Callable[[Any], bytes] | None, response: Any) -> bytes:
 
 
 class BidiServer:
-    """Runs grpc.aio stream-stream handlers on a BidiFront (see the module docstring).
+    """Runs grpc.aio handlers on a BidiFront (see the module docstring).
 
-    front serves the paths of handlers, method_id being the index in list(handlers)."""
+    front serves the paths of handlers, method_id being the index in list(handlers); it was told
+    which of them take a unary request (unary_methods), whose calls arrive with their request."""
 
     def __init__(
         self,
@@ -297,19 +309,24 @@ class BidiServer:
         self._interceptors = tuple(interceptors)
         self._calls: dict[int, _Call] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._dispatcher: threading.Thread | None = None
+        self._reading = False
         self._senders: ThreadPoolExecutor | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
 
+    @staticmethod
+    def unary_methods(handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]) -> list[bool]:
+        """For BidiFront(unary=...): which methods, in order, take one request."""
+        return [not h.request_streaming for h in handlers.values()]
+
     async def start(self) -> None:
         if self._loop is not None:
             raise ValueError("Cannot start already-started server!")
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._senders = ThreadPoolExecutor(_SEND_THREADS, thread_name_prefix="petcd-bidi-send")
         self._front.start()
-        self._dispatcher = threading.Thread(target=self._dispatch, name="petcd-bidi-dispatch", daemon=True)
-        self._dispatcher.start()
+        loop.add_reader(self._front.fileno(), self._on_readable)
+        self._reading = True
 
     async def stop(self, grace: float | None) -> None:
         """As grpc.aio.Server.stop: new calls are refused at once, open calls get grace
@@ -326,8 +343,7 @@ class BidiServer:
         await asyncio.gather(*tasks, return_exceptions=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._front.close)
-        if self._dispatcher is not None:
-            await loop.run_in_executor(None, self._dispatcher.join)
+        self._stop_reading()
         if self._senders is not None:
             self._senders.shutdown(wait=False)
         self._stopped.set()
@@ -342,31 +358,31 @@ class BidiServer:
             return True
         return False
 
-    # -- events: the dispatch thread hands them to the loop in batches ----------------------------
+    # -- events: the front's descriptor is readable while events wait -----------------------------
 
-    def _dispatch(self) -> None:
-        front, loop = self._front, self._loop
-        assert loop is not None
-        while (events := front.recv_batch(_BATCH)) is not None:
-            if not events:
-                continue
-            try:
-                loop.call_soon_threadsafe(self._on_events, events)
-            except RuntimeError:  # the loop was closed without stop()
-                front.close()
-                return
+    def _on_readable(self) -> None:
+        events = self._front.drain(_BATCH)
+        if events is None:
+            self._stop_reading()
+        elif events:
+            self._on_events(events)
+
+    def _stop_reading(self) -> None:
+        if self._reading and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._front.fileno())
+        self._reading = False
 
     def _on_events(self, events: list[_bidi.Event]) -> None:
         calls = self._calls
         for kind, call_id, method_id, payload, details in events:
-            if kind == _bidi.EVENT_MESSAGE:
+            if kind == _bidi.EVENT_CALL:
+                assert details is not None
+                self._open(call_id, method_id, details, payload)
+            elif kind == _bidi.EVENT_MESSAGE:
                 call = calls.get(call_id)
                 if call is not None:
                     assert payload is not None
                     call.requests.put(payload)
-            elif kind == _bidi.EVENT_CALL:
-                assert details is not None
-                self._open(call_id, method_id, details)
             elif kind == _bidi.EVENT_HALF_CLOSE:
                 call = calls.get(call_id)
                 if call is not None:
@@ -376,13 +392,13 @@ class BidiServer:
                 if call is not None:
                     call.cancel()
 
-    def _open(self, call_id: int, method_id: int, details: _bidi.CallDetails) -> None:
+    def _open(self, call_id: int, method_id: int, details: _bidi.CallDetails, request: bytes | None) -> None:
         if self._stopping:
             self._front.end(call_id, _C.UNAVAILABLE.value[0], "Server is shutting down")
             return
         loop = self._loop
         assert loop is not None
-        call = _Call(call_id, self._methods[method_id], details)
+        call = _Call(call_id, self._methods[method_id], details, request)
         self._calls[call_id] = call
         call.task = loop.create_task(self._run(call))
         time_remaining = details[2]
@@ -422,22 +438,11 @@ class BidiServer:
                 self._end(call, _C.UNIMPLEMENTED, "Method not found!", ())
                 return
             context._handler = handler
-            call.requests._decode = handler.request_deserializer
-            function = handler.stream_stream
-            if inspect.isasyncgenfunction(function):
-                responses: AsyncGenerator[Any, None] = function(call.requests, context)
-                async with contextlib.aclosing(responses):
-                    async for response in responses:
-                        if not await self._send(call, handler, response):
-                            return
-            elif inspect.iscoroutinefunction(function):
-                await function(call.requests, context)  # responses through context.write
-            else:
+            if not await self._invoke(call, handler, context):
                 # an interceptor swapped in a handler of another kind, or one that is not async:
                 # grpc.aio would run it; petcd's handlers are never such
-                log.error("no async stream-stream handler for %s: %r", call.method, handler)
+                log.error("no async handler of the method's kind for %s: %r", call.method, handler)
                 self._end(call, _C.INTERNAL, "Error in service handler!", ())
-                return
         except asyncio.CancelledError:
             # the client left, the deadline passed or the server stops: the stream is gone or
             # already ended; else the handler cancelled itself, which ends the call
@@ -450,10 +455,64 @@ class BidiServer:
                 code = context._code if context._code not in (None, _C.OK) else _C.UNKNOWN
                 assert code is not None
                 self._end(call, code, f"Unexpected {type(exc)}: {exc}", context._trailing)
-        else:
-            self._end(call, context._code or _C.OK, context._details, context._trailing)
         finally:
             self._finish(call, context)
+
+    async def _invoke(self, call: _Call, handler: Any, context: _Context) -> bool:
+        """Runs the handler and ends the call as it returned; False when the handler is not of
+        the kind the call was opened as, or not async."""
+        if call.request is not None:
+            decode = handler.request_deserializer
+            request = call.request if decode is None else decode(call.request)
+            if (function := handler.unary_unary) is not None:
+                if not inspect.iscoroutinefunction(function):
+                    return False
+                response = await function(request, context)
+                self._answer(call, context, handler, response)
+                return True
+            function = handler.unary_stream
+            if function is None:
+                return False
+            if inspect.isasyncgenfunction(function):
+                await self._stream(call, handler, function(request, context))
+            elif inspect.iscoroutinefunction(function):
+                await function(request, context)  # responses through context.write
+            else:
+                return False
+        else:
+            call.requests._decode = handler.request_deserializer
+            if (function := handler.stream_unary) is not None:
+                if not inspect.iscoroutinefunction(function):
+                    return False
+                response = await function(call.requests, context)
+                self._answer(call, context, handler, response)
+                return True
+            function = handler.stream_stream
+            if function is None:
+                return False
+            if inspect.isasyncgenfunction(function):
+                await self._stream(call, handler, function(call.requests, context))
+            elif inspect.iscoroutinefunction(function):
+                await function(call.requests, context)  # responses through context.write
+            else:
+                return False
+        self._end(call, context._code or _C.OK, context._details, context._trailing)
+        return True
+
+    def _answer(self, call: _Call, context: _Context, handler: Any, response: Any) -> None:
+        """Ends a unary-response call: its response and status in one go."""
+        if call.ended:
+            return
+        code = context._code or _C.OK
+        data = _encode(handler.response_serializer, response) if code is _C.OK else None
+        call.ended = True
+        self._front.finish(call.call_id, data, code.value[0], context._details, context._trailing or None)
+
+    async def _stream(self, call: _Call, handler: Any, responses: AsyncGenerator[Any, None]) -> None:
+        async with contextlib.aclosing(responses):
+            async for response in responses:
+                if not await self._send(call, handler, response):
+                    return
 
     async def _send(self, call: _Call, handler: Any, response: Any) -> bool:
         """Sends one response; False once the call has ended (nothing more goes out)."""

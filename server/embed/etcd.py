@@ -5,14 +5,13 @@
 
 Every --listen-client-urls URL serves gRPC and HTTP/1.1 on one port, as etcd's does
 (server/embed/serve.py): HTTP/1.1 connections go to the client HTTP server (/health, /livez,
-/readyz, /version, /metrics, the JSON gateway), gRPC connections are relayed to the gRPC servers,
-which listen on private Unix sockets only (one for cleartext, one for TLS; with
---grpc-frontends, a pair per front-end process). With etcd's separate HTTP listeners,
---listen-client-http-urls, the client URLs serve gRPC only, as etcd's then do: the gRPC servers
-bind them themselves. --listen-metrics-urls serve /metrics and the health endpoints.
-
-Cleartext gRPC is pygrpc-native's unless --grpc-server=grpcio; TLS is grpcio's
-(server/embed/grpc_server.py says why).
+/readyz, /version, /metrics, the JSON gateway), cleartext gRPC connections to petcd's native
+gRPC server, which adopts them; TLS ones (and all, with --grpc-server=grpcio) are relayed to
+grpcio, which listens on private Unix sockets only (with --grpc-frontends, to the front-end
+processes, a pair of sockets each). With etcd's separate HTTP listeners,
+--listen-client-http-urls, the client URLs serve gRPC only, as etcd's then do.
+--listen-metrics-urls serve /metrics and the health endpoints. server/embed/grpc_server.py
+says why the transport is what it is.
 """
 
 from __future__ import annotations
@@ -32,8 +31,8 @@ import grpc
 from server.config import Config
 from server.embed._relay import Relay
 from server.embed.frontends import FrontendLink, Frontends
-from server.embed.grpc_server import grpc_server
-from server.embed.serve import ClientListener
+from server.embed.grpc_server import NativeServer, grpc_server
+from server.embed.serve import ClientListener, GrpcAdopter, RelayTo
 from server.etcdserver.server import EtcdServer
 from server.faults.surface import FaultSurface
 from server.httpapi.http_server import HttpServers
@@ -75,9 +74,7 @@ def grpc_server_options(cfg: Config) -> list[tuple[str, Any]]:
 
 class _Backends:
     """The private Unix sockets the gRPC server or the front-ends listen on, in a directory only
-    this user can enter: one for cleartext and one for TLS per server, as grpc targets (grpcio
-    and pygrpc-native both bind `unix:` paths; pygrpc-native has no abstract namespace), and the
-    one the native server proxies its bidirectional streams to (grpc_server.py). The
+    this user can enter: one for cleartext and one for TLS per server, as grpc targets. The
     directory is named after the process, so one left by a killed member is removed by the
     next member that starts."""
 
@@ -126,8 +123,8 @@ class Etcd:
         )
         # built once the server has started: the services hold the parts it starts with
         self.http: HttpServers | None = None
-        self._grpc: list[grpc.aio.Server] = []
-        self._grpcio: grpc.aio.Server | None = None
+        self._grpc: list[grpc.aio.Server | NativeServer] = []
+        self._grpcio_server: grpc.aio.Server | None = None
         self._link: FrontendLink | None = None
         self._frontends: Frontends | None = None
         self._relay = Relay()
@@ -157,8 +154,7 @@ class Etcd:
 
     async def _serve_clients(self, http: HttpServers) -> None:
         """gRPC and HTTP/1.1 on every client URL; with --listen-client-http-urls, gRPC only, as
-        etcd does: then the gRPC server binds the client URLs itself (no relay), or, with
-        front-ends, every connection is relayed to them."""
+        etcd does."""
         cfg = self.cfg
         tls = client_tls(cfg)
         grpc_only = bool(cfg.listen_client_http_urls)
@@ -167,63 +163,51 @@ class Etcd:
         options = grpc_server_options(cfg)
         svcs = services(self.server)
         backends = self._backends = _Backends()
+        plain: GrpcAdopter = RelayTo(backends.plain, self._relay)
+        secure: GrpcAdopter = RelayTo(backends.tls, self._relay)
         if cfg.grpc_frontends > 0:
             await self._start_frontends(svcs, interceptors, options, backends, schemes, tls)
         else:
-            for url in cfg.listen_client_urls if grpc_only else ():
-                host, port = host_port(url)
-                address = f"{host}:{port}"
-                if urlsplit(url).scheme == "https":
-                    assert tls is not None
-                    g = self._server("grpcio", svcs, interceptors, options)
-                    self.client_ports.append(g.add_secure_port(address, tls.grpc_credentials()))
-                else:
-                    g = self._server(cfg.grpc_server, svcs, interceptors, options)
-                    self.client_ports.append(g.add_insecure_port(address))
-            if not grpc_only and "http" in schemes:
-                g = self._server(cfg.grpc_server, svcs, interceptors, options)
-                g.add_insecure_port(backends.add("member", secure=False))
-            if not grpc_only and "https" in schemes:
+            if "http" in schemes and cfg.grpc_server == "native":
+                native = NativeServer(svcs, interceptors, options)
+                self._grpc.append(native)
+                plain = native
+            elif "http" in schemes:
+                self._grpcio(svcs, interceptors, options).add_insecure_port(
+                    backends.add("member", secure=False)
+                )
+            if "https" in schemes:
                 assert tls is not None
-                g = self._server("grpcio", svcs, interceptors, options)
+                g = self._grpcio(svcs, interceptors, options)
                 g.add_secure_port(backends.add("member", secure=True), tls.grpc_credentials())
-            for g in self._grpc:
-                await g.start()
-            if grpc_only:
-                return
+            for server in self._grpc:
+                await server.start()
         self._relay.start()
         for url in cfg.listen_client_urls:
             host, port = host_port(url)
-            secure = urlsplit(url).scheme == "https"
+            https = urlsplit(url).scheme == "https"
             listener = ClientListener(
                 host,
                 port,
                 http=None if grpc_only else http.client,
-                backends=backends.tls if secure else backends.plain,
-                relay=self._relay,
-                tls=tls.http_context() if secure and tls is not None else None,
+                grpc=secure if https else plain,
+                tls=tls.http_context() if https and tls is not None else None,
             )
             await listener.start()
             self._listeners.append(listener)
             self.client_ports.append(listener.port)
 
-    def _server(
+    def _grpcio(
         self,
-        kind: str,
         svcs: Services,
         interceptors: Sequence[grpc.aio.ServerInterceptor],
         options: list[tuple[str, Any]],
     ) -> grpc.aio.Server:
-        """A gRPC server of this kind for one more address: grpcio serves any number of
-        addresses, pygrpc-native one each."""
-        if kind == "grpcio" and self._grpcio is not None:
-            return self._grpcio
-        assert self._backends is not None
-        g = grpc_server(kind, svcs, interceptors, options, private_dir=self._backends.dir)
-        if kind == "grpcio":
-            self._grpcio = g
-        self._grpc.append(g)
-        return g
+        """The member's one grpcio server (it serves any number of addresses)."""
+        if self._grpcio_server is None:
+            self._grpcio_server = grpc_server(svcs, interceptors, options)
+            self._grpc.append(self._grpcio_server)
+        return self._grpcio_server
 
     async def _start_frontends(
         self,
@@ -266,7 +250,7 @@ class Etcd:
         for g in self._grpc:
             await g.stop(grace=1.0)
         self._grpc.clear()
-        self._grpcio = None
+        self._grpcio_server = None
         self._relay.stop()
         if self._backends is not None:
             self._backends.remove()

@@ -1,116 +1,109 @@
-"""The client gRPC servers: pygrpc-native for cleartext client URLs, grpcio for TLS.
+"""The client gRPC servers: petcd's native front for cleartext client connections, grpcio for TLS.
 
-    g = grpc_server("native", svcs, interceptors, options)   # or "grpcio"
-    port = g.add_insecure_port("127.0.0.1:2379")
+    g = NativeServer(svcs, interceptors, options)     # http:// client URLs
     await g.start()
+    await g.adopt(conn)          # an accepted connection whose HTTP/2 preface is still unread
+    ...
+    g = grpc_server(svcs, interceptors, options)       # grpcio: https:// URLs, --grpc-server=grpcio
+    g.add_insecure_port("unix:/private/member.sock")
 
-Both are grpc.aio servers running the same handlers and interceptors (server/v3rpc/registry.py).
-grpcio runs its per-call work (HTTP/2 framing, call objects, the completion queue) in Python
-under the GIL: a server that answers nothing tops out near 9,000 calls/s here, a third of etcd.
-pygrpc-native (Apache-2.0) does HTTP/2 and the per-call gRPC work in Rust threads without the
-GIL and hands calls to the event loop in batches, so petcd's own work is what a call costs. It
-serves unary and server-streaming methods itself (KV, Lease grant/revoke/TTL, Cluster,
-Maintenance including Snapshot, Auth) and proxies, in Rust, the other streams and unknown
-methods to a server on a private Unix socket: by default a grpcio server, which cost a
-keep-alive (a new stream per request with clientv3's KeepAliveOnce) or a watch creation
-grpcio's per-call Python work again. Here that server is petcd's own BidiFront (Rust:
-HTTP/2, framing, flow control; server/embed/_bidi) with BidiServer running the bidirectional
-handlers (Watch, LeaseKeepAlive) on the event loop (server/embed/bidi.py); it answers unknown
-methods as grpc-go does (kube-apiserver probes KV/RangeStream and needs UNIMPLEMENTED). Neither
-has TLS, so https:// URLs stay on grpcio.
+Both run the same handlers and interceptors (server/v3rpc/registry.py). grpcio runs its
+per-call work (HTTP/2 framing, call objects, the completion queue) in Python under the GIL: a
+server that answers nothing tops out near 9,000 calls/s here, a third of etcd, and it can only
+serve sockets it accepted itself, so connections reach it through the relay (serve.py).
+NativeServer is petcd's own front: BidiFront (Rust, server/embed/_bidi) adopts the connection
+the listener accepted and does HTTP/2, gRPC framing, flow control, keepalive pings and trailers
+on its own threads without the GIL; calls reach the event loop in batches through one file
+descriptor, with their request when it is unary, and BidiServer (server/embed/bidi.py) runs the
+grpc.aio handlers there unchanged. Unknown methods are answered in Rust as grpc-go answers them
+(kube-apiserver probes KV/RangeStream and needs UNIMPLEMENTED). BidiFront has no TLS, so
+https:// URLs stay on grpcio.
 
-Go clients are never cut off for pinging: pygrpc-native accepts client pings without counting
-strikes (grpcio is told the same, see grpc_server_options), and keepalive pings and their
+Go clients are never cut off for pinging: BidiFront answers client pings without counting
+strikes (grpcio is told the same, see etcd.grpc_server_options), and keepalive pings and their
 timeout follow --grpc-keepalive-interval/-timeout on both.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import os
+import socket
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
-import pygrpc_native.aio
 
 from server.v3rpc.registry import Services, add_to
 
-if TYPE_CHECKING:  # imported when the native server starts: the grpcio path needs no Rust module
-    from server.embed.bidi import BidiServer
-
-__all__ = ["grpc_server"]
+__all__ = ["NativeServer", "grpc_server", "peer_name"]
 
 # the receive limit BidiFront gets when grpc.max_receive_message_length says none
 _UNLIMITED = 2**31 - 1
-_SOCKETS = itertools.count()
 
 
-class _NativeServer(pygrpc_native.aio.Server):
-    """pygrpc-native whose non-native streams go to BidiServer on BidiFront (server/embed/bidi.py)
-    instead of the grpcio server it starts behind itself.
+def peer_name(sock: socket.socket) -> str:
+    """The peer as grpcio's ServicerContext.peer() gives it: ipv4:127.0.0.1:5000, ipv6:[::1]:5000."""
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return "unknown"
+    if sock.family == socket.AF_INET6:
+        return f"ipv6:[{address[0]}]:{address[1]}"
+    if sock.family == socket.AF_INET:
+        return f"ipv4:{address[0]}:{address[1]}"
+    return f"unix:{address}"
 
-    This relies on pygrpc-native 0.5's private API (pinned ==0.5.0 in requirements.lock): start()
-    calls _start_fallback(streamed, generic) before its front starts, with the request-streaming
-    registered methods by service and the generic handlers left; self._front (NativeGrpcFront,
-    made by add_insecure_port) proxies every path it does not serve to set_fallback(path); and
-    the attributes _interceptors, _receive_limit and _send_limit its constructor parsed."""
 
-    def __init__(self, services: Sequence[str], private_dir: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._services = list(services)
-        self._socket = os.path.join(private_dir, f"bidi-{next(_SOCKETS)}.sock")
-        self._bidi: BidiServer | None = None
+class NativeServer:
+    """Serves the client connections it is given on BidiFront (see the module docstring)."""
 
-    async def _start_fallback(
+    def __init__(
         self,
-        streamed: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]],
-        generic: list[grpc.GenericRpcHandler],
+        svcs: Services,
+        interceptors: Sequence[grpc.aio.ServerInterceptor],
+        options: Sequence[tuple[str, Any]],
     ) -> None:
         from server.embed._bidi import BidiFront
         from server.embed.bidi import BidiServer
 
-        if generic:
-            raise ValueError("generic handlers are not served: register every method")
-        handlers = {f"/{svc}/{name}": h for svc, methods in streamed.items() for name, h in methods.items()}
-        receive = self._receive_limit
-        front = BidiFront(
-            self._socket,
+        opts = dict(options)
+        handlers = {f"/{svc}/{name}": h for svc, methods in svcs.items() for name, h in methods.items()}
+        receive = opts.get("grpc.max_receive_message_length", -1)
+        send = opts.get("grpc.max_send_message_length", -1)
+        self._front = BidiFront(
+            None,
             list(handlers),
-            self._services,
-            max_receive_message_length=_UNLIMITED if receive is None else receive,
-            max_send_message_length=self._send_limit,
+            list(svcs),
+            unary=BidiServer.unary_methods(handlers),
+            max_receive_message_length=_UNLIMITED if receive < 0 else receive,
+            max_send_message_length=None if send < 0 else send,
+            keepalive_time_ms=opts.get("grpc.keepalive_time_ms"),
+            keepalive_timeout_ms=opts.get("grpc.keepalive_timeout_ms", 20_000),
         )
-        self._bidi = BidiServer(front, handlers, self._interceptors)
-        await self._bidi.start()
-        assert self._front is not None
-        self._front.set_fallback(self._socket)
+        self._server = BidiServer(self._front, handlers, interceptors)
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def adopt(self, conn: socket.socket) -> None:
+        """Takes conn, a connected client socket whose first bytes are still unread."""
+        peer = peer_name(conn)
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._front.adopt(conn.detach(), peer)
 
     async def stop(self, grace: float | None) -> None:
-        stops = [super().stop(grace)]
-        if self._bidi is not None:
-            stops.append(self._bidi.stop(grace))  # BidiFront.close removes the socket
-        await asyncio.gather(*stops)
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._server.wait_for_termination(timeout)
 
 
 def grpc_server(
-    kind: str,
     svcs: Services,
     interceptors: Sequence[grpc.aio.ServerInterceptor],
     options: list[tuple[str, Any]],
-    *,
-    private_dir: str,
 ) -> grpc.aio.Server:
-    """private_dir: a directory only this user can enter, for the native server's own socket."""
-    if kind == "native":
-        server: grpc.aio.Server = _NativeServer(
-            list(svcs), private_dir, interceptors=interceptors, options=options
-        )
-        # registered methods only: unknown ones are answered by BidiFront, as grpc-go answers them
-        for name, handlers in svcs.items():
-            server.add_registered_method_handlers(name, handlers)
-        return server
+    """grpcio's server with petcd's handlers; it serves the addresses it binds."""
     server = grpc.aio.server(interceptors=interceptors, options=options)
     add_to(server, svcs)
     return server

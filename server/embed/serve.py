@@ -1,6 +1,6 @@
 """One client port for gRPC and HTTP/1.1 (etcd's embed/serve.go with cmux).
 
-    listener = ClientListener(host, port, http=http_server, backends=[socket_path], relay=relay,
+    listener = ClientListener(host, port, http=http_server, grpc=native_server,
                               tls=ssl_context)     # tls only for https:// URLs
     await listener.start()                         # binds (port 0 allowed): listener.port
     await listener.stop()
@@ -11,16 +11,18 @@ they stay in the socket (server/embed/cmux.py says how):
     HTTP/1.1  handed, as the socket itself, to the member's client HTTP server (aiohttp adopts
               it, and does the TLS handshake on https:// URLs): /health, /livez, /readyz,
               /version, /metrics, the JSON gateway.
-    gRPC      joined to a new connection to a gRPC server's private Unix socket by the native
-              relay (server/embed/_relay.c), which copies the bytes both ways on a thread of its
-              own, TLS records included: the gRPC server terminates TLS as before. Several
-              backends (front-ends) take connections in turn.
+    gRPC      cleartext: handed, as the socket itself, to petcd's native gRPC server
+              (server/embed/grpc_server.py NativeServer), which reads the preface it left.
+              TLS, and the front-ends: joined to a new connection to a gRPC server's private
+              Unix socket by the native relay (server/embed/_relay.c, RelayTo), which copies
+              the bytes both ways on a thread of its own, TLS records included: grpcio
+              terminates TLS. Several backends (front-ends) take connections in turn.
 
-grpcio and pygrpc-native serve only sockets they accepted themselves (neither can adopt a
-socket, as aiohttp can), so gRPC connections go through the relay; its cost is measured in
-docs/benchmarks.md. While the first bytes are incomplete the socket's receive low-water mark is
-raised past them, so the event loop wakes only when more arrive; a connection that does not
-become decidable within DETECT_TIMEOUT is closed. Nothing here blocks: one slow or silent
+grpcio serves only sockets it accepted itself (it cannot adopt one, as aiohttp and the native
+server can), hence the relay; its cost is measured in docs/benchmarks.md. While the first
+bytes are incomplete the socket's receive low-water mark is raised past them, so the event loop
+wakes only when more arrive; a connection that does not become decidable within DETECT_TIMEOUT
+is closed. Nothing here blocks: one slow or silent
 client costs one pending task.
 """
 
@@ -38,7 +40,7 @@ from typing import Protocol
 
 from server.embed import cmux
 
-__all__ = ["DETECT_TIMEOUT", "ByteRelay", "ClientListener", "HttpAdopter"]
+__all__ = ["DETECT_TIMEOUT", "ByteRelay", "ClientListener", "GrpcAdopter", "HttpAdopter", "RelayTo"]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,47 @@ class ByteRelay(Protocol):
         ...
 
 
+class GrpcAdopter(Protocol):
+    """A gRPC server, as a connection's new owner."""
+
+    async def adopt(self, conn: socket.socket) -> None:
+        """Takes conn, a connected client socket whose first bytes are still unread."""
+        ...
+
+
+class RelayTo:
+    """Relays each connection to the next of these gRPC servers' Unix sockets that answers (a
+    front-end being restarted does not)."""
+
+    def __init__(self, backends: Sequence[str], relay: ByteRelay) -> None:
+        self._backends = itertools.cycle(backends)
+        self._count = len(backends)
+        self._relay = relay
+
+    async def adopt(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for attempt in range(self._count):
+            backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                backend.setblocking(False)
+                await loop.sock_connect(backend, next(self._backends))
+            except (ConnectionRefusedError, FileNotFoundError):
+                backend.close()
+                if attempt + 1 == self._count:
+                    raise
+                continue
+            except BaseException:
+                backend.close()
+                raise
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # the relay owns both descriptors from here on
+            self._relay.add(conn.detach(), backend.detach())
+            return
+
+
 class ClientListener:
-    """One client URL. http=None: gRPC only (etcd's client URLs beside --listen-client-http-urls
-    with --grpc-frontends): every connection is relayed, unread."""
+    """One client URL. http=None: gRPC only (etcd's client URLs beside --listen-client-http-urls):
+    every connection goes to grpc, unread."""
 
     def __init__(
         self,
@@ -74,16 +114,13 @@ class ClientListener:
         port: int,
         *,
         http: HttpAdopter | None,
-        backends: Sequence[str],
-        relay: ByteRelay,
+        grpc: GrpcAdopter,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self._http = http
-        self._backends = itertools.cycle(backends)
-        self._backend_count = len(backends)
-        self._relay = relay
+        self._grpc = grpc
         self._tls = tls
         self._classify: Callable[[bytes], cmux.Route | None] = (
             cmux.classify_tls if tls is not None else cmux.classify_cleartext
@@ -157,7 +194,7 @@ class ClientListener:
                 except TimeoutError:
                     route = cmux.Route.CLOSE
             if route is cmux.Route.GRPC:
-                await self._to_grpc(conn)
+                await self._grpc.adopt(conn)
                 owned = True
             elif route is cmux.Route.HTTP:
                 assert self._http is not None
@@ -190,27 +227,6 @@ class ClientListener:
             if seen >= 0:
                 with contextlib.suppress(OSError):
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-
-    async def _to_grpc(self, conn: socket.socket) -> None:
-        """Join conn to the next gRPC server that answers (a front-end being restarted does not)."""
-        loop = asyncio.get_running_loop()
-        for attempt in range(self._backend_count):
-            backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                backend.setblocking(False)
-                await loop.sock_connect(backend, next(self._backends))
-            except (ConnectionRefusedError, FileNotFoundError):
-                backend.close()
-                if attempt + 1 == self._backend_count:
-                    raise
-                continue
-            except BaseException:
-                backend.close()
-                raise
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # the relay owns both descriptors from here on
-            self._relay.add(conn.detach(), backend.detach())
-            return
 
 
 def _close(conn: socket.socket) -> None:

@@ -16,9 +16,10 @@ We test these aspects:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
-import queue
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -33,14 +34,52 @@ from tests.framework.wait import await_until
 
 ECHO = "/test.Echo/Echo"
 OTHER = "/test.Echo/Other"
+UNARY_UNARY = "/test.Echo/UnaryUnary"
+UNARY_STREAM = "/test.Echo/UnaryStream"
+STREAM_UNARY = "/test.Echo/StreamUnary"
+METHODS = [ECHO, OTHER, UNARY_UNARY, UNARY_STREAM, STREAM_UNARY]
+UNARY = {UNARY_UNARY, UNARY_STREAM}
 C = grpc.StatusCode
+
+
+class Events:
+    """BidiFront's event queue and its descriptor, readable while events wait (an eventfd)."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._queue: collections.deque[Any] = collections.deque()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def put(self, batch: list[Any]) -> None:
+        with self._lock:
+            self._queue.extend(batch)
+            os.eventfd_write(self.fd, 1)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            os.eventfd_write(self.fd, 1)
+
+    def empty(self) -> bool:
+        return not self._queue
+
+    def drain(self, max_events: int) -> list[Any] | None:
+        with self._lock:
+            if self._closed and not self._queue:
+                return None
+            out = [self._queue.popleft() for _ in range(min(max_events, len(self._queue)))]
+            if not self._queue and not self._closed:
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(self.fd)
+            return out
 
 
 @dataclass
 class FakeFront:
     """BidiFront's contract (server/embed/_bidi.pyi), the client side driven by the test."""
 
-    events: queue.Queue[list[Any] | None] = field(default_factory=queue.Queue)
+    events: Events = field(default_factory=lambda: Events())
     sent: dict[int, list[bytes]] = field(default_factory=dict)
     initial: dict[int, list[tuple[str, Any]]] = field(default_factory=dict)
     ended: dict[int, tuple[int, str, list[tuple[str, Any]] | None]] = field(default_factory=dict)
@@ -57,8 +96,11 @@ class FakeFront:
     def start(self) -> None:
         self.started = True
 
-    def recv_batch(self, max_events: int, timeout_ms: int | None = None) -> list[Any] | None:
-        return self.events.get()
+    def fileno(self) -> int:
+        return self.events.fd
+
+    def drain(self, max_events: int) -> list[Any] | None:
+        return self.events.drain(max_events)
 
     def send_initial_metadata(self, call_id: int, metadata: Any) -> bool:
         self.initial[call_id] = list(metadata)
@@ -85,10 +127,17 @@ class FakeFront:
         assert call_id not in self.ended, "a call ends once"
         self.ended[call_id] = (code, message, None if trailing_metadata is None else list(trailing_metadata))
 
+    def finish(
+        self, call_id: int, payload: bytes | None, code: int, message: str = "", trailing_metadata: Any = None
+    ) -> None:
+        if payload is not None:
+            assert self.try_send(call_id, payload) == _bidi.STREAM_SENT
+        self.end(call_id, code, message, trailing_metadata)
+
     def close(self) -> None:
         self.closed = True
         self.room.set()
-        self.events.put(None)
+        self.events.close()
 
     # -- the client --------------------------------------------------------------------------------
 
@@ -102,7 +151,13 @@ class FakeFront:
         timeout: float | None = None,
     ) -> int:
         call_id, self.next_id = self.next_id, self.next_id + 1
-        method_id = [ECHO, OTHER].index(method)
+        method_id = METHODS.index(method)
+        if method in UNARY:
+            assert len(messages) == 1 and half_close, "a unary call comes with its request"
+            self.events.put(
+                [(_bidi.EVENT_CALL, call_id, method_id, messages[0], (metadata, "unix:peer", timeout))]
+            )
+            return call_id
         batch: list[Any] = [(_bidi.EVENT_CALL, call_id, method_id, None, (metadata, "unix:peer", timeout))]
         batch += [(_bidi.EVENT_MESSAGE, call_id, 0, m, None) for m in messages]
         if half_close:
@@ -151,9 +206,48 @@ async def front() -> AsyncIterator[FakeFront]:
 async def serve(
     front: FakeFront, stream: Any, interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
 ) -> BidiServer:
-    server = BidiServer(front, {ECHO: handler(stream), OTHER: handler(echo)}, interceptors)
+    handlers = {
+        ECHO: handler(stream),
+        OTHER: handler(echo),
+        UNARY_UNARY: grpc.unary_unary_rpc_method_handler(
+            shout, request_deserializer=bytes.decode, response_serializer=str.encode
+        ),
+        UNARY_STREAM: grpc.unary_stream_rpc_method_handler(
+            spell, request_deserializer=bytes.decode, response_serializer=str.encode
+        ),
+        STREAM_UNARY: grpc.stream_unary_rpc_method_handler(
+            join, request_deserializer=bytes.decode, response_serializer=str.encode
+        ),
+    }
+    assert list(handlers) == METHODS
+    assert BidiServer.unary_methods(handlers) == [m in UNARY for m in METHODS]
+    server = BidiServer(front, handlers, interceptors)
     await server.start()
     return server
+
+
+async def shout(request: str, context: Any) -> str:
+    """A unary handler whose request says how the call ends."""
+    if request == "abort":
+        await context.abort(C.NOT_FOUND, "etcdserver: requested lease not found", (("k", "v"),))
+    if request == "raise":
+        raise ValueError("boom")
+    if request == "code":
+        context.set_code(C.OUT_OF_RANGE)
+        context.set_details("done early")
+        context.set_trailing_metadata((("x-bin", b"\x00\x01"),))
+    if request == "forever":
+        await asyncio.Event().wait()
+    return request.upper()
+
+
+async def spell(request: str, context: Any) -> AsyncIterator[str]:
+    for letter in request:
+        yield letter
+
+
+async def join(requests: AsyncIterator[str], context: Any) -> str:
+    return "".join([r async for r in requests])
 
 
 OK = (C.OK.value[0], "", None)
@@ -273,6 +367,48 @@ async def test_how_a_call_ends(
     assert front.sent.get(call, []) == sent
     unexpected = status[1].startswith("Unexpected")
     assert ("Unexpected error in RPC handler" in caplog.text) == unexpected
+    await server.stop(None)
+
+
+@pytest.mark.parametrize(
+    ("method", "messages", "sent", "status"),
+    [
+        (UNARY_UNARY, (b"a",), [b"A"], OK),
+        (UNARY_UNARY, (b"",), [b""], OK),
+        (
+            UNARY_UNARY,
+            (b"abort",),
+            [],
+            (C.NOT_FOUND.value[0], "etcdserver: requested lease not found", [("k", "v")]),
+        ),
+        (UNARY_UNARY, (b"raise",), [], (C.UNKNOWN.value[0], "Unexpected <class 'ValueError'>: boom", None)),
+        # as grpc.aio: a response under a non-OK code is discarded
+        (UNARY_UNARY, (b"code",), [], (C.OUT_OF_RANGE.value[0], "done early", [("x-bin", b"\x00\x01")])),
+        (UNARY_STREAM, (b"abc",), [b"a", b"b", b"c"], OK),
+        (UNARY_STREAM, (b"",), [], OK),
+        (STREAM_UNARY, (b"a", b"b"), [b"ab"], OK),
+        (STREAM_UNARY, (), [b""], OK),
+    ],
+)
+async def test_unary_calls(
+    front: FakeFront, method: str, messages: tuple[bytes, ...], sent: list[bytes], status: Any
+) -> None:
+    server = await serve(front, echo)
+    call = front.call(method, messages)
+    assert await front.status(call) == status
+    assert front.sent.get(call, []) == sent
+    await server.stop(None)
+
+
+async def test_unary_call_cancelled_and_deadline(front: FakeFront) -> None:
+    server = await serve(front, echo)
+    cancelled = front.call(UNARY_UNARY, (b"forever",))
+    expires = front.call(UNARY_UNARY, (b"forever",), timeout=0.05)
+    await await_until(lambda: cancelled in server._calls and server._calls[cancelled].running)
+    front.cancel(cancelled)
+    await await_until(lambda: cancelled not in server._calls)
+    assert cancelled not in front.ended  # the stream is gone: nothing is sent
+    assert await front.status(expires) == (C.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded", None)
     await server.stop(None)
 
 
