@@ -696,6 +696,49 @@ def test_large_unary_request(tcp: Tcp) -> None:
     assert elapsed < 5
 
 
+def test_a_burst_of_cancelled_streams_keeps_the_connection(tcp: Tcp) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{tcp.port}") as ch:
+        streams = [call(ch, MANUAL)(iter(()), timeout=TIMEOUT) for _ in range(1000)]
+        for stream in streams:
+            stream.cancel()
+        s = tcp.served
+
+        def settled() -> bool:  # every stream Python heard of was cancelled
+            opened = {e[1] for e in s.events if e[0] == _bidi.EVENT_CALL and METHODS[e[2]] == MANUAL}
+            return opened == {e[1] for e in s.events if e[0] == _bidi.EVENT_CANCEL}
+
+        # after the burst on the same connection: read once every frame of the burst was
+        assert unary_call(ch, UNARY)(b"still", timeout=TIMEOUT) == b"still"
+        with s.cond:
+            assert s.cond.wait_for(settled, TIMEOUT)
+    assert len(tcp.peers) == 1  # no GOAWAY, no second connection
+
+
+def test_streams_reset_before_they_are_accepted_keep_the_connection() -> None:
+    # h2 counts streams the client reset while they wait in its accept queue (20 by default,
+    # then GOAWAY ENHANCE_YOUR_CALM): a burst of opened-and-cancelled streams in one write
+    front = BidiFront(None, METHODS, ["t.S"])
+    front.start()
+    try:
+        ours, theirs = socket.socketpair()
+        front.adopt(ours.detach(), "unix:raw")
+        with theirs:
+            raw = RawH2(theirs)
+            burst = b"".join(
+                RawH2.request(stream, MANUAL)
+                + RawH2.encode(RawH2.RST_STREAM, 0, struct.pack(">I", 8), stream)
+                for stream in range(1, 400, 2)
+            )
+            theirs.sendall(burst + RawH2.encode(RawH2.PING, 0, b"8 bytes!"))
+            while (frame := raw.frame()) is not None:
+                assert frame[0] != RawH2.GOAWAY
+                if frame[0] == RawH2.PING and frame[1] & RawH2.ACK:
+                    break
+            assert frame == (RawH2.PING, RawH2.ACK, b"8 bytes!")
+    finally:
+        front.close()
+
+
 async def test_event_loop_woken_through_fileno() -> None:
     front = BidiFront(None, METHODS, ["t.S"], unary=UNARY_FLAGS)
     front.start()
@@ -761,7 +804,7 @@ async def test_event_loop_woken_through_fileno() -> None:
 class RawH2:
     """The client side of HTTP/2 by hand: the preface and SETTINGS, then frames one by one."""
 
-    SETTINGS, PING, GOAWAY = 4, 6, 7
+    HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 1, 3, 4, 6, 7
     ACK = 1
 
     def __init__(self, sock: socket.socket) -> None:
@@ -770,8 +813,30 @@ class RawH2:
         sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         self.send(self.SETTINGS, 0, b"")
 
+    @staticmethod
+    def encode(kind: int, flags: int, payload: bytes, stream: int = 0) -> bytes:
+        return (
+            struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+        )
+
     def send(self, kind: int, flags: int, payload: bytes) -> None:
-        self.sock.sendall(struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + b"\0\0\0\0" + payload)
+        self.sock.sendall(self.encode(kind, flags, payload))
+
+    @classmethod
+    def request(cls, stream: int, path: str) -> bytes:
+        """A gRPC request's HEADERS (END_HEADERS), in HPACK without the dynamic table."""
+
+        def literal(name_index: int, value: bytes) -> bytes:  # literal, not indexed, name indexed
+            return bytes([name_index]) + bytes([len(value)]) + value
+
+        block = (
+            bytes([0x83, 0x86])  # :method POST, :scheme http
+            + literal(4, path.encode())  # :path
+            + literal(1, b"localhost")  # :authority
+            + b"\x0f\x10\x10application/grpc"  # content-type (static index 31: 15 + 16)
+            + b"\x00\x02te\x08trailers"  # a literal name
+        )
+        return cls.encode(cls.HEADERS, 0x4, block, stream)
 
     def read(self, n: int) -> bytes | None:
         data = b""
