@@ -1,10 +1,10 @@
 """CPU per stream of the native bidi front (server/embed/_bidi): N streams of one request and one
-response each (KeepAliveOnce's shape: open, message, response, end), from grpcio clients through
-pygrpc-native's front (its fallback is the BidiFront) or straight to the Unix socket. Reports the
+response each (KeepAliveOnce's shape: open, message, response, end), from grpcio clients over TCP
+(connections accepted here and adopted, as petcd's client port does) or to its Unix socket. Reports the
 CPU of the front's Rust threads and of the Python thread that serves it, per stream, from
 /proc/self/task/*/schedstat. Not a test: nothing here asserts a time.
 
-    python -m bench.bidi_cpu [--streams 20000] [--concurrency 32] [--direct]
+    python -m bench.bidi_cpu [--streams 20000] [--concurrency 32] [--unix]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import grpc
 from grpc import aio
-from pygrpc_native._native import NativeGrpcFront
 
 from server.embed import _bidi
 from server.embed._bidi import BidiFront
@@ -51,6 +51,15 @@ def serve(front: BidiFront) -> None:
                 front.end(call, 0)
 
 
+def adopt_all(listener: socket.socket, front: BidiFront) -> None:
+    while True:
+        try:
+            conn, (host, port) = listener.accept()
+        except OSError:
+            return  # closed
+        front.adopt(conn.detach(), f"ipv4:{host}:{port}")
+
+
 async def drive(target: str, streams: int, concurrency: int, options: list[tuple[str, str]]) -> None:
     async with aio.insecure_channel(target, options=options) as ch:
         method: aio.StreamStreamMultiCallable = ch.stream_stream(PATH)
@@ -72,7 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, default=20_000)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--direct", action="store_true", help="grpcio straight to the Unix socket")
+    ap.add_argument("--unix", action="store_true", help="grpcio to the front's Unix socket instead of TCP")
     args = ap.parse_args()
 
     path = os.path.join(tempfile.mkdtemp(prefix="bidi-bench"), "s")
@@ -80,15 +89,14 @@ def main() -> None:
     front.start()
     server = threading.Thread(target=serve, args=(front,), name="bidi-serve")
     server.start()
-    proxy = None
+    listener = socket.create_server(("127.0.0.1", 0))
+    acceptor = threading.Thread(target=adopt_all, args=(listener, front), name="bidi-accept", daemon=True)
+    acceptor.start()
     try:
-        if args.direct:
+        if args.unix:
             target, options = f"unix:{path}", [("grpc.default_authority", "localhost")]
         else:
-            proxy = NativeGrpcFront("127.0.0.1:0", [])
-            proxy.set_fallback(path)
-            proxy.start()
-            target, options = f"127.0.0.1:{proxy.bound_port}", []
+            target, options = f"127.0.0.1:{listener.getsockname()[1]}", []
         asyncio.run(drive(target, 200, args.concurrency, options))  # warm-up
         server_tid = server.native_id
         rust0 = thread_cpu_ns(lambda comm, _: comm == RUST_THREADS)
@@ -99,12 +107,11 @@ def main() -> None:
         rust = thread_cpu_ns(lambda comm, _: comm == RUST_THREADS) - rust0
         py = thread_cpu_ns(lambda _, tid: tid == server_tid) - py0
     finally:
-        if proxy is not None:
-            proxy.close()
+        listener.close()
         front.close()
         server.join()
     n = args.streams
-    via = "direct" if args.direct else "through pygrpc-native"
+    via = "to the Unix socket" if args.unix else "over adopted TCP connections"
     print(f"{n} streams {via}, concurrency {args.concurrency}: {n / elapsed:,.0f} streams/s")
     print(f"  Rust threads ({RUST_THREADS}): {rust / n / 1000:.1f} us CPU per stream")
     print(f"  Python serving thread (recv_batch, try_send, end): {py / n / 1000:.1f} us CPU per stream")

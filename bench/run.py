@@ -5,8 +5,8 @@ grpc.aio server, in one run, on this machine. Not a test: nothing here asserts a
     python -m bench.run --suites kv,watch      # some suites
     python -m bench.run --quick                # shorter runs, for a smoke check
 
-Targets: null (bench/null_server.py), petcd (one process, as `petcd` with no flags: pygrpc-native on
-the client port), petcd-grpcio (petcd --grpc-server=grpcio, the transport of https:// ports), petcd-fe (petcd
+Targets: null (bench/null_server.py), petcd (one process, as `petcd` with no flags: its native gRPC front
+on the client port), petcd-grpcio (petcd --grpc-server=grpcio, the transport of https:// ports), petcd-fe (petcd
 --grpc-frontends=2: gRPC served by two front-end processes, the core keeps Raft/MVCC), etcd v3.6, and
 kine v0.17 on SQLite (the other etcd-API shim, k3s's default datastore; kv and watch suites).
 

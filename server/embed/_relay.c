@@ -1,8 +1,8 @@
 /* The byte relay behind the shared client port (server/embed/serve.py).
  *
- * grpcio (and pygrpc-native) can only serve sockets they accepted themselves, so a connection the
- * client port classified as gRPC is joined to a fresh connection to the gRPC server's private
- * Unix socket, and this relay copies bytes between the two until both directions are done.
+ * grpcio can only serve sockets it accepted itself, so a connection the client port classified
+ * as gRPC for it (TLS, front-ends, --grpc-server=grpcio) is joined to a fresh connection to the
+ * gRPC server's private Unix socket, and this relay copies bytes between the two until both directions are done.
  * It runs on its own thread and never takes the GIL: one epoll loop, edge-triggered, reading
  * into one shared buffer and writing straight on; only bytes the destination cannot take yet
  * are kept, in a buffer of their own, and reading from that side stops until they are written

@@ -1,17 +1,20 @@
-"""grpc.aio bidirectional-stream handlers (Watch, LeaseKeepAlive) run on the native bidirectional
-front (server/embed/_bidi: BidiFront, Rust), which pygrpc-native proxies its non-native streams
-to (server/embed/grpc_server.py).
+"""grpc.aio handlers (unary, server-streaming, bidirectional) run on petcd's native gRPC front
+(server/embed/_bidi: BidiFront, Rust), which serves the cleartext client connections
+(server/embed/grpc_server.py NativeServer).
 
-    server = BidiServer(front, handlers, interceptors)   # front serves list(handlers), in order
-    await server.start()         # the dispatch thread; calls reach the event loop in batches
+    server = BidiServer(front, handlers, interceptors)   # front serves list(handlers), in order,
+                                                         # unary=BidiServer.unary_methods(handlers)
+    await server.start()         # the loop reads the front's events when its fileno() is readable
     ...
     await server.stop(grace)     # as grpc.aio.Server.stop
 
 HTTP/2, gRPC framing, flow control and trailers run in Rust without the GIL. Here, on the event
 loop, each call runs as grpc.aio runs it: the server interceptors with the call's method and
-metadata, then the handler (an async generator, or a coroutine using context.read/write) with an
-async iterator of its requests, in the same task, so what interceptors put in context variables
-(auth credentials) reaches the handler. A call ends as grpc.aio ends it:
+metadata, then the handler (a coroutine, an async generator, or a coroutine using
+context.read/write) with its request (it came with the call) or an async iterator of its
+requests, in the same task, so what interceptors put in context variables (auth credentials)
+reaches the handler. A unary answer leaves with its status in one finish(). A call ends as
+grpc.aio ends it:
 
     the handler returns                  the code and details it set (OK, "")
     context.abort(code, details)         that status, at once; AbortError raised in the handler

@@ -692,8 +692,8 @@ async def test_concurrent_writers_and_watchers_petcd(petcd_only: Member) -> None
     watchers on separate streams watch it from revision 1: one reads promptly, one reads slowly
     (50 ms between reads for its first second) and one reads nothing until the writers are done
     (its stream backs up: flow control, then a full server-side buffer, then catch-up from the
-    store; 6.4 MB, past the 4.5 MiB pygrpc-native's stream proxy buffers). Every watcher gets every revision exactly once, in order, each revision's events in
-    one response."""
+    store; 6.4 MB, past every buffer on the way). Every watcher gets every revision exactly once,
+    in order, each revision's events in one response."""
     c = Client(petcd_only)
     value = "w" * 8192
     calls: list[Any] = []

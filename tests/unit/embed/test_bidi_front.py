@@ -9,7 +9,7 @@ We test these aspects:
 - a client that cancels, or whose process dies, is an EVENT_CANCEL; try_send says FULL while
   the client does not read, send() waits until it does; close() (or dropping the front) ends
   open calls, wakes recv_batch and removes the socket;
-- many concurrent streams, garbage from a peer, and a call through pygrpc-native's front;
+- many concurrent streams, garbage from a peer;
 - adopted TCP sockets (no Unix listener): unary, server-streaming and bidi calls, the peer
   string; adopt on a front not running closes the socket;
 - an asyncio loop woken through fileno() and drain(), in small batches, with many calls;
@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from grpc import aio
-from pygrpc_native._native import NativeGrpcFront
 
 from server.embed import _bidi
 from server.embed._bidi import BidiFront
@@ -393,26 +392,6 @@ def test_garbage_ends_only_its_connection(served: Served, channel: grpc.Channel,
         while s.recv(4096):
             pass
     assert list(call(channel, ECHO)(iter([b"still"]), timeout=TIMEOUT)) == [b"still"]
-
-
-def test_through_pygrpc_native(served: Served) -> None:
-    front = NativeGrpcFront("127.0.0.1:0", [])
-    front.set_fallback(served.path)
-    front.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{front.bound_port}") as ch:
-            stream = call(ch, ECHO)(
-                iter([b"a", b"b" * 60_000]), metadata=(("x-id-bin", b"\xff"),), timeout=TIMEOUT
-            )
-            assert list(stream) == [b"a", b"b" * 60_000]
-            assert tuple(stream.trailing_metadata() or ()) == (("x-trailer-bin", b"\x00\xfftrailer"),)
-            with pytest.raises(grpc.RpcError) as e:
-                list(call(ch, "/t.S/Nope")(iter([]), timeout=TIMEOUT))
-            assert e.value.details() == "unknown method Nope for service t.S"
-    finally:
-        front.close()
-    _, _, _, _, details = served.wait_for(lambda e: e[0] == _bidi.EVENT_CALL, "call")
-    assert details is not None and ("x-id-bin", b"\xff") in details[0]
 
 
 def test_dropped_without_close() -> None:
