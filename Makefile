@@ -143,7 +143,7 @@ test-envtest: venv peers
 	TEST_ASSET_ETCD=$(CURDIR)/$(BIN)/petcd TEST_ASSET_KUBE_APISERVER=$(CURDIR)/$(PEERS)/kube-apiserver \
 	  TEST_ASSET_KUBECTL=$(CURDIR)/$(PEERS)/kubectl $(ENVTEST) -test.v -test.count=1
 
-# the integration tier with http:// client ports on grpcio instead of pygrpc-native (https:// ports are
+# the integration tier with http:// client ports on grpcio instead of the native front (https:// ports are
 # grpcio's on both): the suite's second transport
 test-grpcio: venv peers
 	ETCD_GRPC_SERVER=grpcio $(BIN)/pytest -q tests/integration

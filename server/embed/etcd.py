@@ -163,15 +163,13 @@ class Etcd:
         options = grpc_server_options(cfg)
         svcs = services(self.server)
         backends = self._backends = _Backends()
-        plain: GrpcAdopter = RelayTo(backends.plain, self._relay)
-        secure: GrpcAdopter = RelayTo(backends.tls, self._relay)
+        native: NativeServer | None = None
         if cfg.grpc_frontends > 0:
             await self._start_frontends(svcs, interceptors, options, backends, schemes, tls)
         else:
             if "http" in schemes and cfg.grpc_server == "native":
                 native = NativeServer(svcs, interceptors, options)
                 self._grpc.append(native)
-                plain = native
             elif "http" in schemes:
                 self._grpcio(svcs, interceptors, options).add_insecure_port(
                     backends.add("member", secure=False)
@@ -182,6 +180,9 @@ class Etcd:
                 g.add_secure_port(backends.add("member", secure=True), tls.grpc_credentials())
             for server in self._grpc:
                 await server.start()
+        # the backends' sockets are all known by now
+        plain: GrpcAdopter = native if native is not None else RelayTo(backends.plain, self._relay)
+        secure = RelayTo(backends.tls, self._relay)
         self._relay.start()
         for url in cfg.listen_client_urls:
             host, port = host_port(url)
