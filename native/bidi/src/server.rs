@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::grpc::{self, Status};
-use crate::shared::{lock, CallInfo, Event, Headers, Shared, Stream};
+use crate::shared::{lock, CallInfo, Event, Headers, Outbox, Shared, Stream};
 
 /// How long a call whose status went waits for the client's END_STREAM (see StreamTask::poll).
 const LINGER: Duration = Duration::from_secs(1);
@@ -72,13 +72,20 @@ pub async fn until_stopped(
 /// The IO threads' runtimes; connections are dealt to them in turn.
 pub struct Dealer {
     handles: Vec<Handle>,
+    /// By IO thread, each with its dispatcher running there.
+    outboxes: Vec<Arc<Outbox>>,
     next: AtomicUsize,
 }
 
 impl Dealer {
     pub fn new(handles: Vec<Handle>) -> Self {
+        let outboxes: Vec<Arc<Outbox>> = handles.iter().map(|_| Arc::new(Outbox::new())).collect();
+        for (h, o) in handles.iter().zip(&outboxes) {
+            h.spawn(o.clone().dispatch());
+        }
         Dealer {
             handles,
+            outboxes,
             next: AtomicUsize::new(0),
         }
     }
@@ -107,13 +114,14 @@ pub async fn accept_loop(
                     let live = Live::new(&shared);
                     let shutdown = shutdown.clone();
                     let next = dealer.next();
+                    let outbox = dealer.outboxes[next].clone();
                     if next == 0 {
-                        tokio::spawn(serve_conn(live, sock, peer, shutdown));
+                        tokio::spawn(serve_conn(live, sock, peer, shutdown, outbox));
                     } else if let Ok(sock) = sock.into_std() {
                         // registered again with the reactor of the thread that serves it
                         dealer.handles[next].spawn(async move {
                             if let Ok(sock) = UnixStream::from_std(sock) {
-                                serve_conn(live, sock, peer, shutdown).await;
+                                serve_conn(live, sock, peer, shutdown, outbox).await;
                             }
                         });
                     }
@@ -183,17 +191,19 @@ pub fn adopt(
         Adopted::Unix(s) => s.set_nonblocking(true)?,
     }
     let live = Live::new(shared);
+    let next = dealer.next();
+    let outbox = dealer.outboxes[next].clone();
     // a runtime already stopped drops the task, and with it the socket and `live`
-    dealer.handles[dealer.next()].spawn(async move {
+    dealer.handles[next].spawn(async move {
         match sock {
             Adopted::Tcp(s) => {
                 if let Ok(s) = TcpStream::from_std(s) {
-                    serve_conn(live, s, peer, shutdown).await;
+                    serve_conn(live, s, peer, shutdown, outbox).await;
                 }
             }
             Adopted::Unix(s) => {
                 if let Ok(s) = UnixStream::from_std(s) {
-                    serve_conn(live, s, peer, shutdown).await;
+                    serve_conn(live, s, peer, shutdown, outbox).await;
                 }
             }
         }
@@ -243,8 +253,14 @@ async fn keepalive(pings: Option<&mut (PingPong, (Duration, Duration))>) {
     }
 }
 
-async fn serve_conn<T>(live: Live, sock: T, peer: Arc<str>, mut shutdown: watch::Receiver<bool>)
-where
+/// Serves one connection on the IO thread whose outbox is `outbox`.
+async fn serve_conn<T>(
+    live: Live,
+    sock: T,
+    peer: Arc<str>,
+    mut shutdown: watch::Receiver<bool>,
+    outbox: Arc<Outbox>,
+) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let shared = live.0.clone();
@@ -267,7 +283,8 @@ where
         tokio::select! {
             r = conn.accept() => match r {
                 Some(Ok((req, respond))) => {
-                    tokio::spawn(serve_stream(shared.clone(), peer.clone(), req, respond));
+                    let (shared, peer, outbox) = (shared.clone(), peer.clone(), outbox.clone());
+                    tokio::spawn(serve_stream(shared, peer, outbox, req, respond));
                 }
                 _ => return,
             },
@@ -324,6 +341,7 @@ fn is_grpc_content_type(v: &[u8]) -> bool {
 async fn serve_stream(
     shared: Arc<Shared>,
     peer: Arc<str>,
+    outbox: Arc<Outbox>,
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
@@ -373,7 +391,7 @@ async fn serve_stream(
         respond.send_reset(Reason::REFUSED_STREAM);
         return;
     }
-    let (id, stream) = shared.register();
+    let (id, stream) = shared.register(outbox);
     if shared.closed.load(Ordering::SeqCst) {
         stream.reset();
     }

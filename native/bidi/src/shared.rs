@@ -1,10 +1,12 @@
 //! What the Python thread and the Rust runtime share: the event queue and the open calls.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -187,6 +189,79 @@ impl Events {
     }
 }
 
+thread_local! {
+    /// The outbox of the IO thread this is (its address), 0 on other threads.
+    static CURRENT_OUTBOX: Cell<usize> = const { Cell::new(0) };
+}
+
+struct OutboxState {
+    wakers: Vec<Waker>,
+    /// The dispatcher's waker; None while a wake of it is pending (or before its first poll).
+    dispatcher: Option<Waker>,
+}
+
+/// One per IO thread: stream tasks woken from other threads (Python's), each batch with one
+/// cross-thread wake of the thread's dispatcher, which wakes them on the IO thread (no syscall).
+/// Invariant, under the lock: wakers is not empty only while the dispatcher is due to run
+/// (it was woken when wakers became non-empty, or has not been polled yet), and every poll of
+/// the dispatcher takes all of wakers.
+pub struct Outbox {
+    q: Mutex<OutboxState>,
+}
+
+impl Outbox {
+    pub fn new() -> Self {
+        Outbox {
+            q: Mutex::new(OutboxState {
+                wakers: Vec::new(),
+                dispatcher: None,
+            }),
+        }
+    }
+
+    fn id(&self) -> usize {
+        self as *const Outbox as usize
+    }
+
+    /// Wakes a stream task of this outbox's IO thread.
+    pub fn wake(&self, w: Waker) {
+        if CURRENT_OUTBOX.with(Cell::get) == self.id() {
+            return w.wake();
+        }
+        let mut q = lock(&self.q);
+        q.wakers.push(w);
+        let dispatcher = if q.wakers.len() == 1 {
+            q.dispatcher.take()
+        } else {
+            None
+        };
+        drop(q);
+        if let Some(d) = dispatcher {
+            d.wake();
+        }
+    }
+
+    /// The IO thread's dispatcher: runs (on that thread) as long as its runtime.
+    pub async fn dispatch(self: Arc<Self>) {
+        CURRENT_OUTBOX.with(|c| c.set(self.id()));
+        let mut batch = Vec::new();
+        poll_fn(|cx| {
+            let mut q = lock(&self.q);
+            std::mem::swap(&mut q.wakers, &mut batch);
+            match &q.dispatcher {
+                Some(d) if d.will_wake(cx.waker()) => {}
+                _ => q.dispatcher = Some(cx.waker().clone()),
+            }
+            drop(q);
+            for w in batch.drain(..) {
+                w.wake();
+            }
+            Poll::<()>::Pending
+        })
+        .await
+    }
+}
+
 #[derive(PartialEq, Eq, Clone, Copy)]
 pub enum Headers {
     Unsent,
@@ -219,6 +294,8 @@ pub struct Stream {
     pub state: Mutex<StreamState>,
     /// send() waits here for room.
     pub room: Condvar,
+    /// The outbox of the IO thread that runs its task.
+    outbox: Arc<Outbox>,
 }
 
 pub enum SendResult {
@@ -228,7 +305,7 @@ pub enum SendResult {
 }
 
 impl Stream {
-    pub fn new() -> Self {
+    pub fn new(outbox: Arc<Outbox>) -> Self {
         Stream {
             state: Mutex::new(StreamState {
                 buf: BytesMut::new(),
@@ -243,6 +320,14 @@ impl Stream {
                 senders_waiting: 0,
             }),
             room: Condvar::new(),
+            outbox,
+        }
+    }
+
+    /// Wakes the task (taken from the state under its lock), through its IO thread's outbox.
+    fn wake(&self, w: Option<Waker>) {
+        if let Some(w) = w {
+            self.outbox.wake(w);
         }
     }
 
@@ -272,9 +357,7 @@ impl Stream {
         let r = Self::queue(&mut st, payload, limit);
         let w = st.waker.take();
         drop(st);
-        if let Some(w) = w {
-            w.wake();
-        }
+        self.wake(w);
         r
     }
 
@@ -285,9 +368,7 @@ impl Stream {
                 SendResult::Sent => {
                     let w = st.waker.take();
                     drop(st);
-                    if let Some(w) = w {
-                        w.wake();
-                    }
+                    self.wake(w);
                     return true;
                 }
                 SendResult::Closed => return false,
@@ -309,9 +390,7 @@ impl Stream {
         st.initial_metadata = md;
         let w = st.waker.take();
         drop(st);
-        if let Some(w) = w {
-            w.wake();
-        }
+        self.wake(w);
         true
     }
 
@@ -333,9 +412,7 @@ impl Stream {
         }
         let w = st.waker.take();
         drop(st);
-        if let Some(w) = w {
-            w.wake();
-        }
+        self.wake(w);
         true
     }
 
@@ -364,9 +441,7 @@ impl Stream {
         }
         let w = st.waker.take();
         drop(st);
-        if let Some(w) = w {
-            w.wake();
-        }
+        self.wake(w);
     }
 }
 
@@ -404,9 +479,9 @@ impl Shared {
         })
     }
 
-    pub fn register(&self) -> (u64, Arc<Stream>) {
+    pub fn register(&self, outbox: Arc<Outbox>) -> (u64, Arc<Stream>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let stream = Arc::new(Stream::new());
+        let stream = Arc::new(Stream::new(outbox));
         lock(&self.streams).insert(id, stream.clone());
         (id, stream)
     }

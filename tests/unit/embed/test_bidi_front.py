@@ -9,7 +9,8 @@ We test these aspects:
 - a client that cancels, or whose process dies, is an EVENT_CANCEL; try_send says FULL while
   the client does not read, send() waits until it does; close() (or dropping the front) ends
   open calls, wakes recv_batch and removes the socket;
-- many concurrent streams, garbage from a peer;
+- many concurrent streams, garbage from a peer; a burst of calls answered at once, from one
+  thread or several, on two IO threads;
 - adopted TCP sockets (no Unix listener): unary, server-streaming and bidi calls, the peer
   string; adopt on a front not running closes the socket;
 - an asyncio loop woken through fileno() and drain(), in small batches, with many calls;
@@ -466,8 +467,8 @@ class Tcp:
     peers: list[str]
 
 
-@pytest.fixture
-def tcp() -> Iterator[Tcp]:
+@contextlib.contextmanager
+def serving_tcp(io_threads: int = 1) -> Iterator[Tcp]:
     front = BidiFront(
         None,
         METHODS,
@@ -475,6 +476,7 @@ def tcp() -> Iterator[Tcp]:
         unary=UNARY_FLAGS,
         max_receive_message_length=4 * 1024 * 1024,
         max_send_message_length=MAX_SEND,
+        io_threads=io_threads,
     )
     front.start()
     s = Served(front, "")
@@ -499,6 +501,12 @@ def tcp() -> Iterator[Tcp]:
     acceptor.join(TIMEOUT)
     front.close()
     serving.join(TIMEOUT)
+
+
+@pytest.fixture
+def tcp() -> Iterator[Tcp]:
+    with serving_tcp() as t:
+        yield t
 
 
 def test_adopted_tcp_serves_unary_streaming_and_bidi_calls(tcp: Tcp) -> None:
@@ -529,6 +537,45 @@ def test_adopted_tcp_serves_unary_streaming_and_bidi_calls(tcp: Tcp) -> None:
         _bidi.EVENT_MESSAGE,
         _bidi.EVENT_HALF_CLOSE,
     ]
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_calls_answered_in_a_burst(threads: int) -> None:
+    """500 held calls on two connections (one per IO thread), then all answered at once, by
+    finish() or try_send() and end(), from one thread or several together: each completes."""
+    n = 500
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with (
+        serving_tcp(io_threads=2) as t,
+        grpc.insecure_channel(f"127.0.0.1:{t.port}", options) as a,
+        grpc.insecure_channel(f"127.0.0.1:{t.port}", options) as b,
+    ):
+        futures = [unary_call((a, b)[i % 2], HOLD).future(b"r%d" % i, timeout=TIMEOUT) for i in range(n)]
+        t.served.wait_call(n)
+        assert len(set(t.peers)) == 2
+        with t.served.cond:
+            requests = {e[1]: e[3] for e in t.served.events if e[0] == _bidi.EVENT_CALL}
+        front = t.served.front
+        start = threading.Barrier(threads)
+
+        def answer(calls: list[int]) -> None:
+            start.wait(TIMEOUT)
+            for call_id in calls:
+                payload = requests[call_id]
+                assert payload is not None
+                if call_id % 2:
+                    front.finish(call_id, payload, 0)
+                else:
+                    assert front.try_send(call_id, payload) == _bidi.STREAM_SENT
+                    front.end(call_id, 0)
+
+        ids = sorted(requests)
+        answering = [threading.Thread(target=answer, args=(ids[i::threads],)) for i in range(threads)]
+        for th in answering:
+            th.start()
+        for th in answering:
+            th.join(TIMEOUT)
+        assert [f.result() for f in futures] == [b"r%d" % i for i in range(n)]
 
 
 def test_adopt_needs_a_running_front() -> None:
