@@ -139,6 +139,11 @@ class _Requests:
         return raw if decode is None else decode(raw)
 
 
+# the requests of every unary-request call: already at their end
+_NO_REQUESTS = _Requests()
+_NO_REQUESTS.close()
+
+
 class _Call:
     __slots__ = (
         "call_id",
@@ -166,7 +171,7 @@ class _Call:
         self.deadline = None if time_remaining is None else time.monotonic() + time_remaining
         # a unary-request call's one request (it came with the call); else the stream of them
         self.request = request
-        self.requests = _Requests()
+        self.requests = _Requests() if request is None else _NO_REQUESTS
         self.task: asyncio.Task[None] | None = None
         # the task has begun: cancelling it runs its cleanup (a task cancelled before its first
         # step never runs, so one not yet running finds the call cancelled instead)
