@@ -517,9 +517,20 @@ class BidiServer:
         self._front.finish(call.call_id, data, code.value[0], context._details, context._trailing or None)
 
     async def _stream(self, call: _Call, handler: Any, responses: AsyncGenerator[Any, None]) -> None:
+        # _send inlined up to try_send: a response that fits the stream's buffer costs no await
+        serialize = handler.response_serializer
+        try_send = self._front.try_send
+        call_id = call.call_id
+        sent_ok = _bidi.STREAM_SENT
         async with contextlib.aclosing(responses):
             async for response in responses:
-                if not await self._send(call, handler, response):
+                if call.ended:
+                    return
+                data = response if serialize is None else serialize(response)
+                if type(data) is not bytes:
+                    raise TypeError(f"Expected bytes, got {type(data).__name__}")
+                sent = try_send(call_id, data)
+                if sent != sent_ok and not await self._send_rest(call, data, sent):
                     return
 
     async def _send(self, call: _Call, handler: Any, response: Any) -> bool:
@@ -527,14 +538,16 @@ class BidiServer:
         if call.ended:
             return False
         data = _encode(handler.response_serializer, response)
-        front = self._front
-        sent = front.try_send(call.call_id, data)
+        sent = self._front.try_send(call.call_id, data)
+        return sent == _bidi.STREAM_SENT or await self._send_rest(call, data, sent)
+
+    async def _send_rest(self, call: _Call, data: bytes, sent: int) -> bool:
+        """After try_send answered sent (not STREAM_SENT): waits for room when the stream is
+        full; False once the stream is gone."""
         if sent == _bidi.STREAM_FULL:
             loop = asyncio.get_running_loop()
-            if await loop.run_in_executor(self._senders, front.send, call.call_id, data):
+            if await loop.run_in_executor(self._senders, self._front.send, call.call_id, data):
                 return True
-        elif sent == _bidi.STREAM_SENT:
-            return True
         call.ended = True  # the stream is gone
         return False
 

@@ -14,7 +14,6 @@ those wrappers: the fault surface (server/faults) wraps KV calls with it while f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -137,59 +136,91 @@ class EtcdInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.stream_stream is not None:
             inner_stream: Any = handler.stream_stream
+            opts = {
+                "request_deserializer": handler.request_deserializer,
+                "response_serializer": handler.response_serializer,
+            }
+            if not require_leader:
 
-            async def stream(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
-                err = self._error(None, require_leader)
-                if err is not None and (require_leader or self._s.is_learner):
-                    await context.abort(*to_grpc_status(err))
-                if not require_leader:
+                async def learner_stream(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+                    err = self._error(None, False)
+                    if err is not None and self._s.is_learner:
+                        await context.abort(*to_grpc_status(err))
                     async for resp in inner_stream(requests, context):
                         yield resp
-                    return
-                async for resp in self._while_leader(inner_stream(requests, context), context):
-                    yield resp
 
-            return grpc.stream_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+                return grpc.stream_stream_rpc_method_handler(learner_stream, **opts)
+
+            async def leader_stream(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+                err = self._error(None, True)
+                if err is not None:
+                    await context.abort(*to_grpc_status(err))
+                responses = inner_stream(requests, context)
+                task = asyncio.current_task()
+                assert task is not None
+                guard = _LeaderGuard(self._s, self._election_timeout, task)
+                try:
+                    try:
+                        guard.inside = True
+                        async for resp in responses:
+                            guard.inside = False
+                            yield resp
+                            if guard.expired:
+                                break
+                            guard.inside = True
+                    except asyncio.CancelledError:
+                        # the guard's cancel, unless the task was also cancelled from outside
+                        if not guard.cancelled or task.uncancel() > 0:
+                            raise
+                    guard.inside = False
+                    if guard.expired:
+                        await context.abort(*to_grpc_status(NoLeaderError()))
+                finally:
+                    guard.stop()
+                    await responses.aclose()
+
+            return grpc.stream_stream_rpc_method_handler(leader_stream, **opts)
         return handler  # type: ignore[no-any-return]
 
-    async def _while_leader(self, responses: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
-        """Relay responses; end the stream with "no leader" when the member loses its leader for
-        more than an election timeout."""
-        s = self._s
-        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(1)
 
-        async def pump() -> None:
-            async for item in responses:
-                await queue.put((True, item))
-            await queue.put((False, None))
+class _LeaderGuard:
+    """Ends a require-leader stream once its member has had no leader for more than an election
+    timeout (period), as found by a look every period / 2 from the stream's start: expired is
+    set then, and the stream's task is cancelled if it is inside the handler (inside: waiting
+    for its next response), else the stream sees expired when it resumes. The stream's
+    generator runs in one task (the call's: every transport iterates it so)."""
 
-        task = asyncio.create_task(pump())
-        period = self._election_timeout
-        leaderless_since: float | None = None
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                try:
-                    more, item = await asyncio.wait_for(queue.get(), period / 2)
-                except TimeoutError:
-                    more, item = True, None
-                if task.done() and task.exception() is not None and queue.empty():
-                    raise task.exception()  # type: ignore[misc]
-                if s.leader_id == 0:
-                    leaderless_since = leaderless_since or loop.time()
-                    if loop.time() - leaderless_since > period:
-                        await context.abort(*to_grpc_status(NoLeaderError()))
-                else:
-                    leaderless_since = None
-                if not more:
-                    return
-                if item is not None:
-                    yield item
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    __slots__ = ("_loop", "_period", "_s", "_since", "_task", "_timer", "cancelled", "expired", "inside")
+
+    def __init__(self, status: RaftStatus, period: float, task: asyncio.Task[Any]) -> None:
+        self._s = status
+        self._period = period
+        self._task = task
+        self._loop = loop = asyncio.get_running_loop()
+        # when a look first found no leader (None: the last look found one)
+        self._since: float | None = None
+        self.inside = False
+        self.expired = False
+        self.cancelled = False
+        self._timer: asyncio.TimerHandle | None = loop.call_later(period / 2, self._look)
+
+    def _look(self) -> None:
+        self._timer = None
+        if self._s.leader_id == 0:
+            now = self._loop.time()
+            if self._since is None:
+                self._since = now
+            elif now - self._since > self._period:
+                self.expired = True
+                if self.inside:
+                    self.cancelled = True
+                    self._task.cancel()
+                return
+        else:
+            self._since = None
+        self._timer = self._loop.call_later(self._period / 2, self._look)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -13,7 +13,7 @@ from server.errors import EtcdError
 from server.etcdserver.api import Admission, Lessor
 from server.lease.lessor import LeaseNotFoundError
 from server.v3rpc.header import Header
-from server.v3rpc.util import abort_with, unary
+from server.v3rpc.util import StreamAbort, abort_with, ends_on_bad_request, unary
 
 __all__ = ["LeaseService"]
 
@@ -40,19 +40,23 @@ class LeaseService(pb_grpc.LeaseServicer):
         self._hdr.fill(resp.header)
         return resp
 
+    @ends_on_bad_request
     async def LeaseKeepAlive(
         self, request_iterator: AsyncIterator[pb.LeaseKeepAliveRequest], context: Ctx
     ) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
-        async for req in request_iterator:
-            try:
-                ttl = await self._le.lease_renew(req.ID)
-            except LeaseNotFoundError:
-                ttl = 0
-            except EtcdError as e:
-                await abort_with(context, e)
-            resp = pb.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
-            self._hdr.fill(resp.header)
-            yield resp
+        try:
+            async for req in request_iterator:
+                try:
+                    ttl = await self._le.lease_renew(req.ID)
+                except LeaseNotFoundError:
+                    ttl = 0
+                except EtcdError as e:
+                    await abort_with(context, e)
+                resp = pb.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
+                self._hdr.fill(resp.header)
+                yield resp
+        except StreamAbort as e:
+            await context.abort(e.code, e.message)
 
     @unary
     async def LeaseTimeToLive(

@@ -27,6 +27,7 @@ from server.etcdserver import txn_codec
 from server.etcdserver.server import EtcdServer
 from server.v3rpc.errors import TooManyOpsError, to_grpc_status
 from server.v3rpc.interceptor import EtcdInterceptor, HandlerHook
+from server.v3rpc.util import ENDS_ON_BAD_REQUEST, StreamAbort
 
 __all__ = ["Services", "add_to", "checked", "interceptor"]
 
@@ -46,12 +47,6 @@ class _Undecodable:
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         self.code = code
         self.message = message
-
-
-class _StreamAbort(Exception):
-    def __init__(self, bad: _Undecodable) -> None:
-        super().__init__(bad.message)
-        self.bad = bad
 
 
 class _Recorder:
@@ -86,7 +81,18 @@ def _decoder(request_cls: Any, max_bytes: int, streaming: bool) -> Callable[[byt
         except DecodeError as e:
             return _Undecodable(C.INTERNAL, prefix + str(e))
 
-    return decode
+    if not streaming:
+        return decode
+
+    def decode_or_abort(raw: bytes) -> Any:
+        # a stream's requests are decoded as the servicer takes them (the transports' request
+        # iterators call this): what cannot be decoded surfaces there
+        req = decode(raw)
+        if type(req) is _Undecodable:
+            raise StreamAbort(req.code, req.message)
+        return req
+
+    return decode_or_abort
 
 
 def _serializer(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
@@ -123,19 +129,16 @@ def _checked(handler: Any, request_cls: Any, max_bytes: int) -> Any:
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, **opts)
     inner_ss = handler.stream_stream
-
-    async def requests(it: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        async for req in it:
-            if isinstance(req, _Undecodable):
-                raise _StreamAbort(req)
-            yield req
+    if getattr(inner_ss, ENDS_ON_BAD_REQUEST, False):
+        # the servicer ends the stream on StreamAbort itself: nothing to do per response
+        return grpc.stream_stream_rpc_method_handler(inner_ss, **opts)
 
     async def stream(it: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
         try:
-            async for resp in inner_ss(requests(it), context):
+            async for resp in inner_ss(it, context):
                 yield resp
-        except _StreamAbort as e:
-            await context.abort(e.bad.code, e.bad.message)
+        except StreamAbort as e:
+            await context.abort(e.code, e.message)
 
     return grpc.stream_stream_rpc_method_handler(stream, **opts)
 

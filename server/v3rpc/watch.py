@@ -34,6 +34,7 @@ from server.mvcc.kv import CompactedError, RangeOptions, TxnRead
 from server.mvcc.watcher import INVALID_WATCH_ID, Channel, FilterFunc, WatchResponse, WatchStream
 from server.v3rpc.errors import WATCH_CANCEL_REASONS, go_status_text, to_grpc_status
 from server.v3rpc.header import Header
+from server.v3rpc.util import StreamAbort, ends_on_bad_request
 
 __all__ = ["WatchService", "WatchableKV"]
 
@@ -108,21 +109,75 @@ class WatchService(pb_grpc.WatchServicer):
             self._header = (rev, term, wire)
         return wire
 
+    @ends_on_bad_request
     async def Watch(  # type: ignore[override]  # the stubs know only messages
         self, request_iterator: AsyncIterator[pb.WatchRequest], context: Ctx
     ) -> AsyncIterator[pb.WatchResponse | bytes]:
         """Responses are pb.WatchResponse messages or their encoding (bytes): the registry's
-        serializer passes bytes through."""
+        serializer passes bytes through.
+
+        The receive task handles requests; this generator sends what the channel holds, in
+        order. A request the registry could not decode (StreamAbort, raised in the receive
+        task) ends the stream with its status once the responses queued before it are sent."""
         stream = _ServerWatchStream(self)
         reader = asyncio.create_task(stream.recv_loop(request_iterator))
+        ch = stream._ch
+        kv_wake = self._kv_wake
+        interval = progress_interval(self._progress_s)
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + interval
+        reader.add_done_callback(stream._wake_sender)
         try:
-            async for resp in stream.send_loop(reader):
-                yield resp
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            stream.close()
+            try:
+                while True:
+                    if not ch:
+                        if reader.done():
+                            # a receive error ends the stream; a client that only half-closed
+                            # its side still gets its events until it cancels (as with etcd)
+                            reader.result()
+                        # woken by a response in the channel, the reader's end or the next tick
+                        stream._wake = wake = loop.create_future()
+                        timer = loop.call_at(next_tick, stream._wake_sender)
+                        try:
+                            await wake
+                        finally:
+                            timer.cancel()
+                            stream._wake = None
+                        if loop.time() >= next_tick:
+                            stream._tick()
+                            next_tick = loop.time() + interval
+                        continue
+                    items = ch.drain()
+                    if len(items) >= ch.capacity:
+                        # the channel filled up: etcd's watchers would be victims by now, and
+                        # their pending revisions sent together; below that, one response per
+                        # revision as etcd
+                        items = _merged(items)
+                    for item in items:
+                        if type(item) is WatchResponse:
+                            data = stream._wire(item)
+                            if data is None:
+                                for resp in stream._to_pb(item):
+                                    if FP_BEFORE_SEND.armed:
+                                        await FP_BEFORE_SEND.hit_async()
+                                    yield resp
+                                continue
+                            if FP_BEFORE_SEND.armed:
+                                await FP_BEFORE_SEND.hit_async()
+                            yield data
+                        else:
+                            assert isinstance(item, pb.WatchResponse)
+                            if FP_BEFORE_SEND.armed:
+                                await FP_BEFORE_SEND.hit_async()
+                            yield item
+                    kv_wake()
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+                stream.close()
+        except StreamAbort as e:
+            await context.abort(e.code, e.message)
 
 
 class _ServerWatchStream:
@@ -231,47 +286,6 @@ class _ServerWatchStream:
         if wake is not None and not wake.done():
             wake.set_result(None)
 
-    async def send_loop(self, reader: asyncio.Task[None]) -> AsyncIterator[pb.WatchResponse | bytes]:
-        interval = progress_interval(self._svc._progress_s)
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time() + interval
-        reader.add_done_callback(self._wake_sender)
-        while True:
-            if not self._ch:
-                if reader.done():
-                    # a receive error ends the stream; a client that only half-closed its side
-                    # still gets its events until it cancels (as with etcd)
-                    reader.result()
-                # woken by a response in the channel, the reader's end or the next tick
-                self._wake = loop.create_future()
-                timer = loop.call_at(next_tick, self._wake_sender)
-                try:
-                    await self._wake
-                finally:
-                    timer.cancel()
-                    self._wake = None
-                if loop.time() >= next_tick:
-                    self._tick()
-                    next_tick = loop.time() + interval
-                continue
-            items = self._ch.drain()
-            if len(items) >= self._ch.capacity:
-                # the channel filled up: etcd's watchers would be victims by now, and their
-                # pending revisions sent together; below that, one response per revision as etcd
-                items = _merged(items)
-            for item in items:
-                if isinstance(item, WatchResponse):
-                    for resp in self._encode(item):
-                        if FP_BEFORE_SEND.armed:
-                            await FP_BEFORE_SEND.hit_async()
-                        yield resp
-                else:
-                    assert isinstance(item, pb.WatchResponse)
-                    if FP_BEFORE_SEND.armed:
-                        await FP_BEFORE_SEND.hit_async()
-                    yield item
-            self._svc._kv_wake()
-
     def _tick(self) -> None:
         """Periodic progress: watchers that asked and saw no events since the last tick."""
         for watch_id, idle in self._progress.items():
@@ -279,17 +293,18 @@ class _ServerWatchStream:
                 self._ws.request_progress(watch_id)
             self._progress[watch_id] = True
 
-    def _encode(self, wr: WatchResponse) -> list[pb.WatchResponse | bytes]:
-        if wr.events and wr.watch_id in self._progress:
-            self._progress[wr.watch_id] = False
-        if wr.compact_revision or wr.watch_id in self._prev_kv or wr.watch_id in self._fragment:
-            return list(self._to_pb(wr))
-        wid = self._watch_id_wire.get(wr.watch_id)
+    def _wire(self, wr: WatchResponse) -> bytes | None:
+        """wr encoded for the wire from its shared parts; None when it must go as messages
+        (_to_pb: compaction, prev_kv, fragments)."""
+        watch_id = wr.watch_id
+        if wr.events and watch_id in self._progress:
+            self._progress[watch_id] = False
+        if wr.compact_revision or watch_id in self._prev_kv or watch_id in self._fragment:
+            return None
+        wid = self._watch_id_wire.get(watch_id)
         if wid is None:
-            wid = self._watch_id_wire[wr.watch_id] = (
-                _WATCH_ID_TAG + _varint(wr.watch_id) if wr.watch_id else b""
-            )
-        return [self._svc.header_wire(wr.revision) + wid + _events_wire(wr)]
+            wid = self._watch_id_wire[watch_id] = _WATCH_ID_TAG + _varint(watch_id) if watch_id else b""
+        return self._svc.header_wire(wr.revision) + wid + _events_wire(wr)
 
     def _to_pb(self, wr: WatchResponse) -> list[pb.WatchResponse]:
         resp = pb.WatchResponse(
