@@ -469,41 +469,26 @@ class BidiServer:
     async def _invoke(self, call: _Call, handler: Any, context: _Context) -> bool:
         """Runs the handler and ends the call as it returned; False when the handler is not of
         the kind the call was opened as, or not async."""
+        request: Any
         if call.request is not None:
             decode = handler.request_deserializer
             request = call.request if decode is None else decode(call.request)
-            if (function := handler.unary_unary) is not None:
-                if not inspect.iscoroutinefunction(function):
-                    return False
-                response = await function(request, context)
-                self._answer(call, context, handler, response)
-                return True
-            function = handler.unary_stream
-            if function is None:
-                return False
-            if inspect.isasyncgenfunction(function):
-                await self._stream(call, handler, function(request, context))
-            elif inspect.iscoroutinefunction(function):
-                await function(request, context)  # responses through context.write
-            else:
-                return False
+            unary_response, streamed_responses = handler.unary_unary, handler.unary_stream
         else:
             call.requests._decode = handler.request_deserializer
-            if (function := handler.stream_unary) is not None:
-                if not inspect.iscoroutinefunction(function):
-                    return False
-                response = await function(call.requests, context)
-                self._answer(call, context, handler, response)
-                return True
-            function = handler.stream_stream
-            if function is None:
+            request = call.requests
+            unary_response, streamed_responses = handler.stream_unary, handler.stream_stream
+        if unary_response is not None:
+            if not inspect.iscoroutinefunction(unary_response):
                 return False
-            if inspect.isasyncgenfunction(function):
-                await self._stream(call, handler, function(call.requests, context))
-            elif inspect.iscoroutinefunction(function):
-                await function(call.requests, context)  # responses through context.write
-            else:
-                return False
+            self._answer(call, context, handler, await unary_response(request, context))
+            return True
+        if inspect.isasyncgenfunction(streamed_responses):
+            await self._stream(call, handler, streamed_responses(request, context))
+        elif inspect.iscoroutinefunction(streamed_responses):
+            await streamed_responses(request, context)  # responses through context.write
+        else:
+            return False
         self._end(call, context._code or _C.OK, context._details, context._trailing)
         return True
 
