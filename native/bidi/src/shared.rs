@@ -432,8 +432,13 @@ impl Stream {
         cancel
     }
 
+    /// close(): a call whose status is queued is left to send it (the connection's GOAWAY is
+    /// graceful, and close waits for it); any other stream is reset.
     pub fn reset(&self) {
         let mut st = lock(&self.state);
+        if st.end.is_some() {
+            return;
+        }
         st.reset = true;
         st.gone = true;
         if st.senders_waiting > 0 {

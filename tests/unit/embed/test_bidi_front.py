@@ -648,6 +648,28 @@ def test_unary_finish(
     assert tcp.served.of(opened) == [_bidi.EVENT_CALL]
 
 
+def test_close_sends_the_answers_already_given(tcp: Tcp) -> None:
+    """As a member that applied its own removal stops: the calls it answered just before close()
+    get their answers; the calls it had not answered are reset."""
+    with grpc.insecure_channel(f"127.0.0.1:{tcp.port}") as ch:
+        hold = unary_call(ch, HOLD)
+        futures = [hold.future(b"%d" % i, timeout=TIMEOUT) for i in range(20)]
+        opened = tcp.served.wait_call(20)
+        answered, held = opened[:10], opened[10:]
+        for call_id in answered:
+            tcp.served.front.finish(call_id, b"answer", 0)
+        tcp.served.front.close()
+        results: list[object] = []
+        for f in futures:
+            try:
+                results.append(f.result())
+            except grpc.RpcError as e:
+                results.append(e.code())
+    assert results.count(b"answer") == len(answered)
+    assert len([r for r in results if r != b"answer"]) == len(held)
+    assert {r for r in results if r != b"answer"} <= {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
+
+
 def test_unary_takes_the_first_message_only(tcp: Tcp) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{tcp.port}") as ch:
         # a client streaming to a unary method: the rest of its messages are not read
