@@ -34,13 +34,13 @@ import grpc
 
 from server.v3rpc.registry import Services, add_to
 
-__all__ = ["NativeServer", "grpc_server", "peer_name"]
+__all__ = ["NativeServer", "grpc_server"]
 
 # the receive limit BidiFront gets when grpc.max_receive_message_length says none
 _UNLIMITED = 2**31 - 1
 
 
-def peer_name(sock: socket.socket) -> str:
+def _peer_name(sock: socket.socket) -> str:
     """The peer as grpcio's ServicerContext.peer() gives it: ipv4:127.0.0.1:5000, ipv6:[::1]:5000."""
     try:
         address = sock.getpeername()
@@ -86,7 +86,7 @@ class NativeServer:
 
     async def adopt(self, conn: socket.socket) -> None:
         """Takes conn, a connected client socket whose first bytes are still unread."""
-        peer = peer_name(conn)
+        peer = _peer_name(conn)
         if conn.family != socket.AF_UNIX:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._front.adopt(conn.detach(), peer)
