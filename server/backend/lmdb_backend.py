@@ -324,20 +324,24 @@ class LmdbBackend:
     # -- commits ----------------------------------------------------------------------------------
 
     def commit(self) -> concurrent.futures.Future[None]:
-        if not self._current:
-            if self._last_commit is not None:
-                return self._last_commit
-            done: concurrent.futures.Future[None] = concurrent.futures.Future()
-            done.set_result(None)
-            return done
-        sealed = _Sealed(self._current)
-        with self._lock:
-            self._sealed.append(sealed)
-        self._current = {}
-        self._pending = 0
-        future = self._writer.submit(self._write_sealed)
-        self._last_commit = future
-        return future
+        """A future of its own for each caller: cancelling it (asyncio.wrap_future does when
+        its waiter is cancelled) leaves the write, and every other waiter, as they were."""
+        if self._current:
+            sealed = _Sealed(self._current)
+            with self._lock:
+                self._sealed.append(sealed)
+            self._current = {}
+            self._pending = 0
+            self._last_commit = self._writer.submit(self._write_sealed)
+        elif self._last_commit is not None and self._last_commit.done() and self._last_commit.exception():
+            self._last_commit = self._writer.submit(self._write_sealed)  # retries what failed
+        last = self._last_commit
+        answer: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if last is None:
+            answer.set_result(None)
+        else:
+            last.add_done_callback(lambda f: _copy_outcome(f, answer))
+        return answer
 
     def force_commit(self) -> None:
         self.commit().result()
@@ -462,6 +466,16 @@ class LmdbBackend:
             self.force_commit()
         self._writer.shutdown(wait=True)
         self._env.close()
+
+
+def _copy_outcome(src: concurrent.futures.Future[None], dst: concurrent.futures.Future[None]) -> None:
+    if not dst.set_running_or_notify_cancel():
+        return
+    e = src.exception()
+    if e is None:
+        dst.set_result(None)
+    else:
+        dst.set_exception(e)
 
 
 def fsync_path(path: str) -> None:

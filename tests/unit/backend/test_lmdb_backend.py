@@ -457,3 +457,24 @@ def test_a_cut_short_file_is_an_error_naming_it(db_path: Path) -> None:
             dump(b, Bucket.KEY)
         finally:
             b.close()
+
+
+def test_a_cancelled_commit_future_cancels_nothing_else(db_path: Path) -> None:
+    """asyncio.wrap_future cancels the future it wraps when its waiter is cancelled (a stopping
+    member): the write still happens, other waiters still get its outcome, and a later
+    force_commit (close) still waits for it."""
+    b = open_backend(db_path)
+    gate = concurrent.futures.Future[None]()
+    b._writer.submit(gate.result)  # holds the writer thread so the commit stays queued
+    b.batch_tx().put(Bucket.KEY, b"a", b"1")
+    cancelled, other = b.commit(), b.commit()
+    assert cancelled.cancel()
+    gate.set_result(None)
+    assert other.result(timeout=30) is None
+    b.force_commit()
+    b.close()
+    b = open_backend(db_path)
+    try:
+        assert b.read_tx().get(Bucket.KEY, b"a") == b"1"
+    finally:
+        b.close()
