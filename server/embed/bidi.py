@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 import contextlib
+import contextvars
 import inspect
 import logging
 import sys
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, NoReturn, Protocol
 
@@ -292,6 +294,63 @@ class _Context(grpc.aio.ServicerContext[Any, Any]):
             self._call.callbacks.append(callback)
 
 
+_Wrap = Callable[
+    ["grpc.RpcMethodHandler[Any, Any]", grpc.HandlerCallDetails], "grpc.RpcMethodHandler[Any, Any]"
+]
+
+
+def _eager_task(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+) -> asyncio.Task[None] | None:
+    """Runs coro's first step now, as Python 3.12's eager tasks do: None when it finished
+    there (a unary call answered without waiting: no task, no turn of the loop), else the task
+    it goes on in. Before its first wait coro has no current task (3.11), so the call's path to
+    its first await must not need one (asyncio.timeout: use asyncio.wait_for there)."""
+    if _EAGER_START:
+        task: asyncio.Task[None] = asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg]
+        return None if task.done() else task
+    context = contextvars.copy_context()
+    try:
+        awaited = context.run(coro.send, None)
+    except StopIteration:
+        return None
+    return loop.create_task(_Resumed(coro, awaited), context=context)
+
+
+_EAGER_START = sys.version_info >= (3, 12)
+
+
+class _Resumed(collections.abc.Coroutine[Any, Any, None]):
+    """A coroutine already started outside any task, for the task it goes on in: the first
+    step hands the task what the coroutine awaits, the rest pass through."""
+
+    __slots__ = ("_awaited", "_coro", "_started")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+        self._coro = coro
+        self._awaited: Any = awaited
+        self._started = False
+
+    def send(self, value: Any) -> Any:
+        if not self._started:
+            self._started = True
+            return self._awaited
+        return self._coro.send(value)
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self._started = True
+        return self._coro.throw(typ) if val is None and tb is None else self._coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self  # type: ignore[return-value]
+
+
 def _encode(serialize: Callable[[Any], bytes] | None, response: Any) -> bytes:
     data = response if serialize is None else serialize(response)
     if type(data) is not bytes:
@@ -315,6 +374,10 @@ class BidiServer:
         self._handlers = dict(handlers)
         self._methods = list(handlers)
         self._interceptors = tuple(interceptors)
+        # interceptors that choose a call's handler at once (EtcdInterceptor.wrap), innermost
+        # first; None when one of them must be awaited (then they chain as grpc.aio chains them)
+        wrappers: list[_Wrap] = [w for i in self._interceptors if callable(w := getattr(i, "wrap", None))]
+        self._wrappers = tuple(reversed(wrappers)) if len(wrappers) == len(self._interceptors) else None
         self._calls: dict[int, _Call] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
@@ -408,10 +471,13 @@ class BidiServer:
         assert loop is not None
         call = _Call(call_id, self._methods[method_id], details, request)
         self._calls[call_id] = call
-        call.task = loop.create_task(self._run(call))
         time_remaining = details[2]
         if time_remaining is not None:
             call.timer = loop.call_later(time_remaining, self._expire, call)
+        if request is None:
+            call.task = loop.create_task(self._run(call))
+        else:
+            call.task = _eager_task(loop, self._run(call))
 
     def _expire(self, call: _Call) -> None:
         if not call.ended:
@@ -426,9 +492,16 @@ class BidiServer:
         call.ended = True
         self._front.end(call.call_id, code.value[0], details, trailing or None)
 
-    async def _handler(self, call: _Call) -> grpc.RpcMethodHandler[Any, Any] | None:
-        if not self._interceptors:
-            return self._handlers.get(call.method)
+    def _wrapped(self, call: _Call) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = self._handlers.get(call.method)
+        if handler is None or not self._wrappers:
+            return handler
+        details = CallDetails(call.method, tuple(Metadatum(k, v) for k, v in call.metadata))
+        for wrap in self._wrappers:
+            handler = wrap(handler, details)
+        return handler
+
+    async def _intercepted(self, call: _Call) -> grpc.RpcMethodHandler[Any, Any] | None:
         metadata = tuple(Metadatum(k, v) for k, v in call.metadata)
         handler: grpc.RpcMethodHandler[Any, Any] | None = await intercepted(
             self._interceptors, CallDetails(call.method, metadata), lambda d: self._handlers.get(d.method)
@@ -441,7 +514,9 @@ class BidiServer:
         try:
             if call.cancelled:
                 return
-            handler: Any = await self._handler(call)
+            handler: Any = (
+                self._wrapped(call) if self._wrappers is not None else await self._intercepted(call)
+            )
             if handler is None:
                 self._end(call, _C.UNIMPLEMENTED, "Method not found!", ())
                 return

@@ -497,20 +497,19 @@ class EtcdServer:
 
     async def _leader_change(self, deadline: float, retry: float | None = None) -> None:
         """Until raft's leader or role changes, the deadline passes, or retry seconds did."""
-        changed = self._leader_changed
-        until = deadline if retry is None else min(deadline, asyncio.get_running_loop().time() + retry)
+        loop = asyncio.get_running_loop()
+        until = deadline if retry is None else min(deadline, loop.time() + retry)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(until):
-                await changed.wait()
+            # wait_for, not asyncio.timeout: a unary call's first step runs before it has a task
+            await asyncio.wait_for(self._leader_changed.wait(), until - loop.time())
 
     async def _wait_for_leader(self, deadline: float) -> None:
         """While the member knows no leader, proposals wait (etcd's raft node does not take them
         then) until one is elected or the request times out."""
+        loop = asyncio.get_running_loop()
         while self.leader_id == 0:
-            changed = self._leader_changed
             try:
-                async with asyncio.timeout_at(deadline):
-                    await changed.wait()
+                await asyncio.wait_for(self._leader_changed.wait(), deadline - loop.time())
             except TimeoutError:
                 self.stats.proposals_failed += 1
                 raise TimeoutError_() from None

@@ -79,8 +79,7 @@ class ServerAuth:
         """etcd's indexWaiter: until this member has applied index (False after the request
         timeout: the token names an entry this member never applied)."""
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._applied.wait(index)
+            await asyncio.wait_for(self._applied.wait(index), self._timeout)
             return True
         except TimeoutError:
             return False

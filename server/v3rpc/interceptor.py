@@ -99,8 +99,13 @@ class EtcdInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
-        if handler is None:
-            return handler
+        return None if handler is None else self.wrap(handler, details)
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """The handler a call runs instead of the method's, decided at once (BidiServer calls
+        this directly, with no coroutine per call)."""
         if self._hook is not None:
             handler = self._hook(handler, details)
         if self._auth.enabled:

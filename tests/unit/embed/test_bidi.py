@@ -238,6 +238,12 @@ async def shout(request: str, context: Any) -> str:
         context.set_trailing_metadata((("x-bin", b"\x00\x01"),))
     if request == "forever":
         await asyncio.Event().wait()
+    if request == "later":
+        await asyncio.sleep(0)
+        async with asyncio.timeout(30):  # in a task by now
+            await asyncio.sleep(0.01)
+    if request == "user":
+        return USER.get()
     return request.upper()
 
 
@@ -581,6 +587,38 @@ async def test_interceptors(front: FakeFront, metadata: Any, sent: list[bytes], 
     assert await front.status(call) == status
     assert front.sent.get(call, []) == sent
     assert first.seen[0] == second.seen[0] == (ECHO, list(metadata))
+    await server.stop(None)
+
+
+@dataclass
+class Wrapper(grpc.aio.ServerInterceptor):
+    """An interceptor that chooses the handler at once (as EtcdInterceptor.wrap): BidiServer
+    calls wrap without a coroutine; it puts the metadata's user in a context variable."""
+
+    seen: list[str] = field(default_factory=list)
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        raise AssertionError("BidiServer calls wrap")
+
+    def wrap(self, handler: Any, details: grpc.HandlerCallDetails) -> Any:
+        self.seen.append(details.method)
+        USER.set(str(dict(details.invocation_metadata or ()).get("user", "")))
+        return handler
+
+
+async def test_unary_call_answered_in_the_step_that_reads_it(front: FakeFront) -> None:
+    """A unary call whose handler does not wait is answered as its event is read (no task, no
+    turn of the loop), in a context of its own; one that waits goes on in a task."""
+    wrapper = Wrapper()
+    server = await serve(front, echo, (wrapper,))
+    server._stop_reading()  # the test reads the events itself
+    now = front.call(UNARY_UNARY, (b"user",), metadata=(("user", "root"),))
+    later = front.call(UNARY_UNARY, (b"later",))
+    server._on_readable()
+    assert front.ended.get(now) == OK and front.sent[now] == [b"root"]
+    assert USER.get() == "" and wrapper.seen == [UNARY_UNARY, UNARY_UNARY]
+    assert later not in front.ended and server._calls[later].task is not None
+    assert await front.status(later) == OK and front.sent[later] == [b"LATER"]
     await server.stop(None)
 
 
