@@ -48,6 +48,9 @@ MAX_MERGED_BYTES = 1 << 20
 _HEADER_TAG = b"\x0a"
 _WATCH_ID_TAG = b"\x10"
 _EVENT_TAG = b"\x5a"
+# created (3) and canceled (4) set to true
+_CREATED = b"\x18\x01"
+_CANCELED = b"\x20\x01"
 FP_BEFORE_SEND = failpoint("beforeSendWatchResponse")
 
 
@@ -135,17 +138,21 @@ class WatchService(pb_grpc.WatchServicer):
                             # a receive error ends the stream; a client that only half-closed
                             # its side still gets its events until it cancels (as with etcd)
                             reader.result()
-                        # woken by a response in the channel, the reader's end or the next tick
+                        # woken by a response in the channel, the reader's end or the tick timer
+                        # (armed for next_tick until it fires or next_tick moves)
+                        if stream._timer is None:
+                            stream._timer = loop.call_at(next_tick, stream._tick_due)
                         stream._wake = wake = loop.create_future()
-                        timer = loop.call_at(next_tick, stream._wake_sender)
                         try:
                             await wake
                         finally:
-                            timer.cancel()
                             stream._wake = None
                         if loop.time() >= next_tick:
                             stream._tick()
                             next_tick = loop.time() + interval
+                            if stream._timer is not None:
+                                stream._timer.cancel()
+                                stream._timer = None
                         continue
                     items = ch.drain()
                     if len(items) >= ch.capacity:
@@ -166,12 +173,16 @@ class WatchService(pb_grpc.WatchServicer):
                                 await FP_BEFORE_SEND.hit_async()
                             yield data
                         else:
-                            assert isinstance(item, pb.WatchResponse)
+                            # created and canceled responses (bytes), or messages
+                            assert type(item) is bytes or isinstance(item, pb.WatchResponse)
                             if FP_BEFORE_SEND.armed:
                                 await FP_BEFORE_SEND.hit_async()
                             yield item
                     kv_wake()
             finally:
+                if stream._timer is not None:
+                    stream._timer.cancel()
+                    stream._timer = None
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
@@ -185,6 +196,8 @@ class _ServerWatchStream:
         self._svc = svc
         # what the sender awaits while the channel is empty (None while it is not waiting)
         self._wake: asyncio.Future[None] | None = None
+        # wakes the sender at its next progress tick (None once fired, or not armed)
+        self._timer: asyncio.TimerHandle | None = None
         self._ch = Channel(on_ready=self._wake_sender)
         self._ws: WatchStream = svc._kv.new_watch_stream(self._ch)
         # watch ID -> whether it asked for progress notifications / prev_kv / fragments;
@@ -242,7 +255,7 @@ class _ServerWatchStream:
         end: bytes | None = creq.range_end or None
         if creq.range_end == b"\x00":
             end = b""
-        filters = tuple(_FILTERS[f] for f in creq.filters if f in _FILTERS)
+        filters = tuple(_FILTERS[f] for f in creq.filters if f in _FILTERS) if creq.filters else ()
         try:
             watch_id = self._ws.watch(creq.watch_id, key, end, creq.start_revision, filters)
         except EtcdError as e:
@@ -262,18 +275,14 @@ class _ServerWatchStream:
             self._prev_kv.add(watch_id)
         if creq.fragment:
             self._fragment.add(watch_id)
-        self._ch.put_control(
-            pb.WatchResponse(header=self.header(self._ws.rev()), watch_id=watch_id, created=True)
-        )
+        self._ch.put_control(self._svc.header_wire(self._ws.rev()) + self._id_wire(watch_id) + _CREATED)
 
     def _cancel(self, watch_id: int) -> None:
         try:
             self._ws.cancel(watch_id)
         except EtcdError:
             return
-        self._ch.put_control(
-            pb.WatchResponse(header=self.header(self._ws.rev()), watch_id=watch_id, canceled=True)
-        )
+        self._ch.put_control(self._svc.header_wire(self._ws.rev()) + self._id_wire(watch_id) + _CANCELED)
         self._progress.pop(watch_id, None)
         self._prev_kv.discard(watch_id)
         self._fragment.discard(watch_id)
@@ -285,6 +294,10 @@ class _ServerWatchStream:
         wake = self._wake
         if wake is not None and not wake.done():
             wake.set_result(None)
+
+    def _tick_due(self) -> None:
+        self._timer = None
+        self._wake_sender()
 
     def _tick(self) -> None:
         """Periodic progress: watchers that asked and saw no events since the last tick."""
@@ -301,10 +314,14 @@ class _ServerWatchStream:
             self._progress[watch_id] = False
         if wr.compact_revision or watch_id in self._prev_kv or watch_id in self._fragment:
             return None
+        return self._svc.header_wire(wr.revision) + self._id_wire(watch_id) + _events_wire(wr)
+
+    def _id_wire(self, watch_id: int) -> bytes:
+        """WatchResponse field 2 (empty for ID 0, as proto3 leaves a zero out)."""
         wid = self._watch_id_wire.get(watch_id)
         if wid is None:
             wid = self._watch_id_wire[watch_id] = _WATCH_ID_TAG + _varint(watch_id) if watch_id else b""
-        return self._svc.header_wire(wr.revision) + wid + _events_wire(wr)
+        return wid
 
     def _to_pb(self, wr: WatchResponse) -> list[pb.WatchResponse]:
         resp = pb.WatchResponse(
@@ -362,6 +379,8 @@ class _ServerWatchStream:
 
 def _varint(n: int) -> bytes:
     """A protobuf varint; negative int64s take ten bytes (two's complement)."""
+    if 0 <= n <= 0x7F:
+        return _SMALL_VARINTS[n]
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -370,6 +389,10 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# the one-byte varints, 0 to 127
+_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
 
 
 def _event_wire(ev: Event) -> bytes:
