@@ -97,11 +97,12 @@ class WatchableStore(KVStore):
         ch: Channel,
         filters: tuple[FilterFunc, ...] = (),
     ) -> Watcher:
-        w = Watcher(key, end, start_rev, start_rev, watch_id, ch, filters)
-        if start_rev == 0 or start_rev > self.current_rev:
-            w.min_rev = max(self.current_rev + 1, start_rev)
+        cur = self.current_rev
+        if start_rev == 0 or start_rev > cur:
+            w = Watcher(key, end, start_rev, max(cur + 1, start_rev), watch_id, ch, filters)
             self.synced.add(w)
         else:
+            w = Watcher(key, end, start_rev, start_rev, watch_id, ch, filters)
             self.unsynced.add(w)
             self._wake()
         return w

@@ -80,9 +80,18 @@ class WatcherGroup:
             raise AssertionError("add watcher twice")
         self.watchers.add(w)
         if w.end is None:
-            self._keys.setdefault(w.key, set()).add(w)
+            ws = self._keys.get(w.key)
+            if ws is None:
+                self._keys[w.key] = {w}
+            else:
+                ws.add(w)
         else:
-            self._ranges.setdefault((w.key, w.end), set()).add(w)
+            slot = (w.key, w.end)
+            rws = self._ranges.get(slot)
+            if rws is None:
+                self._ranges[slot] = {w}
+            else:
+                rws.add(w)
 
     def delete(self, w: Watcher) -> bool:
         if w not in self.watchers:

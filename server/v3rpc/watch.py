@@ -52,6 +52,10 @@ _EVENT_TAG = b"\x5a"
 _CREATED = b"\x18\x01"
 _CANCELED = b"\x20\x01"
 FP_BEFORE_SEND = failpoint("beforeSendWatchResponse")
+# watch ID -> WatchResponse field 2, shared by every stream (IDs count up from 0 per stream);
+# holds IDs below _ID_WIRES_MAX only
+_ID_WIRES: dict[int, bytes] = {}
+_ID_WIRES_MAX = 1 << 14
 
 
 def _filter_noput(ev: Event) -> bool:
@@ -206,8 +210,6 @@ class _ServerWatchStream:
         self._prev_kv: set[int] = set()
         self._fragment: set[int] = set()
         self._max_bytes = svc._max_bytes
-        # watch ID -> WatchResponse field 2 on the wire
-        self._watch_id_wire: dict[int, bytes] = {}
 
     def header(self, rev: int) -> pb.ResponseHeader:
         return self._svc._hdr.new(rev)
@@ -230,7 +232,8 @@ class _ServerWatchStream:
 
     def _create(self, creq: pb.WatchCreateRequest, denied: str | None = None) -> None:
         key = creq.key or b"\x00"
-        if creq.start_revision < 0:
+        start_rev = creq.start_revision
+        if start_rev < 0:
             self._ch.put_control(
                 pb.WatchResponse(
                     header=self.header(self._ws.rev()),
@@ -253,11 +256,11 @@ class _ServerWatchStream:
             )
             return
         end: bytes | None = creq.range_end or None
-        if creq.range_end == b"\x00":
+        if end == b"\x00":
             end = b""
         filters = tuple(_FILTERS[f] for f in creq.filters if f in _FILTERS) if creq.filters else ()
         try:
-            watch_id = self._ws.watch(creq.watch_id, key, end, creq.start_revision, filters)
+            watch_id = self._ws.watch(creq.watch_id, key, end, start_rev, filters)
         except EtcdError as e:
             self._ch.put_control(
                 pb.WatchResponse(
@@ -275,18 +278,17 @@ class _ServerWatchStream:
             self._prev_kv.add(watch_id)
         if creq.fragment:
             self._fragment.add(watch_id)
-        self._ch.put_control(self._svc.header_wire(self._ws.rev()) + self._id_wire(watch_id) + _CREATED)
+        self._ch.put_control(self._svc.header_wire(self._ws.rev()) + _id_wire(watch_id) + _CREATED)
 
     def _cancel(self, watch_id: int) -> None:
         try:
             self._ws.cancel(watch_id)
         except EtcdError:
             return
-        self._ch.put_control(self._svc.header_wire(self._ws.rev()) + self._id_wire(watch_id) + _CANCELED)
+        self._ch.put_control(self._svc.header_wire(self._ws.rev()) + _id_wire(watch_id) + _CANCELED)
         self._progress.pop(watch_id, None)
         self._prev_kv.discard(watch_id)
         self._fragment.discard(watch_id)
-        self._watch_id_wire.pop(watch_id, None)
 
     # -- responses --------------------------------------------------------------------------------
 
@@ -314,14 +316,7 @@ class _ServerWatchStream:
             self._progress[watch_id] = False
         if wr.compact_revision or watch_id in self._prev_kv or watch_id in self._fragment:
             return None
-        return self._svc.header_wire(wr.revision) + self._id_wire(watch_id) + _events_wire(wr)
-
-    def _id_wire(self, watch_id: int) -> bytes:
-        """WatchResponse field 2 (empty for ID 0, as proto3 leaves a zero out)."""
-        wid = self._watch_id_wire.get(watch_id)
-        if wid is None:
-            wid = self._watch_id_wire[watch_id] = _WATCH_ID_TAG + _varint(watch_id) if watch_id else b""
-        return wid
+        return self._svc.header_wire(wr.revision) + _id_wire(watch_id) + _events_wire(wr)
 
     def _to_pb(self, wr: WatchResponse) -> list[pb.WatchResponse]:
         resp = pb.WatchResponse(
@@ -375,6 +370,16 @@ class _ServerWatchStream:
 
     def close(self) -> None:
         self._ws.close()
+
+
+def _id_wire(watch_id: int) -> bytes:
+    """WatchResponse field 2 (empty for ID 0, as proto3 leaves a zero out)."""
+    wire = _ID_WIRES.get(watch_id)
+    if wire is None:
+        wire = _WATCH_ID_TAG + _varint(watch_id) if watch_id else b""
+        if 0 <= watch_id < _ID_WIRES_MAX:
+            _ID_WIRES[watch_id] = wire
+    return wire
 
 
 def _varint(n: int) -> bytes:
