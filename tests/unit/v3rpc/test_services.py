@@ -29,6 +29,7 @@ from server.v3rpc.cluster import ClusterService
 from server.v3rpc.header import Header
 from server.v3rpc.kv import KVService
 from server.v3rpc.lease import LeaseService
+from tests.unit.v3rpc.fakes import Status
 
 
 class Aborted(Exception):
@@ -45,15 +46,6 @@ class _Context:
 def Context() -> Any:
     """Stands in for grpc.aio.ServicerContext: abort() raises."""
     return _Context()
-
-
-@dataclass
-class Status:
-    cluster_id: int = 0xC1
-    member_id: int = 0x3E
-    term: int = 7
-    leader_id: int = 0x3E
-    is_learner: bool = False
 
 
 @dataclass

@@ -26,15 +26,7 @@ from server.mvcc.watchable_store import WatchableStore
 from server.v3rpc import watch
 from server.v3rpc.header import Header
 from tests.unit.mvcc.store_helpers import FakeLessor
-
-
-@dataclass
-class Status:
-    cluster_id: int = 0xC1
-    member_id: int = 0x3E
-    term: int = 7
-    leader_id: int = 0x3E
-    is_learner: bool = False
+from tests.unit.v3rpc.fakes import Status
 
 
 @dataclass
