@@ -4,6 +4,7 @@ sizes and hashes (etcd's backend_test.go / batch_tx_test.go scenarios, where the
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,15 @@ def be(db_path: Path) -> Iterator[LmdbBackend]:
     b = open_backend(db_path)
     yield b
     b.close()
+
+
+@contextlib.contextmanager
+def reopened(path: Path) -> Iterator[LmdbBackend]:
+    b = open_backend(path)
+    try:
+        yield b
+    finally:
+        b.close()
 
 
 def dump(b: LmdbBackend, bucket: Bucket) -> list[tuple[bytes, bytes]]:
@@ -206,11 +216,8 @@ def test_force_commit_makes_writes_durable(db_path: Path) -> None:
     b.force_commit()
     assert b.pending() == 0
     b.close()
-    b = open_backend(db_path)
-    try:
+    with reopened(db_path) as b:
         assert b.read_tx().get(Bucket.KEY, b"a") == b"1"
-    finally:
-        b.close()
 
 
 def test_reopen_persists_every_bucket(db_path: Path) -> None:
@@ -221,14 +228,11 @@ def test_reopen_persists_every_bucket(db_path: Path) -> None:
     b.batch_tx().put(Bucket.KEY, b"late", b"buffered")  # close commits the buffer
     b.batch_tx().delete(Bucket.META, b"key")
     b.close()
-    b = open_backend(db_path)
-    try:
+    with reopened(db_path) as b:
         for i, bucket in enumerate(Bucket):
             want = None if bucket is Bucket.META else b"value-%d" % i
             assert b.read_tx().get(bucket, b"key") == want, bucket
         assert b.read_tx().get(Bucket.KEY, b"late") == b"buffered"
-    finally:
-        b.close()
 
 
 # -- sizes, defrag, snapshot, hash -----------------------------------------------------------------
@@ -285,11 +289,8 @@ def test_defrag_then_reopen(db_path: Path) -> None:
     b.defrag()
     b.batch_tx().put(Bucket.KEY, b"z", b"1")
     b.close()
-    b = open_backend(db_path)
-    try:
+    with reopened(db_path) as b:
         assert len(dump(b, Bucket.KEY)) == 501
-    finally:
-        b.close()
 
 
 def test_snapshot_to_is_an_openable_copy(be: LmdbBackend, tmp_path: Path) -> None:
@@ -344,8 +345,7 @@ def test_hash(db_path: Path) -> None:
     b.force_commit()
     assert b.hash(no_ignore) == buffered, "the hash sees buffered writes like any read"
     b.close()
-    b = open_backend(db_path)
-    try:
+    with reopened(db_path) as b:
         assert b.hash(no_ignore) == buffered, "stable across reopen"
         ignoring_meta = b.hash(lambda bucket, key: bucket is Bucket.META)
         assert ignoring_meta != buffered
@@ -354,8 +354,6 @@ def test_hash(db_path: Path) -> None:
         assert b.hash(no_ignore) != buffered
         b.batch_tx().put(Bucket.KEY, b"a", b"2")
         assert b.hash(lambda bucket, key: bucket is Bucket.META) != ignoring_meta
-    finally:
-        b.close()
 
 
 def test_hash_independent_of_write_order(tmp_path: Path) -> None:
@@ -473,8 +471,5 @@ def test_a_cancelled_commit_future_cancels_nothing_else(db_path: Path) -> None:
     assert other.result(timeout=30) is None
     b.force_commit()
     b.close()
-    b = open_backend(db_path)
-    try:
+    with reopened(db_path) as b:
         assert b.read_tx().get(Bucket.KEY, b"a") == b"1"
-    finally:
-        b.close()
